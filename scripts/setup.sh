@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Creates .venv at the repo root and installs the pinned requirements + codi2 (editable).
+# Re-runs the install only when requirements.txt or pyproject.toml changed.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+py="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv with $($py --version)" >&2
+  "$py" -m venv .venv
+fi
+stamp=".venv/.codi2-installed"
+want="$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "[setup] installing requirements into .venv (first run takes a few minutes)" >&2
+  .venv/bin/python -m pip install -q --upgrade pip >&2
+  .venv/bin/python -m pip install -q -r requirements.txt >&2
+  .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e . >&2
+  echo "$want" > "$stamp"
+fi
