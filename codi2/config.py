@@ -52,6 +52,8 @@ class ImageBindConfig:
     audio_clips_per_sample: int = 3
     video_clip_duration: float = 2.0
     video_clips_per_sample: int = 5
+    # Spatial crops per temporal video clip (reference: 3 = left/centre/right, so 5 x 3 = 15 clips).
+    video_spatial_crops: int = 3
     # Weights: a reference-shaped checkpoint (e.g. imagebind_huge.pth); None = random init.
     weights: Optional[str] = None
     dtype: str = "float32"
@@ -140,10 +142,13 @@ class DecoderConfig:
     steps: int = 50
     guidance: float = 7.5
     noise_level: int = 0  # image (unCLIP) only: noise augmentation of image_embeds
-    height: Optional[int] = None
+    loss_noise_level: int = 500  # image only: image_embeds noise level in diffusion_loss (CoDi-2: 500)
+    height: Optional[int] = None  # default: unet.sample_size × VAE scale factor
     width: Optional[int] = None
     num_frames: int = 16  # video only
+    fps: float = 8.0  # video only: frame rate written into the decoded Video
     audio_seconds: float = 5.0  # audio only
+    prompt_len: int = 32  # audio only: T5 tokens T of prompt_embeds (B, T, D); captions padded/truncated to T
     dtype: str = "float32"
     offload: str = "none"  # none | model | sequential (accelerate CPU offload)
     device: Optional[str] = None  # default: the model's device

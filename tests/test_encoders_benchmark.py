@@ -1,0 +1,25 @@
+"""benchmarks/encode.py runs on the tiny encoder and writes its JSON."""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+from codi2.config import repo_root
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("benchmarks_encode", repo_root() / "benchmarks" / "encode.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_encode_benchmark_tiny(tmp_path):
+    out = tmp_path / "encode.json"
+    result = _load_benchmark().main(["--encoders", "tiny", "--batch", "4", "--repeats", "1", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["encoders"].keys() == {"tiny"} == result["encoders"].keys()
+    for kind in ("image", "audio_clip"):
+        r = saved["encoders"]["tiny"][kind]
+        assert r["batched_per_s"] > 0 and r["one_at_a_time_per_s"] > 0
+        assert abs(r["speedup"] - r["batched_per_s"] / r["one_at_a_time_per_s"]) < 1e-6
