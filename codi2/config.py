@@ -62,19 +62,26 @@ class ImageBindConfig:
 # ----------------------------------------------------------------------------- media
 @dataclass
 class MediaLimits:
-    """Limits applied to every loaded or uploaded media file."""
+    """Limits applied to every loaded or uploaded media file (see ``codi2.media``).
+
+    Checked from the file header before decoding, and again while decoding.
+    """
 
     max_file_bytes: int = 100 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
     max_audio_seconds: float = 60.0
     max_video_seconds: float = 60.0
-    max_video_frames: int = 2048
+    max_video_frames: int = 2048  # frames decoded into memory: min(frames in file, max_frames)
     max_video_pixels: int = 1920 * 1080  # per frame
+    # Decoded size in memory of one audio or video file (frames × H × W × 3 bytes; samples × 4 bytes).
+    max_decoded_bytes: int = 2 * 1024**3
 
 
 # ----------------------------------------------------------------------------- LLM
 @dataclass
 class LoRAConfig:
+    """LoRA on the LLM (peft). Disabled: the base stays frozen and only the new token rows train."""
+
     enabled: bool = True
     r: int = 128
     alpha: int = 256

@@ -40,6 +40,8 @@ class Part:
         media: the loaded media (``PIL.Image.Image`` / ``codi2.media.Audio`` / ``codi2.media.Video``).
         caption: what an *output* media shows; the audio/video head targets are computed from it.
         key: a content hash identifying the media (feature caches are keyed by it).
+        conditioning: for generated media, the output head's tensors the decoder was given
+            (name -> (1, *shape)); lets a UI decode again with other settings.
     """
 
     type: str
@@ -48,13 +50,15 @@ class Part:
     media: Any = None
     caption: Optional[str] = None
     key: Optional[str] = None
+    conditioning: Optional[dict] = None
 
     def __post_init__(self) -> None:
         if self.type not in PART_TYPES:
             raise ValueError(f"part type {self.type!r} is not one of {PART_TYPES}")
         if self.type == "text" and self.text is None:
             raise ValueError("a text part needs 'text'")
-        if self.type != "text" and self.path is None and self.media is None and self.key is None:
+        if self.type != "text" and self.path is None and self.media is None and self.key is None \
+                and self.conditioning is None:
             raise ValueError(f"an {self.type} part needs 'path' or loaded 'media'")
 
     @property

@@ -92,6 +92,7 @@ class SamplingOptions:
     scheduler: Optional[str] = None
     allowed_outputs: Optional[Sequence[Modality]] = None  # None: every enabled modality
     max_media: Optional[int] = None
+    prefix: str = ""  # the reply starts with this text (assistant prefill); may open media, e.g. "Sure: <img>"
 
 
 @dataclass
@@ -327,6 +328,11 @@ class ChatSession:
         parts: list[Part] = []
         text_so_far = ""
         n_media = 0
+        forced = self.model.tokenizer(o.prefix, add_special_tokens=False)["input_ids"] if o.prefix else []
+        bad = [t for t in forced if t in blocked]
+        if bad:
+            raise ValueError(f"prefix {o.prefix!r} contains slot or closing tokens "
+                             f"{self.model.tokenizer.convert_ids_to_tokens(bad)}; only text and opening media tokens are allowed")
         for _ in range(o.max_new_tokens):
             if self._cancel.is_set():
                 raise _CancelledInternal()
@@ -336,7 +342,10 @@ class ChatSession:
                     block.add(b.ids[m.open_token])
             lg = next_logits.clone()
             lg[list(block)] = float("-inf")
-            tok = sample_next(lg, o.temperature, o.top_p, o.top_k, gen, reply_ids, o.repetition_penalty)
+            if forced:
+                tok = forced.pop(0)
+            else:
+                tok = sample_next(lg, o.temperature, o.top_p, o.top_k, gen, reply_ids, o.repetition_penalty)
             reply_ids.append(tok)
             if tok == b.eos_id:
                 self._pending = [tok]
@@ -363,8 +372,9 @@ class ChatSession:
                 media = None
                 if o.decode:
                     media = yield from self._decode(m, n_media, cond, o, seed=int(o.seed) + n_media)
-                parts.append(Part(type=m.value, media=media))
-                yield MediaDone(m, n_media, media, {k: v.detach().cpu() for k, v in cond.items()})
+                cond = {k: v.detach().cpu() for k, v in cond.items()}
+                parts.append(Part(type=m.value, media=media, conditioning=cond))
+                yield MediaDone(m, n_media, media, cond)
                 n_media += 1
                 next_logits = lg_span[-1]
                 continue

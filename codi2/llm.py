@@ -52,6 +52,8 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # A user turn already ends with "[/INST]", which is Llama-2's generation prompt, so add_generation_prompt
 # adds nothing (it only checks that the last message is a user message). Contents are stripped, as Meta does.
 # Tokenize the rendered string with add_special_tokens=False (the template writes <s> itself).
+# Note: transformers 5's LlamaTokenizer adds no "▁" to text that follows a special token, so "<s>[INST]"
+# becomes "[", "INST", "]" where Meta's sentencepiece call gave "▁[", "INST", "]" (one token differs per turn).
 LLAMA2_CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- set prev = messages[loop.index0 - 1]['role'] if loop.index0 > 0 else none -%}"
@@ -249,15 +251,11 @@ def _load_base(cfg: LLMConfig, dtype: torch.dtype, device: torch.device, base_di
 
 
 @torch.no_grad()
-def _resize_mean_init(model: "PreTrainedModel", new_vocab: int) -> list[int]:
-    """Resizes input and output embeddings to ``new_vocab`` rows; new rows = mean of the old rows.
-
-    Returns:
-        The ids of the new rows.
-    """
+def _resize_mean_init(model: "PreTrainedModel", new_vocab: int) -> None:
+    """Resizes input and output embeddings to ``new_vocab`` rows; new rows = mean of the old rows."""
     old_vocab = model.get_input_embeddings().weight.shape[0]
     if new_vocab == old_vocab:
-        return []
+        return
     model.resize_token_embeddings(new_vocab, mean_resizing=False)
     mats = [model.get_input_embeddings().weight]
     out = model.get_output_embeddings()
@@ -265,7 +263,6 @@ def _resize_mean_init(model: "PreTrainedModel", new_vocab: int) -> list[int]:
         mats.append(out.weight)
     for w in mats:  # (V, D)
         w[old_vocab:] = w[:old_vocab].float().mean(dim=0).to(w.dtype)
-    return list(range(old_vocab, new_vocab))
 
 
 def _module_name(model: nn.Module, module: nn.Module) -> str:
@@ -282,8 +279,13 @@ def load_llm(cfg: LLMConfig, tokenizer: "PreTrainedTokenizerBase", device: "str 
     ``inputs_embeds`` need not require grad); 4. peft: LoRA on ``cfg.lora.target_modules`` when enabled, and
     the new rows of ``embed_tokens`` (and of an untied ``lm_head``) trainable; every other base weight frozen.
 
+    The base model's embedding rows must equal either the tokenizer's base vocabulary (``tokenizer.vocab_size``;
+    the usual case, resized here) or ``len(tokenizer)`` (a base saved after resizing, e.g. inside a pipeline
+    directory; its new rows are then overwritten by :meth:`LLM.load_adapter`). The new token ids are the
+    tokenizer's added tokens, ``range(tokenizer.vocab_size, len(tokenizer))``.
+
     Args:
-        cfg: the LLM config (its ``vocab_size`` must equal the tokenizer's base vocabulary when random).
+        cfg: the LLM config (random init: ``vocab_size`` must equal ``tokenizer.vocab_size``).
         tokenizer: from :func:`load_tokenizer`.
         device: where the model lives (default cpu).
         base_dir: relative paths in ``cfg`` are resolved against it.
@@ -294,12 +296,15 @@ def load_llm(cfg: LLMConfig, tokenizer: "PreTrainedTokenizerBase", device: "str 
     dtype = _check_cfg(cfg)
     device = torch.device(device if device is not None else "cpu")
     model = _load_base(cfg, dtype, device, base_dir)
+    # The new rows are the tokenizer's added tokens. The base either has the base vocabulary (resized here,
+    # new rows = mean) or was saved already resized (e.g. by a pipeline; the adapter holds the new rows).
     base_vocab = model.get_input_embeddings().weight.shape[0]
-    if base_vocab != tokenizer.vocab_size or len(tokenizer) < base_vocab:
-        raise ValueError(f"the LLM has {base_vocab} embedding rows but the tokenizer's base vocabulary has "
-                         f"{tokenizer.vocab_size} tokens ({len(tokenizer)} with added tokens); set llm.vocab_size "
-                         f"(random init) or use the tokenizer that belongs to llm.path")
-    new_ids = _resize_mean_init(model, len(tokenizer))
+    if base_vocab not in (tokenizer.vocab_size, len(tokenizer)):
+        raise ValueError(f"the LLM has {base_vocab} embedding rows but the tokenizer has {tokenizer.vocab_size} base "
+                         f"tokens ({len(tokenizer)} with the added ones); set llm.vocab_size = "
+                         f"{tokenizer.vocab_size} (random init) or use the tokenizer that belongs to llm.path")
+    _resize_mean_init(model, len(tokenizer))
+    new_ids = list(range(tokenizer.vocab_size, len(tokenizer)))
 
     gc_kwargs = {"use_reentrant": False}
     if cfg.quantization is not None and training:
@@ -328,7 +333,7 @@ def load_llm(cfg: LLMConfig, tokenizer: "PreTrainedTokenizerBase", device: "str 
     model.train(training)
     llm = LLM(model, tokenizer, new_ids)
     counts = {k: sum(p.numel() for p in v) for k, v in llm.trainable_parameters().items()}
-    logger.info("LLM: %s base params, trainable %s, %d new tokens, dtype %s, quantization %s, device %s",
+    logger.info("LLM: %s frozen params, trainable %s, %d new tokens, dtype %s, quantization %s, device %s",
                 f"{sum(p.numel() for p in model.parameters()) - sum(counts.values()):,}", counts, len(new_ids),
                 cfg.dtype, cfg.quantization, device)
     return llm

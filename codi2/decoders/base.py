@@ -189,10 +189,10 @@ class Decoder:
             return
         pipe = self._pipe
         names = [n for n in pipe.config.keys() if not n.startswith("_") and isinstance(pipe.config[n], (list, tuple))]
-        keep = {n: getattr(pipe, n) for n in names if n not in self.text_components and n not in self.unused_components}
-        absent = {n: None for n in self.unused_components}
+        absent = {n: None for n in names if n not in self.text_components}  # load the text components only
         logger.info("loading text components %s from %s", ", ".join(self.text_components), self.path)
-        full = self._pipeline_class().from_pretrained(str(self.path), dtype=self.dtype, **keep, **absent)
+        full = self._pipeline_class().from_pretrained(str(self.path), dtype=self.dtype, **absent,
+                                                      **self._text_overrides())
         for name in self.text_components:
             module = getattr(full, name)
             if isinstance(module, torch.nn.Module):
@@ -200,6 +200,10 @@ class Decoder:
                 self._model_types[name] = getattr(module.config, "model_type", None)
             setattr(pipe, name, module)
         self._text_loaded = True
+
+    def _text_overrides(self) -> dict[str, Any]:
+        """Text components a subclass loads itself (passed to ``from_pretrained``)."""
+        return {}
 
     def free_text_encoders(self) -> None:
         """Drops the text components (placeholders stay where the pipeline needs them)."""
@@ -335,8 +339,9 @@ class Decoder:
         """The head targets for captions: ``target_spec()`` tensors ``(B, *shape)``, float32 on CPU."""
         raise NotImplementedError(f"{type(self).__name__}.targets is not implemented")
 
-    def encode_target(self, target: Any) -> torch.Tensor:
-        """Target media -> the pipeline's VAE latents (no gradient). See subclasses for the formats."""
+    def encode_target(self, target: Any, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Target media -> the pipeline's VAE latents (no gradient; ``generator`` seeds the VAE's
+        posterior sample). See subclasses for the formats."""
         raise NotImplementedError
 
     def diffusion_loss(self, cond: dict[str, torch.Tensor], target: Any, *, target_is_latents: bool = False,
@@ -357,13 +362,13 @@ class Decoder:
 
         cond = self.check_cond(cond)
         pipe = self.pipe
-        latents = target if target_is_latents else self.encode_target(target)
+        g = torch.Generator("cpu").manual_seed(int(seed)) if seed is not None else None
+        latents = target if target_is_latents else self.encode_target(target, generator=g)
         latents = latents.to(device=self.device, dtype=self.dtype)
         b = latents.shape[0]
         if b != next(iter(cond.values())).shape[0]:
             raise ValueError(f"target batch {b} != cond batch {next(iter(cond.values())).shape[0]}")
         sched = DDPMScheduler.from_config(self._scheduler_config or pipe.scheduler.config)
-        g = torch.Generator("cpu").manual_seed(int(seed)) if seed is not None else None
         noise = randn_tensor(latents.shape, generator=g, device=self.device, dtype=self.dtype)
         t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=g).to(self.device)
         noisy = sched.add_noise(latents, noise, t)
@@ -418,6 +423,11 @@ class Decoder:
 def _check_choice(field: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"decoder {field} = {value!r}; allowed: {', '.join(allowed)}")
+
+
+def check_captions(captions: "list[str]") -> None:
+    if isinstance(captions, str) or len(captions) == 0 or not all(isinstance(c, str) for c in captions):
+        raise TypeError(f"captions must be a non-empty list of str, got {captions!r}")
 
 
 def _free_memory() -> None:

@@ -53,7 +53,8 @@ class ImageDecoder(Decoder):
             "the image head's target is the ImageBind vision embedding of the target image (the space unCLIP-H "
             "takes as image_embeds); compute it with codi2.encoders from the image, not from a caption")
 
-    def encode_target(self, target: "Sequence[Any] | torch.Tensor") -> torch.Tensor:
+    def encode_target(self, target: "Sequence[Any] | torch.Tensor",
+                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Images -> VAE latents.
 
         Args:
@@ -70,7 +71,7 @@ class ImageDecoder(Decoder):
         if isinstance(target, np.ndarray):
             raise TypeError("image target must be a list of PIL images or a (B, 3, H, W) tensor in [0, 1]")
         pixels = pipe.image_processor.preprocess(target, height=height, width=width)  # (B, 3, H, W) in [-1, 1]
-        return self._vae_encode(pixels)
+        return self._vae_encode(pixels, generator)
 
     def _denoise(self, pipe: Any, noisy: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor],
                  generator: Optional[torch.Generator]) -> torch.Tensor:

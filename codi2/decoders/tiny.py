@@ -169,7 +169,7 @@ def save_tiny_audioldm2(path: "str | Path", gen_dim: int = 16, gen_len: int = 8,
     pipe = AudioLDM2Pipeline(
         vae=vae.eval(), text_encoder=text_encoder.eval(), text_encoder_2=text_encoder_2.eval(),
         projection_model=projection_model.eval(), language_model=language_model.eval(), tokenizer=tokenizer,
-        tokenizer_2=tokenizer_2, feature_extractor=ClapFeatureExtractor(feature_size=16, sampling_rate=sampling_rate),
+        tokenizer_2=tokenizer_2, feature_extractor=ClapFeatureExtractor(),
         unet=unet.eval(),
         scheduler=DDIMScheduler(beta_start=0.0015, beta_end=0.0195, beta_schedule="scaled_linear", clip_sample=False,
                                 set_alpha_to_one=False),

@@ -35,7 +35,7 @@ class ImageBindEncoder(nn.Module):
     def __init__(self, cfg: ImageBindConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.model = build_imagebind(cfg, frozen=True)
+        self.model: ImageBindModel = build_imagebind(cfg, frozen=True)
         self.out_dim: int = cfg.out_embed_dim
         self.num_image_tokens: int = self.model.num_image_tokens
 

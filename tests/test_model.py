@@ -1,0 +1,84 @@
+import math
+
+import pytest
+import torch
+
+from codi2.conversation import Message, Part
+from codi2.model import CoDi2Model
+from codi2.modality import Modality
+
+from .conftest import make_audio, make_image, make_video
+
+
+def _convs():
+    return [
+        [Message("user", [Part("image", media=make_image(0)), Part("image", media=make_image(1)),
+                          Part("audio", media=make_audio(0)), Part("video", media=make_video(0)),
+                          Part.from_text("Combine these.")]),
+         Message("assistant", [Part.from_text("Here:"), Part("image", media=make_image(2))])],
+        [Message("user", "Say hello."), Message("assistant", "Hello there.")],
+    ]
+
+
+def test_collate_places_every_span(tiny_model):
+    b = tiny_model.collate(_convs())
+    assert b.input_ids.shape[0] == 2
+    assert b.inputs[Modality.IMAGE].features.shape == (2, 17, 16)
+    assert b.inputs[Modality.AUDIO].features.shape == (1, 1, 16)
+    assert b.inputs[Modality.VIDEO].features.shape == (1, 4, 16)
+    assert b.outputs[Modality.IMAGE].targets["image_embeds"].shape == (1, 16)
+    ids = b.input_ids
+    s = b.inputs[Modality.IMAGE]
+    for row, start in zip(s.batch_index.tolist(), s.start.tolist()):
+        assert ids[row, start:start + 17].eq(tiny_model.builder.ids["[IMG_IN]"]).all()
+    # padding is masked and unsupervised
+    assert b.attention_mask[1].sum() < b.attention_mask[0].sum()
+    assert (b.labels[1][b.attention_mask[1] == 0] == -100).all()
+
+
+def test_media_features_change_the_embedding(tiny_model):
+    b = tiny_model.collate(_convs()[:1])
+    e1 = tiny_model.embed(b.input_ids, b.inputs)
+    b.inputs[Modality.IMAGE].features = b.inputs[Modality.IMAGE].features + 1.0
+    e2 = tiny_model.embed(b.input_ids, b.inputs)
+    s = b.inputs[Modality.IMAGE]
+    start = int(s.start[0])
+    assert not torch.allclose(e1[0, start:start + 17], e2[0, start:start + 17])
+    assert torch.equal(e1[0, :start - 1], e2[0, :start - 1])
+
+
+def test_training_forward_gradients_only_on_trainable_parts(tiny_cfg):
+    torch.manual_seed(0)
+    model = CoDi2Model(tiny_cfg).train()
+    out = model(model.collate(_convs()))
+    assert set(out.parts) == {"text", "feature/image", "total"}
+    assert all(math.isfinite(v) for v in out.parts.values())
+    out.loss.backward()
+    trainable = {id(p) for group in model.trainable_parameters().values() for p in group}
+    groups = model.trainable_parameters()
+    assert all(len(groups[g]) > 0 for g in ("lora", "new_token_rows", "projectors", "heads"))
+    for name, p in model.named_parameters():
+        if id(p) in trainable:
+            continue
+        assert p.grad is None, f"{name} is frozen but got a gradient"
+    # LoRA B starts at zero, so B gets gradients (A does not yet); new rows, projectors and the image head all do
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in groups["lora"])
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in groups["new_token_rows"])
+    assert all(p.grad is not None for p in model.projectors.parameters())
+    assert all(p.grad is not None for p in model.heads["image"].parameters())
+    assert all(p.grad is None for p in model.heads["audio"].parameters())  # no audio output in this batch
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+
+
+def test_encode_media_uses_the_cache(tiny_model):
+    cache = {}
+    parts = [Part("image", media=make_image(5)), Part("image", media=make_image(5))]
+    f = tiny_model.encode_media(Modality.IMAGE, parts, cache)
+    assert len(cache) == 1 and torch.equal(f[0], f[1])
+    cache[next(iter(cache))] = torch.zeros_like(f[0])  # a cache hit must not re-encode
+    assert tiny_model.encode_media(Modality.IMAGE, [Part("image", media=make_image(5))], cache).abs().sum() == 0
+
+
+def test_output_without_caption_cannot_make_audio_target(tiny_model):
+    with pytest.raises(ValueError, match="no caption"):
+        tiny_model.compute_targets(Modality.AUDIO, [Part("audio", media=make_audio(0))])
