@@ -51,7 +51,8 @@ def _chat(args: argparse.Namespace) -> int:
         if p.type != "text":
             pipe.model.load_part(p)  # fail early with a MediaError naming the file
     opts = SamplingOptions(seed=args.seed, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                           top_p=args.top_p, steps=args.steps, guidance=args.guidance, scheduler=args.scheduler)
+                           top_p=args.top_p, steps=args.steps, guidance=args.guidance, scheduler=args.scheduler,
+                           prefix=args.prefix)
     reply = pipe.chat(Message("user", parts), opts)
     out = Path(args.out)
     manifest = {"schema": 1, "model": str(args.model), "seed": args.seed,
@@ -97,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--steps", type=int, help="diffusion steps")
     c.add_argument("--guidance", type=float)
     c.add_argument("--scheduler", choices=["ddim", "dpm++"])
+    c.add_argument("--prefix", default="", help="the reply starts with this text; '<img>' / '<aud>' / '<vid>' in it "
+                   "make the model produce that media there (e.g. --prefix 'Here: <img>')")
     c.add_argument("--device", default=None)
     c.add_argument("--override", action="append", default=[], help="key=value config override (repeatable)")
     c.add_argument("--json", action="store_true")

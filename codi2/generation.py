@@ -211,6 +211,7 @@ class ChatSession:
                 raise RuntimeError(f"KV cache has {self._cache.get_seq_length()} tokens after rollback, expected {n}")
 
     # ------------------------------------------------------------------ forward
+    @torch.no_grad()
     def _forward(self, ids: list[int], spans: Sequence[_InSpan] = ()) -> tuple[torch.Tensor, torch.Tensor]:
         """Feeds ``ids`` (spans relative to the session) and returns (logits (n, V), hidden (n, D)) for them."""
         model = self.model

@@ -30,7 +30,6 @@ import math
 import os
 import re
 import struct
-import warnings
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -49,13 +48,15 @@ KINDS = (IMAGE, AUDIO, VIDEO)
 
 # Suffixes each loader accepts. ``.gif`` is both: an image (first frame) or a video (all frames).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".m4a", ".aac", ".weba")
-VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".gif")
+# Audio-only .webm/.mp4 (e.g. browser microphone recordings) are audio: the content decides.
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".m4a", ".aac", ".weba",
+                  ".webm", ".mka", ".mp4")
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".ogv", ".gif")
 SUFFIXES = {IMAGE: IMAGE_SUFFIXES, AUDIO: AUDIO_SUFFIXES, VIDEO: VIDEO_SUFFIXES}
 
 # Content formats (from magic bytes) each loader accepts.
 IMAGE_FORMATS = ("png", "jpeg", "gif", "webp", "bmp", "tiff")
-AUDIO_FORMATS = ("wav", "flac", "ogg", "mp3", "aiff", "m4a", "aac", "webm")
+AUDIO_FORMATS = ("wav", "flac", "ogg", "mp3", "aiff", "m4a", "aac", "webm", "mp4")
 VIDEO_FORMATS = ("mp4", "mov", "webm", "avi", "ogg", "gif")
 _FORMATS = {IMAGE: IMAGE_FORMATS, AUDIO: AUDIO_FORMATS, VIDEO: VIDEO_FORMATS}
 
@@ -260,8 +261,8 @@ def _sniff_file(path: PathLike) -> tuple[Optional[tuple[str, str]], bytes]:
 
 def _unknown_content(path: PathLike, head: bytes, kind: Optional[str] = None) -> MediaError:
     if kind is None:
-        return _error(path, f"not a media file ({_describe_unknown(head)}); allowed formats: images ({', '.join(IMAGE_FORMATS)}), "
-                            f"audio ({', '.join(AUDIO_FORMATS)}), video ({', '.join(VIDEO_FORMATS)})")
+        return _error(path, f"not a media file ({_describe_unknown(head)}); allowed formats: "
+                            f"images ({', '.join(IMAGE_FORMATS)}), audio ({', '.join(AUDIO_FORMATS)}), video ({', '.join(VIDEO_FORMATS)})")
     return _error(path, f"not {_ARTICLE[kind]} file ({_describe_unknown(head)}); "
                         f"allowed {kind} formats: {', '.join(_FORMATS[kind])}")
 
@@ -279,11 +280,12 @@ def detect_kind(path: PathLike) -> str:
     Raises:
         MediaError: the file is missing, empty or not a recognised media format.
     """
-    return _identify(path, None, MediaLimits(max_file_bytes=2**63))[0]
+    return _identify(path, None, MediaLimits(max_file_bytes=2**63), check_suffix=False)[0]
 
 
-def _identify(path: PathLike, kind: Optional[str], limits: MediaLimits) -> tuple[str, str, int]:
-    """File, content and suffix checks; returns (kind, content format, file size).
+def _identify(path: PathLike, kind: Optional[str], limits: MediaLimits,
+              check_suffix: bool = True) -> tuple[str, str, int]:
+    """File, content and (optionally) suffix checks; returns (kind, content format, file size).
 
     ``kind`` None means "whatever the content is" (a GIF is then an image).
     """
@@ -296,7 +298,8 @@ def _identify(path: PathLike, kind: Optional[str], limits: MediaLimits) -> tuple
     if found_kind != kind and not (kind == VIDEO and fmt == "gif"):
         raise _error(path, f"not {_ARTICLE[kind]} file (its content is {fmt} {found_kind}); "
                            f"allowed {kind} formats: {', '.join(_FORMATS[kind])}")
-    _check_suffix(path, kind)
+    if check_suffix:
+        _check_suffix(path, kind)
     if fmt not in _FORMATS[kind]:
         raise _error(path, f"unsupported {kind} format {fmt!r}; allowed: {', '.join(_FORMATS[kind])}")
     return kind, fmt, size
@@ -331,10 +334,7 @@ def _open_image(path: PathLike, limits: MediaLimits):
     from PIL import Image
 
     try:
-        with warnings.catch_warnings():
-            # Our own pixel limit is checked right after the header is read.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return Image.open(os.fspath(path))
+        return Image.open(os.fspath(path))
     except Image.DecompressionBombError as e:
         m = re.search(r"\((\d+) pixels\)", str(e))
         size = f"has {_mp(int(m.group(1)))}" if m else "is over Pillow's decompression-bomb guard"
@@ -450,6 +450,10 @@ def probe(path: PathLike, kind: Optional[str] = None) -> MediaInfo:
         kind: ``"image"``, ``"audio"`` or ``"video"``; default: :func:`detect_kind`. Pass
             ``"video"`` for a GIF to get its frame count and duration.
 
+    The suffix is not checked here (:func:`validate` and the loaders check it) and no limit
+    is applied, except that an image beyond Pillow's own decompression-bomb guard
+    (2 × ``PIL.Image.MAX_IMAGE_PIXELS``) cannot be opened even lazily and raises.
+
     Returns:
         A :class:`MediaInfo` (kind, format, file size, width/height, duration, frames, fps,
         sample rate, channels, has_audio).
@@ -457,11 +461,11 @@ def probe(path: PathLike, kind: Optional[str] = None) -> MediaInfo:
     Raises:
         MediaError: missing, empty, unreadable or not of the requested kind.
     """
-    return _probe(path, kind, MediaLimits(max_file_bytes=2**63))
+    return _probe(path, kind, MediaLimits(max_file_bytes=2**63), check_suffix=False)
 
 
-def _probe(path: PathLike, kind: Optional[str], limits: MediaLimits) -> MediaInfo:
-    kind, fmt, size = _identify(path, None if kind is None else _parse_kind(kind), limits)
+def _probe(path: PathLike, kind: Optional[str], limits: MediaLimits, check_suffix: bool = True) -> MediaInfo:
+    kind, fmt, size = _identify(path, None if kind is None else _parse_kind(kind), limits, check_suffix)
     info = MediaInfo(path=os.fspath(path), kind=kind, format=fmt, file_bytes=size)
     if kind == IMAGE or fmt == "gif":
         _probe_image(path, info, limits, as_video=kind == VIDEO)
@@ -561,7 +565,8 @@ def load_image(path: PathLike, limits: MediaLimits = MediaLimits()) -> "Image.Im
     Handles png, jpeg, webp, gif and bmp/tiff; grayscale, palette, CMYK and 16-bit images
     are converted to 8-bit RGB; transparent pixels are composited on white; EXIF orientation
     is applied; an animated GIF/WebP gives its first frame. The size is checked from the header
-    before any pixel is decoded.
+    before any pixel is decoded. Pillow's global ``PIL.Image.MAX_IMAGE_PIXELS`` guard is left
+    as it is: an image over twice that (~179 MP) is refused even if ``max_image_pixels`` is higher.
 
     Returns:
         A fully loaded ``PIL.Image.Image`` in mode ``"RGB"`` (the file is closed).
@@ -617,6 +622,7 @@ def save_image(img: "Image.Image | np.ndarray", path: PathLike, quality: int = 9
     try:
         img.save(os.fspath(path), **kwargs)
     except _pil_errors() as e:
+        Path(path).unlink(missing_ok=True)
         raise _error(path, f"cannot write image ({_reason(e)})") from e
     return Path(path)
 
@@ -856,13 +862,14 @@ def save_audio(audio: Audio, path: PathLike, subtype: Optional[str] = None) -> P
         try:
             sf.write(os.fspath(path), x.T, int(audio.sample_rate), format=fmt, subtype=subtype)
         except (sf.SoundFileError, RuntimeError, ValueError, TypeError) as e:
+            Path(path).unlink(missing_ok=True)
             raise _error(path, f"cannot write {fmt} audio at {audio.sample_rate} Hz ({_reason(e)})") from e
         return Path(path)
-    codecs = {".mp3": ("libmp3lame", "mp3"), ".m4a": ("aac",), ".aac": ("aac",), ".opus": ("libopus", "opus"),
-              ".ogg": ("libvorbis", "vorbis", "libopus"), ".weba": ("libopus", "opus")}.get(suffix)
+    codecs = {".mp3": ("libmp3lame", "mp3"), ".m4a": ("aac",), ".mp4": ("aac",), ".aac": ("aac",),
+              ".opus": ("libopus", "opus"), ".ogg": ("libvorbis", "vorbis", "libopus"),
+              ".weba": ("libopus", "opus"), ".webm": ("libopus", "opus"), ".mka": ("libopus", "opus")}.get(suffix)
     if codecs is None:
-        raise _error(path, f"cannot write {suffix} audio here; writable: "
-                           f"{', '.join(s for s in AUDIO_SUFFIXES if s not in ('.aac',))}")
+        raise _error(path, f"cannot write {suffix} audio; writable: {', '.join(AUDIO_SUFFIXES)}")
     import av
 
     try:
@@ -870,9 +877,11 @@ def save_audio(audio: Audio, path: PathLike, subtype: Optional[str] = None) -> P
         with av.open(os.fspath(path), "w", format=container_fmt) as c:
             stream, audio = _add_audio_stream(c, codecs, Audio(x, int(audio.sample_rate)))
             _encode_audio(c, stream, audio)
-    except MediaError as e:
+    except MediaError as e:  # no audio encoder
+        Path(path).unlink(missing_ok=True)
         raise _error(path, str(e)) from e
     except _av_errors() as e:
+        Path(path).unlink(missing_ok=True)
         raise _error(path, f"cannot write {suffix} audio ({_reason(e)})") from e
     return Path(path)
 
@@ -990,6 +999,17 @@ def _check_video_arg(video: Video, path: PathLike) -> np.ndarray:
     return x
 
 
+# suffix -> (video encoders, audio encoders), first available wins
+_VIDEO_ENCODERS = {
+    ".mp4": (("libx264", "h264", "mpeg4"), ("aac",)),
+    ".m4v": (("libx264", "h264", "mpeg4"), ("aac",)),
+    ".mov": (("libx264", "h264", "mpeg4"), ("aac",)),
+    ".webm": (("libvpx-vp9", "libvpx"), ("libopus", "opus", "vorbis")),
+    ".mkv": (("libx264", "h264", "libvpx-vp9", "mpeg4"), ("libopus", "aac")),
+    ".avi": (("mpeg4",), ("mp3", "libmp3lame", "aac")),
+}
+
+
 def save_video(video: Video, path: PathLike, fps: Optional[float] = None) -> Path:
     """Saves a video: mp4/m4v/mov (H.264 via libx264, else MPEG-4 Part 2; AAC audio), webm/mkv
     (VP9, else VP8; Opus audio), or gif (Pillow; no audio, colours quantised to 256).
@@ -1017,18 +1037,14 @@ def save_video(video: Video, path: PathLike, fps: Optional[float] = None) -> Pat
     if suffix == ".gif":
         return _save_gif(frames, fps, path, has_audio=video.audio is not None)
 
-    vcodecs, acodecs = {
-        ".mp4": (("libx264", "h264", "mpeg4"), ("aac",)),
-        ".m4v": (("libx264", "h264", "mpeg4"), ("aac",)),
-        ".mov": (("libx264", "h264", "mpeg4"), ("aac",)),
-        ".webm": (("libvpx-vp9", "libvpx"), ("libopus", "opus", "vorbis")),
-        ".mkv": (("libx264", "h264", "libvpx-vp9", "mpeg4"), ("libopus", "aac")),
-        ".avi": (("mpeg4",), ("mp3", "libmp3lame", "aac")),
-    }[suffix]
+    if suffix not in _VIDEO_ENCODERS:
+        raise _error(path, f"cannot write {suffix} video; writable: {', '.join(_VIDEO_ENCODERS)}, .gif")
+    vcodecs, acodecs = _VIDEO_ENCODERS[suffix]
     t, h, w, _ = frames.shape
     if h % 2 or w % 2:  # 4:2:0 needs even dimensions
         frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
         log.info("%s: padded %dx%d frames to %dx%d for 4:2:0 encoding", path, w, h, frames.shape[2], frames.shape[1])
+    audio = None if video.audio is None else Audio(_check_audio_arg(video.audio, path), int(video.audio.sample_rate))
     rate = Fraction(fps).limit_denominator(1001)
     errors = []
     for vcodec in vcodecs:
@@ -1037,13 +1053,15 @@ def save_video(video: Video, path: PathLike, fps: Optional[float] = None) -> Pat
         except av.FFmpegError:
             continue
         try:
-            _write_av_video(path, frames, rate, vcodec, video.audio, acodecs)
+            _write_av_video(path, frames, rate, vcodec, audio, acodecs)
             return Path(path)
-        except MediaError as e:
+        except MediaError as e:  # no audio encoder
+            Path(path).unlink(missing_ok=True)
             raise _error(path, str(e)) from e
         except _av_errors() as e:  # encoder exists but cannot open here (e.g. a hardware encoder): try the next
             errors.append(f"{vcodec}: {_reason(e)}")
             log.debug("%s: encoder %s failed (%s)", path, vcodec, e)
+    Path(path).unlink(missing_ok=True)  # no half-written file
     raise _error(path, f"no working video encoder for {suffix} (tried {', '.join(vcodecs)}; {'; '.join(errors)})")
 
 
@@ -1063,8 +1081,7 @@ def _write_av_video(path: PathLike, frames: np.ndarray, rate: Fraction, vcodec: 
             stream.bit_rate = max(2_000_000, int(frames.shape[1] * frames.shape[2] * float(rate) * 0.5))
         astream = None
         if audio is not None:
-            x = _check_audio_arg(audio, path)
-            astream, audio = _add_audio_stream(c, acodecs, Audio(x, int(audio.sample_rate)))
+            astream, audio = _add_audio_stream(c, acodecs, audio)
         for i, arr in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
             frame.pts = i
@@ -1087,6 +1104,7 @@ def _save_gif(frames: np.ndarray, fps: float, path: PathLike, has_audio: bool) -
         images[0].save(os.fspath(path), save_all=True, append_images=images[1:], duration=duration_ms, loop=0,
                        optimize=False, disposal=1)
     except _pil_errors() as e:
+        Path(path).unlink(missing_ok=True)
         raise _error(path, f"cannot write GIF ({_reason(e)})") from e
     return Path(path)
 

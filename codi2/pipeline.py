@@ -176,19 +176,43 @@ def tiny_corpus(n: int = 400, seed: int = 0) -> list[str]:
 
 
 def _save_base_llm(llm: Any, directory: Path) -> None:
-    """Saves the base Llama (without LoRA / trainable-token wrappers) in the Hugging Face layout."""
+    """Saves the base Llama without the LoRA / trainable-token wrappers, in the Hugging Face layout.
+
+    Key map (peft wrapper -> plain Llama): ``X.token_adapter.base_layer.weight -> X.weight``,
+    ``X.base_layer.weight -> X.weight``; ``lora_*`` and ``trainable_tokens_delta`` live in the adapter.
+    """
+    from transformers import LlamaForCausalLM
+
     base = llm.base
     clean = {}
     for k, v in base.state_dict().items():
-        if "lora_" in k or "trainable_tokens" in k:
+        if "lora_" in k or "trainable_tokens_delta" in k:
             continue
-        clean[k.replace(".base_layer.", ".").replace("token_adapter.", "")] = v
-    expected = set(dict(base.named_parameters()).keys()) | set(dict(base.named_buffers()).keys())
-    expected = {k.replace(".base_layer.", ".") for k in expected if "lora_" not in k and "trainable_tokens" not in k}
-    missing = sorted(expected - set(clean))
-    if missing:
-        raise RuntimeError(f"could not map base LLM weights for saving: {missing[:5]}")
+        clean[k.replace(".token_adapter.base_layer.", ".").replace(".base_layer.", ".")] = v
+    with torch.device("meta"):
+        expected = set(LlamaForCausalLM(base.config).state_dict())
+    if set(clean) != expected:
+        raise RuntimeError(f"base LLM key map is incomplete: missing {sorted(expected - set(clean))[:5]}, "
+                           f"unexpected {sorted(set(clean) - expected)[:5]}")
     base.save_pretrained(str(directory), state_dict=clean)
+
+
+def save_tiny_decoder(m: Modality, path: Path, targets: dict, seed: int = 0) -> Path:
+    """A tiny random diffusers pipeline whose conditioning shapes equal the head's ``targets``."""
+    from .decoders import tiny
+
+    t = {k: tuple(int(x) for x in v) for k, v in targets.items()}
+    need = {Modality.IMAGE: {"image_embeds"}, Modality.AUDIO: {"generated_prompt_embeds", "prompt_embeds"},
+            Modality.VIDEO: {"prompt_embeds"}}[m]
+    if set(t) != need:
+        raise ValueError(f"modalities.{m.value}.head.targets has {sorted(t)}; the {m.value} decoder takes {sorted(need)}")
+    if m is Modality.IMAGE:
+        return tiny.save_tiny_unclip(path, image_embed_dim=t["image_embeds"][0], seed=seed)
+    if m is Modality.AUDIO:
+        (gl, gd), (_, td) = t["generated_prompt_embeds"], t["prompt_embeds"]
+        return tiny.save_tiny_audioldm2(path, gen_dim=gd, gen_len=gl, t5_dim=td, seed=seed)
+    (tl, td), = (t["prompt_embeds"],)
+    return tiny.save_tiny_text_to_video(path, text_dim=td, text_len=tl, seed=seed)
 
 
 def init_pipeline(cfg: ModelConfig, out_dir: "str | Path", seed: int = 0, config_dir: "str | Path | None" = None) -> Path:
@@ -198,7 +222,6 @@ def init_pipeline(cfg: ModelConfig, out_dir: "str | Path", seed: int = 0, config
     a tiny sentencepiece tokenizer (trained on :func:`tiny_corpus`), a random Llama, a random
     encoder, and tiny diffusers pipelines whose conditioning shapes match the heads' targets.
     """
-    from .decoders.tiny import save_tiny_decoder
     from .model import CoDi2Model
 
     out = Path(out_dir)
@@ -217,7 +240,7 @@ def init_pipeline(cfg: ModelConfig, out_dir: "str | Path", seed: int = 0, config
     for name, mc in cfg.modalities.items():
         if mc.enabled and mc.n_out > 0 and mc.decoder.path is None:
             target = out / "decoders" / name
-            save_tiny_decoder(Modality(name), target, {k: tuple(v) for k, v in mc.head.targets.items()}, seed=seed)
+            save_tiny_decoder(Modality(name), target, mc.head.targets, seed=seed)
             mc = dataclasses.replace(mc, decoder=dataclasses.replace(mc.decoder, path=f"decoders/{name}"))
         mods[name] = mc
     cfg = dataclasses.replace(cfg, llm=llm, modalities=mods)

@@ -395,7 +395,13 @@ def test_load_media_dispatch_and_detect_kind(tmp_path):
         load_media(img, kind="smell")
     text = tmp_path / "t.bin"
     text.write_text("plain text")
-    _raises(lambda: detect_kind(text), text, "text")
+    _raises(lambda: detect_kind(text), text, "not a media file", "text")
+    # detect_kind and probe read content only; validate and the loaders also require a known suffix
+    odd_name = tmp_path / "upload.bin"
+    odd_name.write_bytes(img.read_bytes())
+    assert detect_kind(odd_name) == "image" and probe(odd_name).width == 32
+    _raises(lambda: validate(odd_name), odd_name, "unsupported image file type '.bin'")
+    _raises(lambda: load_media(odd_name), odd_name, "unsupported image file type '.bin'")
 
 
 def test_opus_and_webm_audio_round_trip(tmp_path):
@@ -496,3 +502,13 @@ def test_mp4_falls_back_to_mpeg4_when_h264_cannot_open(tmp_path, monkeypatch):
         assert c.streams.video[0].codec_context.name == "mpeg4"
     v = load_video(path)
     assert v.frames.shape == clip.frames.shape and np.abs(v.frames.astype(int) - clip.frames).mean() < 8
+
+
+def test_audio_only_webm_and_mp4_are_audio(tmp_path):
+    """Browser microphone recordings come as audio-only .webm (Opus) or .mp4 (AAC): the content decides."""
+    for suffix in (".webm", ".mp4"):
+        path = save_audio(_tone(0.3), tmp_path / f"mic{suffix}")
+        assert detect_kind(path) == "audio"
+        assert isinstance(load_media(path), Audio)
+        _raises(lambda: load_video(path), path, "not a video file")
+    _raises(lambda: save_video(_clip(), tmp_path / "v.ogv"), tmp_path / "v.ogv", "cannot write .ogv video")

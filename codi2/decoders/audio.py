@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 
 class AudioDecoder(Decoder):
+    """cond: ``{'generated_prompt_embeds': (B, L, G), 'prompt_embeds': (B, T, D)}`` (+ optional
+    ``attention_mask`` (B, T)); decodes to mono :class:`codi2.media.Audio` at the vocoder's rate."""
+
     modality = Modality.AUDIO
     pipeline_class_name = "AudioLDM2Pipeline"
     unused_components = ("feature_extractor",)  # CLAP features only rank several waveforms per prompt
@@ -38,11 +41,14 @@ class AudioDecoder(Decoder):
     def _read_spec(self) -> dict[str, tuple[int, ...]]:
         lm = self._component_config("language_model")
         t5 = self._component_config("text_encoder_2")
-        gen_len = int(lm.get("max_new_tokens", 8))
-        d_t5 = int(t5.get("d_model", t5.get("hidden_size", 0)))
+        gen_len = int(lm.get("max_new_tokens", 8))  # 8 = AudioLDM2's GPT-2 default
+        d_t5 = t5.get("d_model", t5.get("hidden_size"))  # T5 / (TTS variant) VITS
+        if d_t5 is None:
+            raise ValueError(f"{self.path / 'text_encoder_2'}/config.json has neither d_model nor hidden_size")
         if self.cfg.prompt_len < 1:
             raise ValueError(f"decoder prompt_len = {self.cfg.prompt_len}; must be >= 1 (T5 tokens of prompt_embeds)")
-        return {"generated_prompt_embeds": (gen_len, int(lm["n_embd"])), "prompt_embeds": (self.cfg.prompt_len, d_t5)}
+        return {"generated_prompt_embeds": (gen_len, int(lm["n_embd"])),
+                "prompt_embeds": (self.cfg.prompt_len, int(d_t5))}
 
     def _optional_spec(self) -> dict[str, tuple[int, ...]]:
         return {"attention_mask": (self.cfg.prompt_len,)}
@@ -123,7 +129,6 @@ class AudioDecoder(Decoder):
 
         pipe.to("cpu")
         hook = None
-        self._offload_hooks = []
         for module in (pipe.unet, pipe.vae, pipe.vocoder):
             _, hook = cpu_offload_with_hook(module, self.device, prev_module_hook=hook)
             self._offload_hooks.append(hook)
@@ -154,7 +159,8 @@ class AudioDecoder(Decoder):
         wave = 0.5 * wave / (wave.abs().amax(dim=1, keepdim=True) + 1e-8)
         pad = (n_fft - hop) // 2
         wave = F.pad(wave[:, None], (pad, pad), mode="reflect")[:, 0]
-        spec = torch.stft(wave, n_fft, hop_length=hop, win_length=n_fft, window=torch.hann_window(n_fft, device=wave.device),
+        window = torch.hann_window(n_fft, device=wave.device)
+        spec = torch.stft(wave, n_fft, hop_length=hop, win_length=n_fft, window=window,
                           center=False, return_complex=True).abs()  # (B, n_fft/2+1, frames)
         fb = mel_filter_bank(n_fft // 2 + 1, n_mels, 0.0, voc.sampling_rate / 2, voc.sampling_rate, norm="slaney",
                              mel_scale="slaney")

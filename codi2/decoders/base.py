@@ -94,8 +94,6 @@ class Decoder:
     text_components: ClassVar[tuple[str, ...]] = ()
     # Components the pipeline reads .dtype/.config/.parameters() from even when absent.
     placeholders: ClassVar[tuple[str, ...]] = ()
-    # Extra conditioning keys accepted by decode()/diffusion_loss(): name -> per-sample shape.
-    optional_cond: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: DecoderConfig, path: Path, device: torch.device, dtype: torch.dtype):
         self.cfg = cfg
@@ -107,6 +105,7 @@ class Decoder:
         self._model_types: dict[str, Optional[str]] = {}
         self._text_loaded = False
         self._scheduler_config: Any = None
+        self._offload_hooks: list[Any] = []  # accelerate hooks a subclass chained itself
         self._spec = self._read_spec()
 
     # ------------------------------------------------------------------ construction
@@ -169,7 +168,8 @@ class Decoder:
         logger.info("loading %s from %s (%s, %s)", self.pipeline_class_name, self.path, self.dtype, self.device)
         pipe = cls.from_pretrained(str(self.path), dtype=self.dtype, **absent)
         pipe.set_progress_bar_config(disable=True)
-        pipe.to(self.device)
+        if not self._offload_active():  # with offload, weights stay on the CPU until the hooks move them
+            pipe.to(self.device)
         for name in ("unet", "vae", "vocoder", "image_normalizer"):
             module = getattr(pipe, name, None)
             if isinstance(module, torch.nn.Module):
@@ -218,11 +218,14 @@ class Decoder:
         self._text_loaded = False
         _free_memory()
 
+    def _offload_active(self) -> bool:
+        return self.cfg.offload != "none" and self.device.type == "cuda" and torch.cuda.is_available()
+
     def _apply_offload(self, pipe: Any) -> None:
         mode = self.cfg.offload
         if mode == "none":
             return
-        if not torch.cuda.is_available() or self.device.type != "cuda":
+        if not self._offload_active():
             logger.info("decoder offload=%s ignored: it needs CUDA (device is %s)", mode, self.device)
             return
         if mode == "model":
@@ -235,6 +238,9 @@ class Decoder:
 
     def unload(self) -> None:
         """Frees the pipeline and the cached embeddings; the next use loads again."""
+        for hook in self._offload_hooks:
+            hook.remove()
+        self._offload_hooks = []
         if self._pipe is not None and hasattr(self._pipe, "remove_all_hooks"):
             self._pipe.remove_all_hooks()
         self._pipe = None
@@ -380,7 +386,8 @@ class Decoder:
         elif kind == "sample":
             goal = latents
         else:
-            raise ValueError(f"scheduler prediction_type {kind!r} is not supported; allowed: epsilon, v_prediction, sample")
+            raise ValueError(f"scheduler prediction_type {kind!r} is not supported; "
+                             "allowed: epsilon, v_prediction, sample")
         with torch.enable_grad():
             pred = self._denoise(pipe, noisy, t, cond, generator=g)
             return F.mse_loss(pred.float(), goal.float())

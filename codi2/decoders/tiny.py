@@ -148,6 +148,7 @@ def save_tiny_audioldm2(path: "str | Path", gen_dim: int = 16, gen_len: int = 8,
                                  max_position_embeddings=80, projection_dim=clap_dim)
     audio_config = ClapAudioConfig(spec_size=16, window_size=2, num_mel_bins=16, intermediate_size=16, depths=[1, 1],
                                    num_attention_heads=[2, 2], num_hidden_layers=2, hidden_size=16,
+                                   patch_embeds_hidden_size=8,
                                    projection_dim=clap_dim, patch_size=2, patch_stride=2, patch_embed_input_channels=4)
     text_encoder = ClapModel(ClapConfig(text_config=text_config.to_dict(), audio_config=audio_config.to_dict(),
                                         projection_dim=clap_dim))

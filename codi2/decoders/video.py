@@ -16,6 +16,9 @@ from codi2.modality import Modality
 
 
 class VideoDecoder(Decoder):
+    """cond: ``{'prompt_embeds': (B, L, D)}`` (77 × 1024 for Zeroscope); decodes to
+    :class:`codi2.media.Video` with ``cfg.num_frames`` uint8 frames at ``cfg.fps``."""
+
     modality = Modality.VIDEO
     pipeline_class_name = "TextToVideoSDPipeline"
     text_components = ("tokenizer", "text_encoder")

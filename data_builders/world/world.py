@@ -297,22 +297,35 @@ def _noun(obj: WorldObject, rng: Optional[np.random.Generator], size_words: dict
     return f"{article(phrase)} {phrase}"
 
 
+def object_phrase(
+    obj: WorldObject, modality: str = "image", rng: Optional[np.random.Generator] = None, direction: Optional[str] = None
+) -> str:
+    """A noun phrase for ``obj`` as ``modality`` shows it: image 'a small red circle at the top',
+    audio 'a small red circle', video 'a small red circle moving up' (needs ``direction``).
+    ``rng=None`` gives the canonical wording."""
+    noun = _noun(obj, rng, _SIZE_WORDS)
+    if modality == "image":
+        return f"{noun} {_pick(_POSITION_PHRASES[obj.position], rng)}"
+    if modality == "audio":
+        return noun
+    if modality == "video":
+        if direction is None:
+            raise ValueError("object_phrase(modality='video') needs a direction")
+        return f"{noun} {_pick(_DIRECTION_PHRASES[check_direction(direction)], rng)}"
+    raise ValueError(f"unknown modality {modality!r}; allowed: {', '.join(MODALITY_ATTRS)}")
+
+
 def image_caption(obj: WorldObject, rng: Optional[np.random.Generator] = None) -> str:
     """A caption of a picture of ``obj``; ``rng=None`` gives the canonical phrasing."""
+    phrase = object_phrase(obj, "image", rng)
     noun, where = _noun(obj, rng, _SIZE_WORDS), _pick(_POSITION_PHRASES[obj.position], rng)
-    templates = (
-        f"{noun} {where}",
-        f"there is {noun} {where}",
-        f"a picture of {noun} {where}",
-        f"{where}, {noun}",
-        f"{noun} sits {where}",
-    )
+    templates = (phrase, f"there is {phrase}", f"a picture of {phrase}", f"{where}, {noun}", f"{noun} sits {where}")
     return _pick(templates, rng)
 
 
 def audio_caption(obj: WorldObject, rng: Optional[np.random.Generator] = None) -> str:
-    """A caption of the sound of ``obj`` (no position)."""
-    noun = _noun(obj, rng, _SIZE_WORDS)
+    """A caption of the sound of ``obj`` (no position); ``rng=None`` gives the canonical phrasing."""
+    noun = object_phrase(obj, "audio", rng)
     loud = _pick(_LOUD_WORDS[obj.size], rng)
     templates = (
         f"the sound of {noun}",
@@ -324,14 +337,23 @@ def audio_caption(obj: WorldObject, rng: Optional[np.random.Generator] = None) -
 
 
 def video_caption(obj: WorldObject, direction: str, rng: Optional[np.random.Generator] = None) -> str:
-    """A caption of a video of ``obj`` moving in ``direction``."""
-    noun, motion = _noun(obj, rng, _SIZE_WORDS), _pick(_DIRECTION_PHRASES[check_direction(direction)], rng)
-    templates = (
-        f"{noun} {motion}",
-        f"a video of {noun} {motion}",
-        f"there is {noun} {motion}",
-    )
-    return _pick(templates, rng)
+    """A caption of a video of ``obj`` moving in ``direction``; ``rng=None`` gives the canonical phrasing."""
+    phrase = object_phrase(obj, "video", rng, direction)
+    return _pick((phrase, f"a video of {phrase}", f"there is {phrase}"), rng)
+
+
+def caption(modality: str, obj: WorldObject, direction: Optional[str] = None,
+            rng: Optional[np.random.Generator] = None) -> str:
+    """The caption of ``obj`` rendered in ``modality`` (image / audio / video)."""
+    if modality == "image":
+        return image_caption(obj, rng)
+    if modality == "audio":
+        return audio_caption(obj, rng)
+    if modality == "video":
+        if direction is None:
+            raise ValueError("a video caption needs a direction")
+        return video_caption(obj, direction, rng)
+    raise ValueError(f"unknown modality {modality!r}; allowed: {', '.join(MODALITY_ATTRS)}")
 
 
 _WORD_TO_VALUE: dict[str, tuple[str, str]] = {}
