@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Modules that add subcommands through `register(subparsers)`.
-_PLUGINS: list[str] = []
+_PLUGINS: list[str] = ["codi2.media"]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -79,6 +79,7 @@ class _Absent:
 class Decoder:
     """A diffusers pipeline conditioned by embeddings. Subclasses set the class attributes and the
     four modality hooks (``_compute_null``, ``_run``, ``encode_target``, ``_denoise``).
+    One decode at a time per instance (``decode`` swaps the pipeline's scheduler).
 
     Attributes:
         cfg: the :class:`DecoderConfig`.

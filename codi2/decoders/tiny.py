@@ -118,14 +118,16 @@ def save_tiny_unclip(path: "str | Path", image_embed_dim: int = 32, text_dim: in
 
 def save_tiny_audioldm2(path: "str | Path", gen_dim: int = 16, gen_len: int = 8, t5_dim: int = 32,
                         clap_dim: int = 16, mel_bins: int = 8, sampling_rate: int = 16000,
-                        seed: int = 0) -> Path:
-    """Writes a tiny ``AudioLDM2Pipeline`` (mel hop 4, so 0.016 s at 16 kHz = 64 mel frames).
+                        upsample_rates: tuple[int, ...] = (2, 2), seed: int = 0) -> Path:
+    """Writes a tiny ``AudioLDM2Pipeline`` (mel hop = prod(upsample_rates): 4 by default, so 0.016 s at
+    16 kHz = 64 mel frames; AudioLDM2 uses hop 160).
 
     Args:
         gen_dim / gen_len: ``generated_prompt_embeds`` (B, gen_len, gen_dim) (8 × 768 for AudioLDM2).
         t5_dim: D of ``prompt_embeds`` (B, T, D) (1024 for AudioLDM2's Flan-T5-large).
         clap_dim: CLAP text projection dim.
         mel_bins: vocoder mel bins (64 for AudioLDM2).
+        upsample_rates: the vocoder's upsampling per stage; a larger hop makes long clips cheaper.
     """
     from diffusers import AudioLDM2Pipeline, AudioLDM2ProjectionModel, AudioLDM2UNet2DConditionModel, DDIMScheduler
     from transformers import (ClapAudioConfig, ClapConfig, ClapFeatureExtractor, ClapModel, ClapTextConfig,
@@ -164,8 +166,9 @@ def save_tiny_audioldm2(path: "str | Path", gen_dim: int = 16, gen_len: int = 8,
                                                 langauge_model_dim=gen_dim)
     torch.manual_seed(seed)
     vocoder = SpeechT5HifiGan(SpeechT5HifiGanConfig(
-        model_in_dim=mel_bins, sampling_rate=sampling_rate, upsample_initial_channel=8, upsample_rates=[2, 2],
-        upsample_kernel_sizes=[4, 4], resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3]],
+        model_in_dim=mel_bins, sampling_rate=sampling_rate, upsample_initial_channel=8,
+        upsample_rates=list(upsample_rates), upsample_kernel_sizes=[2 * r for r in upsample_rates],
+        resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3]],
         normalize_before=False))
     pipe = AudioLDM2Pipeline(
         vae=vae.eval(), text_encoder=text_encoder.eval(), text_encoder_2=text_encoder_2.eval(),

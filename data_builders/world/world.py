@@ -212,7 +212,8 @@ def _harmonics(shape: str, n: int) -> np.ndarray:
     if shape == "square":  # odd harmonics, 1/k
         return np.where(k % 2 == 1, 1.0 / k, 0.0)
     if shape == "triangle":  # odd harmonics, 1/k^2, alternating sign
-        return np.where(k % 2 == 1, (-1.0) ** ((k - 1) / 2) / k**2, 0.0)
+        sign = np.where(((k - 1) // 2) % 2 == 0, 1.0, -1.0)
+        return np.where(k % 2 == 1, sign / k**2, 0.0)
     if shape == "star":  # sawtooth, all harmonics 1/k
         return 1.0 / k
     raise ValueError(f"unknown shape {shape!r}; allowed: {', '.join(SHAPES)}")
