@@ -44,7 +44,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     p.add_argument("override", nargs="*", help="key=value config overrides")
     p.add_argument("--turns", type=int, default=10)
     p.add_argument("--new-tokens", type=int, default=16, help="reply length per turn (greedy, forced by max_new_tokens)")
-    p.add_argument("--repeats", type=int, default=3, help="repeats of the slot measurement (median)")
+    p.add_argument("--repeats", type=int, default=10, help="repeats of the slot measurement (median)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None, help="write the JSON here")
@@ -85,7 +85,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         history += [msg, reply]
         rows.append({"turn": k + 1, "context_tokens": cached.num_tokens, "cached_s": t_cached,
                      "reencode_s": t_full, "speedup": t_full / t_cached,
-                     "same_reply": reply.to_dict() == reply_full.to_dict()})
+                     "same_reply_as_stateless": reply.to_dict() == reply_full.to_dict()})
         print(f"turn {k + 1:2d}  ctx {cached.num_tokens:5d} tok  cached {t_cached * 1e3:8.1f} ms  "
               f"re-encode {t_full * 1e3:8.1f} ms  x{t_full / t_cached:5.2f}", file=sys.stderr)
 
@@ -111,7 +111,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "turns": rows,
         "turn_speedup_last": rows[-1]["speedup"],
         "turn_speedup_mean": statistics.mean(r["speedup"] for r in rows),
-        "replies_identical": all(r["same_reply"] for r in rows),
+        # The stateless baseline re-tokenizes the history from its messages (as a stateless server must);
+        # generated token ids need not equal their re-tokenized text, so replies may differ (the tests
+        # check that cached and fully recomputed sessions over the same tokens agree exactly).
+        "replies_same_as_stateless": sum(r["same_reply_as_stateless"] for r in rows),
         "slots": {"n_out": n_out, "one_pass_s": statistics.median(one), "per_token_s": statistics.median(per),
                   "speedup": statistics.median(per) / statistics.median(one)},
     }

@@ -13,7 +13,7 @@ stamp=".venv/.codi2-installed"
 want="$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[setup] installing requirements into .venv (first run takes a few minutes)" >&2
-  .venv/bin/python -m pip install -q --upgrade pip >&2
+  .venv/bin/python -m pip install -q --upgrade pip "setuptools>=68" >&2
   .venv/bin/python -m pip install -q -r requirements.txt >&2
   # reference ImageBind for tests/test_encoders_parity.py; --no-deps: its deps include torchvision/torchaudio
   .venv/bin/python -m pip install -q --no-deps imagebind-unofficial==0.1.1 >&2
