@@ -120,6 +120,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     }
     text = json.dumps(result, indent=2)
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
     print(text)
     return result

@@ -123,18 +123,26 @@ def audio_wave(audio: Audio) -> torch.Tensor:
 
 
 class AttributeCNN(nn.Module):
-    """4 x (conv3x3 -> ReLU -> maxpool 2) -> flatten -> Linear -> ReLU -> one Linear head per attribute."""
+    """conv5x5/2 -> 3 x (conv3x3 -> maxpool 2), each conv with BatchNorm + ReLU -> flatten -> Linear -> ReLU
+    -> one Linear head per attribute. Flattening (not global pooling) keeps where things are: position,
+    direction, pitch (frequency) and length (time)."""
 
     def __init__(self, in_shape: tuple[int, int, int], attrs: Sequence[str], width: int = 16, hidden: int = 128):
         super().__init__()
         c = in_shape[0]
-        chans = [c, width, 2 * width, 2 * width, 4 * width]
-        layers: list[nn.Module] = []
-        for a, b in zip(chans[:-1], chans[1:]):
-            layers += [nn.Conv2d(a, b, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
-        self.trunk = nn.Sequential(*layers, nn.Flatten())
+
+        def block(a: int, b: int, k: int = 3, stride: int = 1) -> list[nn.Module]:
+            return [nn.Conv2d(a, b, k, stride=stride, padding=k // 2, bias=False), nn.BatchNorm2d(b), nn.ReLU()]
+
+        self.trunk = nn.Sequential(
+            *block(c, width, 5, 2),  # (B, w, H/2, W/2)
+            *block(width, width), nn.MaxPool2d(2),  # (B, w, H/4, W/4)
+            *block(width, 2 * width), nn.MaxPool2d(2),  # (B, 2w, H/8, W/8)
+            *block(2 * width, 4 * width), nn.MaxPool2d(2),  # (B, 4w, H/16, W/16)
+            nn.Flatten(),
+        )
         with torch.no_grad():
-            flat = self.trunk(torch.zeros(1, *in_shape)).shape[1]
+            flat = self.trunk(torch.zeros(2, *in_shape)).shape[1]
         self.hidden = nn.Sequential(nn.Linear(flat, hidden), nn.ReLU())
         self.heads = nn.ModuleDict({a: nn.Linear(hidden, len(ATTRIBUTES[a])) for a in attrs})
 
@@ -190,7 +198,8 @@ def _augment(modality: str, x: torch.Tensor, g: torch.Generator) -> torch.Tensor
 
 
 def _model_input(modality: str, x: torch.Tensor) -> torch.Tensor:
-    return log_mel(x) if modality == "audio" else x
+    """Features -> network input: log-mel for waves, centred pixels for pictures and clips."""
+    return log_mel(x) if modality == "audio" else x - 0.5
 
 
 # --------------------------------------------------------------------------- judges
@@ -288,7 +297,7 @@ class Judges:
                     loss.backward()
                     opt.step()
                     sched.step()
-                    losses.append(float(loss))
+                    losses.append(float(loss.detach()))
                     bar.update(1)
                     bar.set_postfix(loss=f"{losses[-1]:.3f}")
                     if len(losses) >= total:
