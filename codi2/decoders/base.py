@@ -188,7 +188,7 @@ class Decoder:
         """Loads the text components from the directory onto the pipeline (kept until freed)."""
         if self._text_loaded or not self.text_components:
             return
-        pipe = self._pipe
+        pipe = self.pipe  # loads the pipeline first when targets() is the first use
         names = [n for n in pipe.config.keys() if not n.startswith("_") and isinstance(pipe.config[n], (list, tuple))]
         absent = {n: None for n in names if n not in self.text_components}  # load the text components only
         logger.info("loading text components %s from %s", ", ".join(self.text_components), self.path)

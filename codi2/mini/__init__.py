@@ -1,0 +1,102 @@
+"""The mini model's component pre-training stages (issue 5, item 3), before the LoRA + projector + head
+stages that ``train/`` runs:
+
+=========  ==========================================  ===================================  ==========================
+stage      what trains                                  entry                                 config
+=========  ==========================================  ===================================  ==========================
+encoder    ImageBind-architecture encoder, aligned      :func:`encoder_align.train_encoder`    configs/train/mini-encoder.yaml
+           to text (CoDi's bridging alignment)
+decoder    unCLIP / AudioLDM2 / text-to-video           :func:`decoder_train.train_decoder`    configs/train/mini-decoders.yaml
+           pipelines (VAE, vocoder, UNet) on the world
+llm        a small Llama + its sentencepiece tokenizer  :func:`llm_pretrain.pretrain_llm`      configs/train/mini-llm.yaml
+           on world text
+=========  ==========================================  ===================================  ==========================
+
+    codi2 train-component {encoder,decoder,llm} CONFIG [key=value …]
+
+Each stage is seeded, shows a progress bar, logs, and writes its artifact atomically where
+``configs/model/mini.yaml`` expects it (``runs/mini/…``, relative to the current directory).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import Any, Callable, Optional, Sequence
+
+logger = logging.getLogger(__name__)
+
+
+_STAGE_ENTRIES: dict[str, tuple[str, str, str]] = {  # stage -> (module, config class, train function)
+    "encoder": ("codi2.mini.encoder_align", "EncoderAlignConfig", "train_encoder"),
+    "decoder": ("codi2.mini.decoder_train", "DecoderTrainConfig", "train_decoders"),
+    "llm": ("codi2.mini.llm_pretrain", "LLMPretrainConfig", "pretrain_llm"),
+}
+
+
+def _stage(stage: str) -> tuple[type, Callable[[Any], Any]]:
+    """(config class, train function) of ``stage``, imported on demand."""
+    import importlib
+
+    if stage not in _STAGE_ENTRIES:
+        raise ValueError(f"unknown stage {stage!r}; allowed: {', '.join(_STAGE_ENTRIES)}")
+    module, schema, fn = _STAGE_ENTRIES[stage]
+    mod = importlib.import_module(module)
+    return getattr(mod, schema), getattr(mod, fn)
+
+
+STAGES: tuple[str, ...] = ("encoder", "decoder", "llm")
+
+
+def load_stage_config(stage: str, path: Optional[str], overrides: Sequence[str] = ()) -> Any:
+    """The typed config of ``stage`` from a YAML file (or defaults when ``path`` is None) plus overrides."""
+    from codi2.config import load_config
+
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; allowed: {', '.join(STAGES)}")
+    schema, _ = _stage(stage)
+    return load_config(schema, path, overrides)
+
+
+def run_stage(stage: str, argv: Optional[Sequence[str]] = None) -> int:
+    """``main(argv)`` of one stage: ``CONFIG [key=value …]``."""
+    from .common import setup_logging
+
+    p = argparse.ArgumentParser(prog=f"codi2 train-component {stage}")
+    p.add_argument("config", help="stage config YAML (configs/train/mini-*.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    args = p.parse_args(argv)
+    setup_logging()
+    cfg = load_stage_config(stage, args.config, args.overrides)
+    _stage(stage)[1](cfg)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .common import setup_logging
+
+    setup_logging()
+    cfg = load_stage_config(args.stage, args.config, args.overrides)
+    _stage(args.stage)[1](cfg)
+    return 0
+
+
+def register(subparsers: "argparse._SubParsersAction") -> None:
+    """Adds ``codi2 train-component {encoder,decoder,llm} CONFIG [key=value …]``."""
+    p = subparsers.add_parser("train-component", help="pre-train a mini-model component (encoder, decoders, LLM)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("stage", choices=STAGES, help="which component")
+    p.add_argument("config", help="stage config YAML (configs/train/mini-*.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. steps=100")
+    p.set_defaults(func=_run)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m codi2.mini STAGE CONFIG [key=value …]``."""
+    p = argparse.ArgumentParser(prog="python -m codi2.mini")
+    p.add_argument("stage", choices=STAGES)
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    return _run(p.parse_args(argv))
+
+
+__all__ = ["STAGES", "load_stage_config", "main", "register", "run_stage"]

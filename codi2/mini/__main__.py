@@ -1,0 +1,3 @@
+from codi2.mini import main
+
+raise SystemExit(main())

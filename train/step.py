@@ -1,0 +1,125 @@
+"""The training step shared by the plain PyTorch engine and the DeepSpeed engine.
+
+:func:`training_forward` is :meth:`codi2.model.CoDi2Model.forward` with one difference that data
+parallelism needs: *every* input projector and output head runs on every rank, in a fixed order
+(the model's modality order), whether or not this rank's batch holds that modality. ZeRO-3 gathers
+a module's partitioned weights with a collective call when the module runs, so ranks whose batches
+differ in their input media must still run the same modules in the same order; a modality absent
+from this rank's batch runs on one zero row and adds ``0 × output`` to the loss (same loss value,
+zero gradient). The losses are computed exactly as ``CoDi2Model.forward`` computes them.
+
+:class:`TrainModule` is what the engines wrap: the LLM, projectors and heads, *not* the frozen
+encoder (so DeepSpeed neither partitions nor casts it, and encoding input media in the data path
+needs no collective call).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from codi2.losses import feature_loss, text_loss
+from codi2.model import Batch, CoDi2Model, CoDi2Output, _span_positions
+
+
+def training_forward(model: CoDi2Model, batch: Batch) -> CoDi2Output:
+    """Text CE + feature losses (+ diffusion losses), running every projector and head once.
+
+    Args:
+        model: the CoDi-2 model.
+        batch: from :meth:`CoDi2Model.collate`, on the model's device.
+    Returns:
+        :class:`CoDi2Output` with ``loss`` and ``parts`` (``text``, ``feature/<m>``, ``diffusion/<m>``, ``total``).
+    """
+    emb = model.llm.embed(batch.input_ids)  # (B, T, D)
+    zero = emb.new_zeros(())
+    for m in model.modalities:
+        if m.value not in model.projectors:
+            continue
+        proj_mod = model.projectors[m.value]
+        dtype = proj_mod.net[0].weight.dtype
+        s = batch.inputs.get(m)
+        if s is None:  # not in this rank's batch: run on one zero row so every rank runs the same modules
+            zero = zero + 0.0 * proj_mod(torch.zeros(1, 1, proj_mod.d_in, device=emb.device, dtype=dtype)).sum()
+            continue
+        proj = proj_mod(s.features.to(device=emb.device, dtype=dtype))  # (N, n_in, D)
+        rows, cols = _span_positions(s, model.n_in[m])
+        emb = emb.index_put((rows, cols), proj.to(emb.dtype))
+    logits, hidden, _ = model.llm.forward(inputs_embeds=emb, attention_mask=batch.attention_mask)
+    loss = text_loss(logits, batch.labels.to(logits.device))
+    parts = {"text": float(loss.detach())}
+    for m in model.modalities:
+        if m.value not in model.heads:
+            continue
+        head = model.heads[m.value]
+        dtype = head.trunk[0].weight.dtype
+        s = batch.outputs.get(m)
+        if s is None:
+            dummy = head(torch.zeros(1, model.n_out[m], model.llm.hidden_size, device=hidden.device, dtype=dtype))
+            zero = zero + 0.0 * sum(v.float().sum() for v in dummy.values())
+            continue
+        hcfg = model.cfg.modalities[m.value].head
+        rows, cols = _span_positions(s, model.n_out[m])
+        preds = head(hidden[rows, cols].to(dtype))  # name -> (N, *shape)
+        fl = sum(feature_loss(preds[k], s.targets[k].to(preds[k].device), hcfg.loss) for k in preds) / len(preds)
+        parts[f"feature/{m.value}"] = float(fl.detach())
+        loss = loss + hcfg.loss_weight * fl
+        if hcfg.diffusion_loss_weight > 0:
+            media = [model.load_part(p) for p in s.media]
+            dl = model.decoder(m).diffusion_loss(preds, media)
+            parts[f"diffusion/{m.value}"] = float(dl.detach())
+            loss = loss + hcfg.diffusion_loss_weight * dl
+    loss = loss + zero.to(loss.dtype)
+    parts["total"] = float(loss.detach())
+    return CoDi2Output(loss, parts)
+
+
+class TrainModule(nn.Module):
+    """The trainable part of a :class:`CoDi2Model` as one module: ``llm``, ``projectors``, ``heads``.
+
+    The encoder is deliberately not a submodule (see the module docstring). ``forward(batch)`` runs
+    :func:`training_forward` on the full model.
+    """
+
+    def __init__(self, model: CoDi2Model):
+        super().__init__()
+        self.llm = model.llm
+        self.projectors = model.projectors
+        self.heads = model.heads
+        self.__dict__["codi2"] = model  # a plain reference: not registered, so the encoder stays outside
+
+    def forward(self, batch: Batch) -> CoDi2Output:
+        return training_forward(self.__dict__["codi2"], batch)
+
+
+def set_stage(model: CoDi2Model, stage: str) -> dict[str, list[nn.Parameter]]:
+    """Freezes everything the stage does not train; returns the trainable parameters by group.
+
+    ``projector_alignment``: new token rows, projectors, heads (LoRA frozen).
+    ``instruction_tuning``: LoRA, new token rows, projectors, heads.
+    The encoder and the base LLM weights are frozen in both.
+    """
+    groups = model.trainable_parameters()
+    if stage == "projector_alignment":
+        for p in groups["lora"]:
+            p.requires_grad_(False)
+        groups["lora"] = []
+    elif stage != "instruction_tuning":
+        raise ValueError(f"stage = {stage!r}; allowed: projector_alignment, instruction_tuning")
+    keep = {id(p) for g in groups.values() for p in g}
+    for p in model.parameters():
+        if id(p) not in keep:
+            p.requires_grad_(False)
+    return groups
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups over the trainable parameters: decay on matrices, none on biases, norms and token rows."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "trainable_tokens_delta" in name else decay).append(p)
+    return [g for g in ({"params": decay, "weight_decay": weight_decay},
+                        {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
