@@ -37,7 +37,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import torch.utils.data
 
@@ -167,7 +167,7 @@ def parse_record(raw: dict, base_dir: "str | Path", where: str = "", line: int =
     unknown = sorted(set(raw) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))
     if unknown:
         raise fail(f"unknown keys {unknown}; allowed: {list(REQUIRED_KEYS + OPTIONAL_KEYS)} (put extras in 'meta')")
-    if raw["schema"] != SCHEMA_VERSION:
+    if type(raw["schema"]) is not int or raw["schema"] != SCHEMA_VERSION:
         raise fail(f"schema {raw['schema']!r} is not supported; this codi2 reads schema {SCHEMA_VERSION}")
     if not isinstance(raw["id"], str) or not raw["id"]:
         raise fail(f"'id' must be a non-empty string, got {raw['id']!r}")
@@ -196,6 +196,8 @@ def parse_record(raw: dict, base_dir: "str | Path", where: str = "", line: int =
     base = Path(base_dir)
     outputs: list[str] = []
     for i, msg in enumerate(messages):
+        if not msg.content:
+            raise fail(f"messages[{i}] ({msg.role}) has no content")
         for j, p in enumerate(msg.content):
             if p.type == "text":
                 if not isinstance(p.text, str):
@@ -303,6 +305,8 @@ def _check_media(path: str, kind: str, limits: MediaLimits, decode: bool) -> Opt
             load_media(path, kind, limits)
     except MediaError as e:
         return "media", str(e)
+    except OSError as e:
+        return "media", f"cannot read {path}: {e}"
     return None
 
 
@@ -359,11 +363,12 @@ def validate_manifest(path: "str | Path", limits: MediaLimits = MediaLimits(), c
     results: dict[tuple[str, str], Optional[tuple[str, str]]] = {}
     if check_media:
         files = sorted({(p.path, p.type) for r in parsed for p in r.media_parts()})
+        check = lambda f: _check_media(f[0], f[1], limits, decode)  # noqa: E731
         if workers > 1:
             with ThreadPoolExecutor(workers) as ex:
-                checked = list(ex.map(lambda f: _check_media(f[0], f[1], limits, decode), files))
+                checked = list(_progress(ex.map(check, files), len(files), "checking media"))
         else:
-            checked = [_check_media(f, k, limits, decode) for f, k in _progress(files, "checking media")]
+            checked = list(_progress(map(check, files), len(files), "checking media"))
         results = dict(zip(files, checked))
         report.media_checked = len(files)
 
@@ -382,10 +387,10 @@ def validate_manifest(path: "str | Path", limits: MediaLimits = MediaLimits(), c
     return report
 
 
-def _progress(items: Sequence, desc: str):
+def _progress(items: Iterable, total: int, desc: str) -> Iterable:
     from tqdm import tqdm
 
-    return tqdm(items, desc=desc, unit="file", disable=len(items) < 200, leave=False)
+    return tqdm(items, total=total, desc=desc, unit="file", disable=total < 200, leave=False)
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -428,7 +433,7 @@ class ManifestDataset(torch.utils.data.Dataset):
             try:
                 if isinstance(raw, RecordError):
                     raise raw
-                rec = parse_record(raw, self.manifest.parent, where=f"{self.manifest.name}:{n}", line=n)
+                rec = parse_record(raw, self.manifest.parent, where=self.manifest.name, line=n)
                 if rec.id in seen:
                     raise RecordError(rec.id, f"id already used on line {seen[rec.id]}", "duplicate_id", n)
             except RecordError as e:
@@ -477,6 +482,8 @@ class ManifestDataset(torch.utils.data.Dataset):
                         raise RecordError(rec.id, f"{p.type} file not found: {p.path}", "missing_file", rec.line) from None
                     except MediaError as e:
                         raise RecordError(rec.id, str(e), "media", rec.line) from None
+                    except OSError as e:
+                        raise RecordError(rec.id, f"cannot read {p.path}: {e}", "media", rec.line) from None
                 parts.append(p)
             messages.append(Message(msg.role, parts))
         return dataclasses.replace(rec, messages=messages, meta=dict(rec.meta))
@@ -590,7 +597,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--decode", action="store_true", help="also decode every media file fully (slow)")
     p.add_argument("--no-media", action="store_true", help="check structure only, not the media files")
-    p.add_argument("--limits", nargs="+", metavar="KEY=VALUE",
+    p.add_argument("--limits", nargs="+", action="extend", metavar="KEY=VALUE",
                    help=f"media limits, e.g. max_audio_seconds=30 (fields: {', '.join(f.name for f in dataclasses.fields(MediaLimits))})")
     p.add_argument("--workers", type=int, default=4, help="threads checking media files")
     p.add_argument("--max-examples", type=int, default=20, help="error examples to show")

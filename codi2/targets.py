@@ -22,6 +22,7 @@ Layout (default root: ``<manifest folder>/.codi2-targets``)::
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -322,6 +323,87 @@ class InputFeatureCache:
         self.store(m).save(key, {"features": value.float()}, metadata={"modality": m.value})
 
 
+# ----------------------------------------------------------------------------- a model without its LLM
+class TargetModel:
+    """What head targets need from a model directory — the encoder and the decoders — without the LLM.
+
+    ``codi2 precompute-targets`` uses it so that a 7B model's Llama is never loaded to compute
+    targets. :meth:`compute_targets` mirrors :meth:`codi2.model.CoDi2Model.compute_targets`
+    (``tests/test_targets.py`` checks that both give the same tensors).
+
+    Args:
+        cfg: the model config.
+        base_dir: the model directory (relative paths in ``cfg`` are resolved against it).
+        device: where the encoder and decoders run (default CPU).
+    """
+
+    def __init__(self, cfg: ModelConfig, base_dir: "str | Path | None" = None, device: "str | torch.device | None" = None):
+        self.cfg = cfg
+        self.base_dir = Path(base_dir) if base_dir is not None else None
+        self.device = torch.device(device or "cpu")
+        self._encoder: Any = None
+        self._preprocess: Any = None
+        self._decoders: dict[Modality, Any] = {}
+
+    @classmethod
+    def from_pretrained(cls, directory: "str | Path", device: "str | torch.device | None" = None) -> "TargetModel":
+        """Reads ``config.yaml`` of a codi2 model directory (no weights are loaded yet)."""
+        from .config import load_config
+        from .pipeline import CONFIG_FILE
+
+        d = Path(directory)
+        if not (d / CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"{d} is not a codi2 model directory: {CONFIG_FILE} is missing")
+        return cls(load_config(ModelConfig, d / CONFIG_FILE), base_dir=d, device=device)
+
+    def _encoder_parts(self) -> tuple[Any, Any]:
+        if self._encoder is None:
+            from .encoders import ImageBindEncoder, ImageBindPreprocessor
+
+            enc = self.cfg.encoder
+            if enc.weights is not None:
+                enc = dataclasses.replace(enc, weights=str(_resolve(enc.weights, "encoder.weights", self.base_dir)))
+            self._encoder = ImageBindEncoder(enc).to(self.device)
+            self._preprocess = ImageBindPreprocessor(self.cfg.encoder)
+        return self._encoder, self._preprocess
+
+    def decoder(self, m: Modality) -> Any:
+        """The decoder of ``m`` (weights load on first use), checked against the head's target shapes."""
+        if m not in self._decoders:
+            from .decoders import build_decoder
+
+            dcfg = self.cfg.modalities[m.value].decoder
+            field_name = f"modalities.{m.value}.decoder.path"
+            if dcfg.path is None:
+                raise FileNotFoundError(f"{field_name} is not set; {m.value} targets are computed by the decoder's text encoders")
+            dcfg = dataclasses.replace(dcfg, path=str(_resolve(dcfg.path, field_name, self.base_dir)))
+            dec = build_decoder(m, dcfg, device=self.device)
+            want = {k: tuple(v) for k, v in self.cfg.modalities[m.value].head.targets.items()}
+            spec = {k: tuple(v) for k, v in dec.target_spec().items()}
+            if any(spec.get(k) != s for k, s in want.items()):
+                raise ValueError(f"{m.value} head targets {want} do not match the decoder at {dcfg.path} ({spec}); "
+                                 f"fix modalities.{m.value}.head.targets")
+            self._decoders[m] = dec
+        return self._decoders[m]
+
+    @torch.no_grad()
+    def compute_targets(self, m: Modality, parts: Sequence[Part]) -> dict[str, torch.Tensor]:
+        """Head targets: name -> (N, *shape) float32 on CPU (image: encoder embedding of the image;
+        audio/video: the decoder's conditioning for the caption)."""
+        from .media import load_media
+
+        if m is Modality.IMAGE:
+            encoder, preprocess = self._encoder_parts()
+            media = [p.media if p.media is not None else load_media(p.path, "image", self.cfg.media) for p in parts]
+            emb = encoder.encode_image(preprocess.images(media).to(self.device)).embed
+            (name,) = self.cfg.modalities[m.value].head.targets
+            return {name: emb.float().cpu()}
+        missing = [i for i, p in enumerate(parts) if not p.caption]
+        if missing:
+            raise ValueError(f"{m.value} output parts {missing} have no caption; audio/video head targets are computed from it")
+        return {k: v.float().cpu() for k, v in self.decoder(m).targets([p.caption for p in parts]).items()}
+
+
 # ----------------------------------------------------------------------------- precompute
 def _chunks(items: Sequence, n: int) -> Iterator[Sequence]:
     for i in range(0, len(items), n):
@@ -343,7 +425,8 @@ def precompute_targets(manifest: "str | Path", model: Any, cache_root: "str | Pa
 
     Args:
         manifest: the manifest.
-        model: a :class:`~codi2.model.CoDi2Model` (uses ``cfg``, ``base_dir``, ``compute_targets``, ``decoder``).
+        model: a :class:`~codi2.model.CoDi2Model`, or a :class:`TargetModel` (the same without the LLM);
+            uses ``cfg``, ``base_dir``, ``compute_targets`` and ``decoder``.
         cache_root: default :func:`default_cache_root` of the manifest.
         batch_size: parts per ``compute_targets`` call.
         progress: show a tqdm bar.
@@ -406,21 +489,15 @@ def precompute_targets(manifest: "str | Path", model: Any, cache_root: "str | Pa
     with tqdm(total=total, desc="precompute targets", unit="target", disable=not progress) as bar:
         for m, items in work.items():
             if m is not Modality.IMAGE:
-                _load_decoder(model, m)
+                model.decoder(m).load()  # a missing or broken decoder fails here, once, not once per target
             for batch in _chunks(items, batch_size):
                 _compute_batch(model, cache, m, batch, stats, fail)
                 bar.update(len(batch))
                 bar.set_postfix(modality=m.value, failed=len(stats["failed"]))
-            if m is not Modality.IMAGE and stats["by_modality"][m.value]["computed"]:
-                model.decoder(m).unload()  # training never needs it; free the text encoders now
+            if m is not Modality.IMAGE:
+                model.decoder(m).unload()  # training never needs it; free it now
     stats["seconds"] = round(time.perf_counter() - t0, 3)
     return stats
-
-
-def _load_decoder(model: Any, m: Modality) -> None:
-    """Loads the decoder of ``m`` up front, so that a missing or broken decoder fails once, loudly,
-    rather than once per target."""
-    model.decoder(m).load()
 
 
 def _compute_batch(model: Any, cache: TargetCache, m: Modality, batch: Sequence[tuple[str, Part, list[str]]],
@@ -446,9 +523,8 @@ def _compute_batch(model: Any, cache: TargetCache, m: Modality, batch: Sequence[
 
 # ----------------------------------------------------------------------------- command line
 def _precompute_command(args: Any) -> int:
-    from .pipeline import CoDi2Pipeline
-
-    model = CoDi2Pipeline.from_pretrained(args.model, device=args.device).model
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = TargetModel.from_pretrained(args.model, device=device)
     stats = precompute_targets(args.manifest, model, cache_root=args.cache_root, batch_size=args.batch_size,
                                progress=not args.json)
     if args.json:
@@ -472,6 +548,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--model", required=True, help="a codi2 model directory")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--cache-root", default=None, help=f"default: <manifest folder>/{CACHE_DIR}")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="where the encoder and decoders run (default: cuda if available)")
     p.add_argument("--json", action="store_true", help="print the stats as JSON (no progress bar)")
     p.set_defaults(func=_precompute_command)

@@ -203,7 +203,8 @@ class Mixture:
     Attributes:
         n: conversations to write.
         seed: the seed (record i uses ``Random(f"{seed}:{i}")``).
-        weights: task -> weight (:data:`TASKS`; missing tasks weigh 0).
+        weights: task -> weight (:data:`TASKS`); empty (the default): every task weighs 1; otherwise tasks not
+            named weigh 0.
         icl_shots: [min, max] exemplar pairs before the query.
         subject_refs: [min, max] reference images of the subject.
         max_rounds: the most edits chained in one ``multi_round`` dialogue.
@@ -214,7 +215,7 @@ class Mixture:
 
     n: int = 1000
     seed: int = 0
-    weights: dict[str, float] = field(default_factory=lambda: {t: 1.0 for t in TASKS})
+    weights: dict[str, float] = field(default_factory=dict)
     icl_shots: list[int] = field(default_factory=lambda: [1, 3])
     subject_refs: list[int] = field(default_factory=lambda: [2, 4])
     max_rounds: int = 3
@@ -439,7 +440,7 @@ def compose(manifests: Sequence[Union[str, Path]], out: Union[str, Path], mix: M
     pools = _Pools(pairs, mix.icl_shots[0], mix.subject_refs[0])
     tasks, weights, unavailable = [], [], []
     for t in TASKS:
-        w = float(mix.weights.get(t, 0.0))
+        w = float(mix.weights.get(t, 0.0)) if mix.weights else 1.0
         if w <= 0:
             continue
         if pools.available(t):
@@ -450,7 +451,7 @@ def compose(manifests: Sequence[Union[str, Path]], out: Union[str, Path], mix: M
     if unavailable:
         log.warning("no data for tasks %s in %d pairs; they are left out of the mixture", unavailable, len(pairs))
     if not tasks:
-        raise BuildError(f"none of the tasks with weight > 0 ({sorted(t for t, w in mix.weights.items() if w > 0)}) "
+        raise BuildError(f"none of the tasks with weight > 0 ({sorted(t for t, w in (mix.weights or dict.fromkeys(TASKS, 1)).items() if w > 0)}) "
                          f"has data in {[str(m) for m in manifests]} ({len(pairs)} pairs)")
     writer = ShardWriter(out, mix.shard_size)
     counts: Counter = Counter()

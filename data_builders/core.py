@@ -335,7 +335,8 @@ def check_sample(s: Sample, ctx: Context, unit: Unit) -> Union[Sample, Skip]:
             return Skip(s.id, media_error_reason(str(e)), str(e), s.written)
         if kind in ("audio", "video") and info.duration is not None and info.duration < f.min_seconds:
             return Skip(s.id, "too_short", f"{path}: {info.duration:.2f} s < min_seconds={f.min_seconds:g}", s.written)
-        s.sha256[role] = sha256_file(full)
+        if role not in s.sha256:  # a reader that had the bytes in memory (tar members) hashed them already
+            s.sha256[role] = sha256_file(full)
     # Final paths: copy originals when asked; originals absolute or relative to the output folder.
     for role, path in list(s.media.items()):
         if path in s.written or not os.path.isabs(path):

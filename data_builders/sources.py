@@ -21,6 +21,7 @@ Readers, with their ``codi2 build-data`` names:
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import os
@@ -166,7 +167,7 @@ class WebDatasetSource(Source):
         if caption is None:
             caption = _caption_from_json(meta)
         license = meta.pop("license", None) if isinstance(meta.get("license"), str) else None
-        media, written = {}, []
+        media, written, sha = {}, [], {}
         folder = Path(ctx.out) / "media" / unit.name
         folder.mkdir(parents=True, exist_ok=True)
         for kind, (ext, data) in sorted(media_members.items()):
@@ -174,8 +175,9 @@ class WebDatasetSource(Source):
             (Path(ctx.out) / rel).write_bytes(data)
             media[kind] = rel
             written.append(rel)
+            sha[kind] = hashlib.sha256(data).hexdigest()
         extra = {k: v for k, v in meta.items() if k not in CAPTION_KEYS}
-        return Sample(sid, media, caption=caption, license=license, extra=extra, written=written,
+        return Sample(sid, media, caption=caption, license=license, extra=extra, written=written, sha256=sha,
                       subject=meta.get("subject") if isinstance(meta.get("subject"), str) else None)
 
 

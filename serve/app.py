@@ -37,14 +37,14 @@ DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "checkpoints" / "codi2-
 STREAM_INTERVAL = 0.05  # seconds between streamed text updates
 
 CSS = """
-.gradio-container { max-width: 1180px !important; margin: 0 auto !important; }
+#codi2-main { max-width: 980px; width: 100%; margin: 0 auto; }
 #codi2-header { display: flex; align-items: baseline; gap: .75rem; padding: .25rem .25rem .5rem; }
 #codi2-header h1 { font-size: 1.5rem; font-weight: 700; margin: 0; letter-spacing: -.01em; }
 #codi2-header .sub { color: var(--body-text-color-subdued); font-size: .9rem; }
 #codi2-chat { border-radius: 16px; }
 #codi2-input { border-radius: 16px; }
 #codi2-actions button { border-radius: 999px; }
-.media-tag { font-size: .75rem; color: var(--body-text-color-subdued); }
+#codi2-chat .message code { font-size: .75rem; opacity: .7; }
 footer { display: none !important; }
 """
 
@@ -63,7 +63,7 @@ def _content(msg: Message, numbers: dict[str, int]) -> list:
             n = numbers.get(p.path)
             out.append({"path": p.path, "alt_text": f"@{n} {p.type}" if n else p.type})
             if n:
-                out.append(f'<span class="media-tag">@{n}</span>')
+                out.append(f"`@{n}`")
     return out
 
 
@@ -172,7 +172,14 @@ class ChatApp:
             state.add_notice(str(e))
             yield from self._drive(state, iter([TurnFailed(str(e))]))
             return
-        yield from self._drive(state, state.submit(text, files, opts, refs=[int(r) for r in refs or []]))
+        try:
+            numbers = [int(r) for r in refs or []]
+        except (TypeError, ValueError):
+            numbers = []
+            state.add_notice(f"refs {refs!r}: expected media numbers such as [1, 3]")
+            yield from self._drive(state, iter([TurnFailed("bad refs")]))
+            return
+        yield from self._drive(state, state.submit(text, files, opts, refs=numbers))
 
     def regenerate(self, temperature: float, top_p: float, max_new_tokens: int, seed: int, steps: int,
                    guidance: float, scheduler: str, outputs: list, prefix: str, request: gr.Request) -> Iterator[tuple]:
@@ -221,11 +228,10 @@ class ChatApp:
     def export(self, request: gr.Request) -> Any:
         state = self._state(request)
         try:
-            path = state.export()
+            return str(state.export())
         except ChatInputError as e:
             gr.Warning(str(e))
-            return gr.File(value=None, visible=False)
-        return gr.File(value=str(path), visible=True)
+            return None
 
     def unload(self, request: gr.Request) -> None:
         key = getattr(request, "session_hash", None)
@@ -238,7 +244,7 @@ class ChatApp:
         accept = ", ".join(self.in_modalities) or "no media"
         with gr.Blocks(title=f"codi2 · {self.title}", fill_height=True) as demo:
             with gr.Sidebar(label="Settings", open=True, position="left", width=300):
-                gr.Markdown("### ⚙️ Settings")
+                gr.Markdown("### Settings")
                 temperature = gr.Slider(0.0, 2.0, value=float(gen.temperature), step=0.05, label="Temperature",
                                         info="0 = greedy")
                 top_p = gr.Slider(0.05, 1.0, value=float(gen.top_p), step=0.05, label="Top-p")
@@ -252,31 +258,34 @@ class ChatApp:
                     guidance = gr.Slider(0.0, 20.0, value=0.0, step=0.5, label="Guidance", info="0 = decoder default")
                     scheduler = gr.Dropdown(["default", "ddim", "dpm++"], value="default", label="Scheduler")
                 with gr.Accordion("Advanced", open=False):
-                    prefix = gr.Textbox(label="Reply starts with", placeholder="e.g. Here it is: <img>",
+                    prefix = gr.Textbox(value="", label="Reply starts with", placeholder="e.g. Here it is: <img>",
                                         info="Forces the start of the reply; <img>, <aud> or <vid> in it makes the "
                                              "model produce that media there.")
-                gr.Markdown("### 🧷 Reuse media")
-                refs = gr.Dropdown(choices=[], value=[], multiselect=True, label="Attach earlier media",
+                gr.Markdown("### Reuse media")
+                refs = gr.Dropdown(choices=[], value=[], multiselect=True, allow_custom_value=True,
+                                   label="Attach earlier media",
                                    info="…or write @N in your message, e.g. “make @2 blue”.")
-                gr.Markdown("### 📦 Export")
+                gr.Markdown("### Export")
                 export_btn = gr.Button("Export conversation (.zip)", size="sm")
                 export_file = gr.File(label="Manifest + media", visible=False, interactive=False)
-            gr.HTML(f'<div id="codi2-header"><h1>codi2</h1><span class="sub">any-to-any multimodal chat · '
-                    f'model <b>{self.title}</b></span></div>')
-            chatbot = gr.Chatbot(
-                elem_id="codi2-chat", show_label=False, layout="bubble", height="68vh", scale=1,
-                buttons=["copy", "copy_all"], feedback_options=None, autoscroll=True,
-                placeholder=("<h3>What shall we make?</h3>Attach images, sounds or videos, ask for pictures, "
-                             "sounds and clips, and refer back to earlier media with @N."),
-                examples=[ex.to_gradio() for ex in self.examples] or None)
-            textbox = gr.MultimodalTextbox(
-                elem_id="codi2-input", show_label=False, file_count="multiple", sources=["upload", "microphone"],
-                placeholder=f"Message codi2… (attach {accept})", autofocus=True, stop_btn=False, max_lines=8)
-            with gr.Row(elem_id="codi2-actions"):
-                stop_btn = gr.Button("⏹ Stop", size="sm", variant="stop")
-                regen_btn = gr.Button("🔄 Regenerate", size="sm")
-                undo_btn = gr.Button("↩️ Undo", size="sm")
-                clear_btn = gr.Button("🗑️ Clear", size="sm")
+            with gr.Column(elem_id="codi2-main", scale=1):
+                gr.HTML(f'<div id="codi2-header"><h1>codi2</h1><span class="sub">any-to-any multimodal chat · '
+                        f'model <b>{self.title}</b></span></div>')
+                chatbot = gr.Chatbot(
+                    elem_id="codi2-chat", label="Chat", show_label=False, layout="bubble", height="68vh", scale=1,
+                    buttons=["copy", "copy_all"], feedback_options=None, autoscroll=True,
+                    placeholder=("<h3>What shall we make?</h3>Attach images, sounds or videos, ask for pictures, "
+                                 "sounds and clips, and refer back to earlier media with @N."),
+                    examples=[ex.to_gradio() for ex in self.examples] or None)
+                textbox = gr.MultimodalTextbox(
+                    elem_id="codi2-input", label="Message", show_label=False, file_count="multiple",
+                    sources=["upload", "microphone"],
+                    placeholder=f"Message codi2… (attach {accept})", autofocus=True, stop_btn=False, max_lines=8)
+                with gr.Row(elem_id="codi2-actions"):
+                    stop_btn = gr.Button("Stop", size="sm", variant="stop")
+                    regen_btn = gr.Button("Regenerate", size="sm")
+                    undo_btn = gr.Button("Undo", size="sm")
+                    clear_btn = gr.Button("Clear", size="sm")
 
             settings = [temperature, top_p, max_new_tokens, seed, steps, guidance, scheduler, outputs, prefix]
             stream_out = [chatbot, textbox, refs]
@@ -293,7 +302,9 @@ class ChatApp:
                         **({} if api else {"api_visibility": "undocumented"}))
             stop_btn.click(self.stop, None, None, api_name="stop", concurrency_limit=None)
             textbox.stop(self.stop, None, None, api_visibility="undocumented", concurrency_limit=None)
-            export_btn.click(self.export, None, export_file, api_name="export", concurrency_limit=None)
+            export_btn.click(self.export, None, export_file, api_name="export", concurrency_limit=None).then(
+                lambda f: gr.File(visible=f is not None), export_file, export_file, api_visibility="undocumented",
+                queue=False)
             demo.unload(self.unload)
         demo.queue(default_concurrency_limit=self.cfg.concurrency_limit, max_size=self.cfg.max_queue_size)
         return demo
@@ -349,6 +360,7 @@ def run(args: argparse.Namespace) -> int:
     """Loads the model and serves until interrupted. Returns the exit status."""
     from codi2.config import load_config
 
+    auth = _parse_auth(args.auth)
     explicit = args.model is not None
     model = Path(args.model) if explicit else DEFAULT_MODEL
     if not (model / "config.yaml").is_file():
@@ -357,7 +369,6 @@ def run(args: argparse.Namespace) -> int:
                f"then run: python -m serve.app --model DIR")
         print(msg, file=sys.stderr)
         return 2 if explicit else 0
-    auth = _parse_auth(args.auth)
     if args.host not in ("127.0.0.1", "localhost", "::1") and auth is None:
         log.warning("binding %s without --auth: anyone who can reach this address can use the model", args.host)
     cfg = load_config(ServeConfig, args.config, args.set)

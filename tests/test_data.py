@@ -101,6 +101,8 @@ def test_parse_record_resolves_paths_and_phase(tmp_path):
     (_rec("x", _txt("user", "a"), {"role": "assistant", "content": [{"type": "video", "path": "v.mp4"}]}),
      "caption", "no 'caption'"),
     (_rec("x", _txt("user", "a"), {"role": "bot", "content": "b"}), "schema", "role 'bot'"),
+    (_rec("x", _txt("user", "a"), {"role": "assistant", "content": []}), "schema", "has no content"),
+    ({"schema": True, "id": "x", "source": "s", "messages": []}, "schema", "schema True"),
 ])
 def test_parse_record_errors(tmp_path, raw, kind, words):
     with pytest.raises(RecordError) as e:

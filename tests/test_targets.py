@@ -157,7 +157,11 @@ def test_fingerprints(model, tmp_path):
     sd = torch.load(w)
     next(iter(sd.values())).add_(1.0)
     torch.save(sd, w)
+    # another audio decoder (its files differ): new audio folder
+    index = copy / "decoders" / "audio" / "model_index.json"
+    index.write_text(index.read_text() + "\n")
     e = TargetCache(tmp_path, cfg, base_dir=copy)
+    assert e.folder(Modality.AUDIO) != a.folder(Modality.AUDIO)
     assert e.folder(Modality.IMAGE) != a.folder(Modality.IMAGE) and e.folder(Modality.VIDEO) == a.folder(Modality.VIDEO)
     with pytest.raises(ValueError, match="base_dir"):
         TargetCache(tmp_path, cfg).folder(Modality.IMAGE)
@@ -199,7 +203,7 @@ def test_training_batch_from_caches(model, precomputed, monkeypatch):
     torch.testing.assert_close(again.inputs[Modality.IMAGE].features, batch.inputs[Modality.IMAGE].features)
 
 
-def test_precompute_cli(tiny_pipeline_dir, precomputed, capsys):
+def test_precompute_cli(tiny_pipeline_dir, precomputed, tmp_path, capsys):
     import argparse
 
     from codi2.targets import register
@@ -222,3 +226,27 @@ def test_precompute_cli(tiny_pipeline_dir, precomputed, capsys):
     args = parser.parse_args(["precompute-targets", str(bad), "--model", str(tiny_pipeline_dir)])
     assert args.func(args) == 1
     assert "FAILED x (image)" in capsys.readouterr().out
+
+
+def test_target_model_matches_codi2_model(model, tiny_pipeline_dir, precomputed):
+    """The LLM-free TargetModel the CLI uses computes the same targets as CoDi2Model."""
+    from codi2.targets import TargetModel
+
+    light = TargetModel.from_pretrained(tiny_pipeline_dir)
+    for m, parts in _outputs(precomputed[0]).items():
+        fresh = lambda: [Part(type=p.type, path=p.path, caption=p.caption) for p in parts]  # noqa: E731
+        want, got = model.compute_targets(m, fresh()), light.compute_targets(m, fresh())
+        assert set(got) == set(want)
+        for k in want:
+            torch.testing.assert_close(got[k], want[k])
+    for m in (Modality.AUDIO, Modality.VIDEO):
+        model.decoder(m).unload()
+        light.decoder(m).unload()
+    assert not hasattr(light, "llm")
+
+
+def test_precompute_without_decoder_fails_loudly(tiny_model, tmp_path):
+    """A model whose config has no audio decoder: one clear error naming the config field, not N failures."""
+    path = build_manifest(tmp_path, broken=False)
+    with pytest.raises(FileNotFoundError, match="modalities.audio.decoder.path"):
+        precompute_targets(path, tiny_model, cache_root=tmp_path / "cache", progress=False)

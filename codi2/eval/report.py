@@ -43,7 +43,9 @@ def plot_shots(results: dict, path: Path) -> bool:
     shots = sorted(by, key=int)
     if len(shots) < 2:
         return False
-    metrics = sorted({m for g in by.values() for m in g})
+    metrics = sorted(m for m in {m for g in by.values() for m in g} if sum(m in g for g in by.values()) >= 2)
+    if not metrics:
+        return False
     cols = min(3, len(metrics))
     rows = (len(metrics) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)

@@ -162,13 +162,19 @@ def group_metrics(records: Sequence[dict], n_boot: int, seed: int) -> dict[str, 
     return {k: summarize([r["metrics"][k] for r in records if k in r["metrics"]], n_boot, seed) for k in names}
 
 
-def aggregate(records: Sequence[dict], n_boot: int, seed: int) -> dict[str, Any]:
-    """``overall``, ``by_shots`` and ``by_task`` aggregates of per-sample metrics."""
-    shots = sorted({r["shots"] for r in records})
+def aggregate(records: Sequence[dict], n_boot: int, seed: int, in_context_only: bool = False) -> dict[str, Any]:
+    """``overall``, ``by_shots`` and ``by_task`` aggregates of per-sample metrics.
+
+    ``in_context_only``: ``by_shots`` covers only tasks that have in-context samples (shots > 0); the world
+    suite uses it so that its shots curve is the in-context editing tasks, not a mix of every task at 0 shots.
+    """
     tasks = sorted({r["task"] for r in records})
+    icl = {r["task"] for r in records if r["shots"] > 0}
+    shot_records = [r for r in records if r["task"] in icl] if in_context_only else list(records)
+    shots = sorted({r["shots"] for r in shot_records})
     return {
         "overall": group_metrics(records, n_boot, seed),
-        "by_shots": {str(k): group_metrics([r for r in records if r["shots"] == k], n_boot, seed) for k in shots},
+        "by_shots": {str(k): group_metrics([r for r in shot_records if r["shots"] == k], n_boot, seed) for k in shots},
         "by_task": {t: group_metrics([r for r in records if r["task"] == t], n_boot, seed) for t in tasks},
     }
 
@@ -285,8 +291,13 @@ def _config_dict(cfg: EvalConfig) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def run_eval(cfg: EvalConfig, out_dir: "str | Path", resume: bool = False, device: Optional[str] = None) -> dict:
-    """Runs a suite end to end and writes the output folder (see the module docstring). Returns results.json's dict."""
+def run_eval(cfg: EvalConfig, out_dir: "str | Path", resume: bool = False, device: Optional[str] = None,
+             pipeline: Any = None) -> dict:
+    """Runs a suite end to end and writes the output folder (see the module docstring). Returns results.json's dict.
+
+    ``pipeline``: an already loaded :class:`~codi2.pipeline.CoDi2Pipeline` of ``cfg.model`` to reuse (several
+    suites in one process); by default it is loaded from ``cfg.model``.
+    """
     from ..pipeline import CoDi2Pipeline
     from .report import write_report
 
@@ -302,7 +313,7 @@ def run_eval(cfg: EvalConfig, out_dir: "str | Path", resume: bool = False, devic
             raise ValueError(f"--resume: the run in {out} used a different config ({', '.join(diff)} differ); "
                              f"use the same options or another --out")
     started = time.time()
-    pipe = CoDi2Pipeline.from_pretrained(cfg.model, device=device)
+    pipe = pipeline if pipeline is not None else CoDi2Pipeline.from_pretrained(cfg.model, device=device)
     suite = build_suite(cfg, pipe.model)
     samples = suite.samples()
     if not samples:
@@ -343,7 +354,8 @@ def run_eval(cfg: EvalConfig, out_dir: "str | Path", resume: bool = False, devic
         "fingerprints": {"model": dir_fingerprint(cfg.model), "data": fingerprint(suite.data_files()),
                          "backbones": backbone_fingerprints(cfg)},
         "versions": versions(),
-        "metrics": {**aggregate(records, cfg.n_boot, cfg.seed), "set": set_metrics(suite, samples, gens)},
+        "metrics": {**aggregate(records, cfg.n_boot, cfg.seed, suite.by_shots_in_context_only),
+                    "set": set_metrics(suite, samples, gens)},
         "samples": records,
     }
     write_json(out / RESULTS_FILE, results)

@@ -10,7 +10,10 @@ Suites
                  k-shot prompts from the subject's first k images; DINO, CLIP-I (mean over all real images
                  of the subject) and CLIP-T (against the prompt with the class noun, e.g. "a dog in the snow").
     image-edit   a codi2 manifest whose first user message holds images A_1, A'_1, …, A_K, A'_K, B and whose
-                 first assistant message holds the ground truth B'; L1, L2, CLIP-I, DINO, CLIP-T (caption of B'),
+                 first assistant message holds the ground truth B' (text parts are ignored: prompts are rebuilt
+                 per shot count); results are grouped by ``meta.edit``, else ``meta.edits[0].attr`` (the mini
+                 world's in-context records work as they are), else ``meta.task``;
+                 L1, L2, CLIP-I, DINO, CLIP-T (caption of B'),
                  CLIP directional similarity (text variant when B and B' have captions; exemplar-image variant
                  for k >= 1).
     audio-edit   the same layout with audio; ``meta.task`` (add / drop / replace) groups the results;
@@ -197,6 +200,7 @@ class Suite:
     """Base class: subclasses fill :meth:`samples`, :meth:`score` and optionally :meth:`score_set`."""
 
     name = ""
+    by_shots_in_context_only = False  # see runner.aggregate
 
     def samples(self) -> list[Sample]:
         raise NotImplementedError
@@ -366,8 +370,10 @@ def read_edit_manifest(path: Path, modality: str) -> list[EditRecord]:
                              f"(an odd number, got {len(inputs)}) and the assistant message the ground truth B' "
                              f"(got {len(targets)} {modality} parts)")
         meta = r.get("meta") or {}
+        edits = meta.get("edits") or [{}]
+        task = meta.get("edit") if isinstance(meta.get("edit"), str) else edits[0].get("attr") or meta.get("task") or "edit"
         pairs = [(root / inputs[2 * k].path, root / inputs[2 * k + 1].path) for k in range(len(inputs) // 2)]
-        out.append(EditRecord(id=str(r.get("id", f"item{i:05d}")), task=str(meta.get("task") or meta.get("edit") or "edit"),
+        out.append(EditRecord(id=str(r.get("id", f"item{i:05d}")), task=str(task),
                               pairs=pairs, query=root / inputs[-1].path, target=root / targets[0].path,
                               query_caption=inputs[-1].caption, target_caption=targets[0].caption,
                               instruction=meta.get("instruction")))
@@ -474,6 +480,7 @@ class WorldSuite(Suite):
     """
 
     name = "world"
+    by_shots_in_context_only = True  # the shots curve = the in-context tasks (records' own meta.shots)
 
     def __init__(self, data: "str | Path", judges_dir: "str | Path", model: Any, n: Optional[int], seed: int):
         try:

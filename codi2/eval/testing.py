@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -35,9 +34,7 @@ def save_tiny_clip(out_dir: "str | Path", seed: int = 0) -> Path:
     vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    (d / "vocab.json").write_text(json.dumps(vocab))
-    (d / "merges.txt").write_text("#version: 0.2\n")
-    tok = CLIPTokenizer(vocab_file=str(d / "vocab.json"), merges_file=str(d / "merges.txt"))
+    tok = CLIPTokenizer(vocab=vocab, merges=[])  # character-level: no merges
     tok.save_pretrained(str(d))
     torch.manual_seed(seed)
     cfg = CLIPConfig(

@@ -54,6 +54,8 @@ class EncoderAlignConfig:
         world_seed: world seed of the rendered data; ``seed``: torch seed (init, dropout).
         eval_n: held-out (test-split) queries per modality for the retrieval report (0: skip).
         eval_every: also evaluate every N steps (0: only at the end).
+        pool_size: 0 renders every batch fresh; N > 0 renders N samples per modality once (preprocessed,
+            kept in memory as float16) and draws every batch from that pool (5-10x faster steps on a CPU).
         num_threads: torch intra-op threads (0: torch default).
     """
 
@@ -73,6 +75,7 @@ class EncoderAlignConfig:
     eval_n: int = 200
     eval_every: int = 0
     log_every: int = 50
+    pool_size: int = 0
     num_threads: int = 0
 
 
@@ -116,6 +119,30 @@ def contrastive_loss(model, text_embed: torch.Tensor, media_embed: torch.Tensor,
     loss_m2t = torch.sum(-target * F.log_softmax(logits.T, dim=1), dim=1).mean()
     acc = float(pos[logits.T.argmax(dim=1), torch.arange(len(keys))].mean()) if len(keys) else 0.0
     return 0.5 * (loss_t2m + loss_m2t), acc
+
+
+class WorldPool:
+    """Preprocessed world samples of one modality, rendered once: inputs (N, ...) float16, captions, keys.
+
+    Every sample keeps its caption wording; batches are drawn uniformly with a seeded generator.
+    """
+
+    def __init__(self, pre, modality: str, n: int, world_seed: int, chunk: int = 64):
+        self.modality = modality
+        xs, self.captions, self.keys = [], [], []
+        for start in tqdm(range(0, n, chunk), desc=f"render {modality} pool", unit="chunk", leave=False):
+            samples = world_batch(modality, start, min(chunk, n - start), world_seed, "train")
+            xs.append(_media_tensor(pre, modality, [s.media for s in samples]).half())
+            self.captions += [s.caption for s in samples]
+            self.keys += [attrs_key(s.attrs) for s in samples]
+        self.x = torch.cat(xs)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def batch(self, n: int, g: torch.Generator) -> tuple[torch.Tensor, list[str], list[tuple]]:
+        idx = torch.randint(len(self), (n,), generator=g).tolist()
+        return self.x[idx].float(), [self.captions[i] for i in idx], [self.keys[i] for i in idx]
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -200,6 +227,12 @@ def train_encoder(cfg: EncoderAlignConfig) -> dict:
     logger.info("encoder alignment: %s params, modalities %s, %d steps x %d", f"{n_params:,}", cfg.modalities,
                 cfg.steps, cfg.batch_size)
 
+    pools: dict[str, WorldPool] = {}
+    if cfg.pool_size > 0:
+        t_pool = time.time()
+        pools = {m: WorldPool(pre, m, cfg.pool_size, cfg.world_seed) for m in cfg.modalities}
+        logger.info("rendered pools of %d samples per modality in %.1f s", cfg.pool_size, time.time() - t_pool)
+    g = torch.Generator().manual_seed(cfg.seed)
     history: dict[str, list[float]] = {m: [] for m in cfg.modalities}
     evals: list[dict] = []
     t0 = time.time()
@@ -210,12 +243,15 @@ def train_encoder(cfg: EncoderAlignConfig) -> dict:
         total = torch.zeros(())
         accs = {}
         for k, m in enumerate(cfg.modalities):
-            # each (step, modality) draws a disjoint block of sample indices
-            start = (step * len(WORLD_MODALITIES) + WORLD_MODALITIES.index(m)) * cfg.batch_size
-            samples = world_batch(m, start, cfg.batch_size, cfg.world_seed, "train")
-            x = _media_tensor(pre, m, [s.media for s in samples])
-            text = model.embed("text", pre.text([s.caption for s in samples]))
-            loss, accs[m] = contrastive_loss(model, text, embed_media(model, m, x), [attrs_key(s.attrs) for s in samples])
+            if pools:
+                x, captions, keys = pools[m].batch(cfg.batch_size, g)
+            else:  # each (step, modality) renders a disjoint block of sample indices
+                start = (step * len(WORLD_MODALITIES) + WORLD_MODALITIES.index(m)) * cfg.batch_size
+                samples = world_batch(m, start, cfg.batch_size, cfg.world_seed, "train")
+                x = _media_tensor(pre, m, [s.media for s in samples])
+                captions, keys = [s.caption for s in samples], [attrs_key(s.attrs) for s in samples]
+            text = model.embed("text", pre.text(captions))
+            loss, accs[m] = contrastive_loss(model, text, embed_media(model, m, x), keys)
             total = total + loss / len(cfg.modalities)
             history[m].append(float(loss.detach()))
         opt.zero_grad(set_to_none=True)
@@ -223,10 +259,10 @@ def train_encoder(cfg: EncoderAlignConfig) -> dict:
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
-        bar.set_postfix(loss=f"{float(total):.3f}", **{f"acc_{m}": f"{a:.2f}" for m, a in accs.items()})
+        bar.set_postfix(loss=f"{float(total.detach()):.3f}", **{f"acc_{m}": f"{a:.2f}" for m, a in accs.items()})
         if cfg.log_every and (step + 1) % cfg.log_every == 0:
             scale = float(model.modality_postprocessors["text"][1].log_logit_scale.exp())
-            logger.info("step %d: loss %.4f, batch acc %s, logit scale %.1f", step + 1, float(total),
+            logger.info("step %d: loss %.4f, batch acc %s, logit scale %.1f", step + 1, float(total.detach()),
                         {m: round(a, 3) for m, a in accs.items()}, scale)
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps and cfg.eval_n > 0:
             evals.append({"step": step + 1, **{m: retrieval_accuracy(model, enc_cfg, m, cfg.eval_n, cfg.world_seed)

@@ -248,12 +248,14 @@ def _edit_words(t: _Task, obj: WorldObject, attr: str, value: str, modality: str
                 else _choice(rng, ("Lower the pitch.", "Make it a bit lower.", "Make the pitch lower."))
         if modality == "audio":
             return _choice(rng, (f"Make it sound {value}.", f"Make it {value}.", f"Change the pitch to {value}."))
-        return _choice(rng, (f"Make it {value}.", f"Change its colour to {value}.", f"Paint it {value}.", f"Turn it {value}."))
+        return _choice(rng, (f"Make it {value}.", f"Change its colour to {value}.", f"Paint it {value}.",
+                             f"Turn it {value}."))
     if attr == "shape":
         a = article(value)
         if modality == "audio":
             return _choice(rng, (f"Make it sound like {a} {value}.", f"Give it the timbre of {a} {value}."))
-        return _choice(rng, (f"Make it {a} {value}.", f"Turn it into {a} {value}.", f"Change the shape to {a} {value}."))
+        return _choice(rng, (f"Make it {a} {value}.", f"Turn it into {a} {value}.",
+                             f"Change the shape to {a} {value}."))
     if attr == "size":
         if modality == "audio":
             return _choice(rng, ("Make it louder.", "Make it louder and longer.")) if value == "large" \
@@ -283,7 +285,8 @@ def _caption_task(modality: str) -> Callable[[_Task], None]:
         obj = t.obj()
         direction = random_direction(t.rng) if modality == "video" else None
         t.conv.say("user", t.media(modality, obj, t.seed(), direction), _text(_choice(t.rng, questions)))
-        t.conv.say("assistant", _text(_cap(caption(modality, obj, direction, t.rng)) + ".", _attrs(modality, obj, direction)))
+        answer = _cap(caption(modality, obj, direction, t.rng)) + "."
+        t.conv.say("assistant", _text(answer, _attrs(modality, obj, direction)))
 
     return run
 
@@ -295,7 +298,8 @@ def _gen_task(modality: str) -> Callable[[_Task], None]:
         phrase = object_phrase(obj, modality, t.rng, direction)
         ask = {
             "image": (f"Draw {phrase}.", f"Show me {phrase}.", f"Make a picture of {phrase}."),
-            "audio": (f"Play the sound of {phrase}.", f"What does {phrase} sound like?", f"Make the sound of {phrase}."),
+            "audio": (f"Play the sound of {phrase}.", f"What does {phrase} sound like?",
+                      f"Make the sound of {phrase}."),
             "video": (f"Make a video of {phrase}.", f"Show me a clip of {phrase}.", f"Animate {phrase}."),
         }[modality]
         t.conv.say("user", _text(_choice(t.rng, ask)))
@@ -314,7 +318,8 @@ def _image_to_audio(t: _Task) -> None:
 def _audio_to_image(t: _Task) -> None:
     """The sound fixes shape, colour and size; the drawn object sits in the center."""
     obj = t.obj()
-    ask = ("Draw the object that makes this sound.", "What does this sound look like? Draw it.", "Show me what makes this sound.")
+    ask = ("Draw the object that makes this sound.", "What does this sound look like? Draw it.",
+           "Show me what makes this sound.")
     t.conv.say("user", t.media("audio", obj, t.seed()), _text(_choice(t.rng, ask)))
     t.conv.say("assistant", t.reply(), t.media("image", obj.with_(position="center"), t.seed()))
 

@@ -163,10 +163,10 @@ IN_SHAPES: dict[str, tuple[int, int, int]] = {
 
 
 def render_batch(modality: str, seed: int, start: int, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Renders judge samples ``start … start+n-1`` of the judges' seed stream.
+    """Renders judge samples ``start … start+n-1`` of the judges' seed stream, as features.
 
     Returns:
-        inputs: images (n, 3, 64, 64) / waves (n, 16000) / clips (n, 9, 64, 64);
+        features: images (n, 3, 64, 64) / log-mels (n, 1, 64, 63) / clips (n, 9, 64, 64);
         labels: {attr: class index (n,)}.
     """
     xs, labels = [], {a: [] for a in MODALITY_ATTRS[modality]}
@@ -184,22 +184,26 @@ def render_batch(modality: str, seed: int, start: int, n: int) -> tuple[torch.Te
             xs.append(video_features(render_video(obj, direction, rs)))
         for a in labels:
             labels[a].append(ATTRIBUTES[a].index(attrs[a]))
-    return torch.stack(xs), {a: torch.tensor(v) for a, v in labels.items()}
+    x = torch.stack(xs)
+    if modality == "audio":
+        x = torch.cat([log_mel(chunk) for chunk in x.split(256)])
+    return x, {a: torch.tensor(v) for a, v in labels.items()}
 
 
 def _augment(modality: str, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Mild training noise: brightness +-10 % and pixel noise (pictures); gain +-6 dB and a noise floor (sound)."""
+    """Mild training noise on features: gain +-6 dB (a shift of the log-mel) and feature noise for
+    sounds; brightness +-10 % and pixel noise for pictures and clips."""
     b = x.shape[0]
     if modality == "audio":
-        gain = 10 ** (torch.empty(b, 1).uniform_(-6, 6, generator=g) / 20)
-        return x * gain + 0.003 * torch.randn(x.shape, generator=g)
+        gain_db = torch.empty(b, 1, 1, 1).uniform_(-6, 6, generator=g)
+        return x + gain_db / 40.0 + 0.02 * torch.randn(x.shape, generator=g)  # log10(power) / 4 scale
     scale = torch.empty(b, 1, 1, 1).uniform_(0.9, 1.1, generator=g)
     return (x * scale + 0.02 * torch.randn(x.shape, generator=g)).clamp(0, 1)
 
 
 def _model_input(modality: str, x: torch.Tensor) -> torch.Tensor:
-    """Features -> network input: log-mel for waves, centred pixels for pictures and clips."""
-    return log_mel(x) if modality == "audio" else x - 0.5
+    """Features -> network input (pictures and clips centred on 0)."""
+    return x if modality == "audio" else x - 0.5
 
 
 # --------------------------------------------------------------------------- judges
@@ -268,7 +272,7 @@ class Judges:
     # ---- training
 
     @classmethod
-    def train(cls, seed: int = 0, n: int = 3000, n_eval: int = 500, epochs: int = 8, batch_size: int = 64,
+    def train(cls, seed: int = 0, n: int = 2400, n_eval: int = 1000, epochs: int = 6, batch_size: int = 64,
               lr: float = 2e-3, config: JudgeConfig = JudgeConfig(), max_steps: Optional[int] = None) -> "Judges":
         """Trains every judge in ``config.modalities`` on ``n`` fresh renders and tests on ``n_eval`` others.
 
@@ -347,11 +351,56 @@ class Judges:
 
     def score_audio(self, audio: Audio) -> Scores:
         """{shape, colour, size: (label, prob)} for one sound (first second, mono 16 kHz)."""
-        return self._score("audio", audio_wave(audio)[None])[0]
+        return self._score("audio", log_mel(audio_wave(audio)[None]))[0]
 
     def score_video(self, video: Video) -> Scores:
         """{shape, colour, size, direction: (label, prob)} for one clip."""
         return self._score("video", video_features(video)[None])[0]
+
+    def score_file(self, path: "str | Path", modality: str) -> Scores:
+        """Loads a media file with ``codi2.media`` and scores it with the ``modality`` judge."""
+        from codi2.media import load_audio, load_image, load_video
+
+        if modality == "image":
+            return self.score_image(load_image(path))
+        if modality == "audio":
+            return self.score_audio(load_audio(path))
+        if modality == "video":
+            return self.score_video(load_video(path))
+        raise ValueError(f"unknown modality {modality!r}; allowed: {', '.join(MODALITIES)}")
+
+    def evaluate_manifest(self, manifest: "str | Path", limit: Optional[int] = None) -> dict[str, dict[str, float]]:
+        """Scores every output of a world-style manifest against its ``meta.targets``.
+
+        Media targets are judged; text targets are read with ``parse_caption`` from the assistant message
+        at ``turn``. On a manifest of ground-truth renders this checks the judges end to end (decoded files);
+        on one holding a model's outputs in the same form it is that model's per-attribute task accuracy.
+
+        Returns:
+            {modality: {attr: accuracy, "n": count}} for every modality that has targets.
+        """
+        from .world import parse_caption
+
+        root = Path(manifest).parent
+        hits: dict[str, dict[str, list[int]]] = {}
+        with open(manifest, encoding="utf-8") as f:
+            for i, line in enumerate(f):
+                if limit is not None and i >= limit:
+                    break
+                record = json.loads(line)
+                for t in record["meta"]["targets"]:
+                    m = t["modality"]
+                    if m == "text":
+                        msg = record["messages"][t["turn"]]
+                        pred = parse_caption(" ".join(p["text"] for p in msg["content"] if p["type"] == "text"))
+                    else:
+                        pred = self.score_file(root / t["path"], m)
+                    for a, v in t["attrs"].items():
+                        label = pred.get(a)
+                        label = label[0] if isinstance(label, tuple) else label
+                        hits.setdefault(m, {}).setdefault(a, []).append(int(label == v))
+        return {m: {a: float(np.mean(h)) for a, h in per.items()} | {"n": len(next(iter(per.values())))}
+                for m, per in hits.items()}
 
     # ---- persistence
 
@@ -379,7 +428,8 @@ class Judges:
                 raise FileNotFoundError(f"{d / f} not found; expected a folder written by Judges.save()")
         meta = json.loads((d / CONFIG_FILE).read_text())
         if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{d / CONFIG_FILE}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+            raise ValueError(f"{d / CONFIG_FILE}: format_version {meta.get('format_version')!r}, "
+                             f"expected {FORMAT_VERSION}")
         config = JudgeConfig(**meta["config"])
         for m in config.modalities:
             want = {a: list(ATTRIBUTES[a]) for a in MODALITY_ATTRS[m]}
@@ -409,12 +459,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="folder for judges.safetensors + judges.json")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n", type=int, default=3000, help="training renders per modality")
-    p.add_argument("--n-eval", type=int, default=500, help="held-out renders per modality")
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--n", type=int, default=2400, help="training renders per modality")
+    p.add_argument("--n-eval", type=int, default=1000, help="held-out renders per modality")
+    p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--modalities", nargs="+", choices=MODALITIES, default=list(MODALITIES))
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's; 1 is fastest on a busy machine)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     judges = Judges.train(args.seed, args.n, args.n_eval, args.epochs, config=JudgeConfig(modalities=args.modalities))
     out = judges.save(args.out)
     for m, r in judges.report.items():

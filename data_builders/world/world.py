@@ -9,7 +9,7 @@ How each attribute shows in each modality:
 
 | attribute | values                                         | image              | sound                                  | video                  |
 |-----------|------------------------------------------------|--------------------|----------------------------------------|------------------------|
-| shape     | circle, square, triangle, star                 | outline            | timbre: sine, square, triangle, saw    | outline                |
+| shape     | circle, square, triangle, star                 | outline            | timbre: sine, square wave, 3 partials, saw | outline            |
 | colour    | red, orange, yellow, green, blue, purple       | fill colour        | pitch, rising in that (rainbow) order  | fill colour            |
 | size      | small, large                                   | radius 8 / 13 px   | quiet + short / loud + long tone       | radius 8 / 13 px       |
 | position  | left, right, top, bottom, center               | where it sits      | (not expressed)                        | (not expressed)        |
@@ -204,17 +204,18 @@ def render_image(obj: WorldObject, seed: int = 0) -> Image.Image:
 
 # --------------------------------------------------------------------------- sounds
 
-# Harmonic amplitude profile per timbre (harmonic k = 1, 2, …): the classic band-limited waveforms.
+# Harmonic amplitude profile per timbre (harmonic k = 1, 2, …), chosen to differ plainly in a spectrogram:
+# circle = pure sine, triangle = three partials, square = odd harmonics 1/k (square wave),
+# star = all harmonics 1/k (sawtooth).
 def _harmonics(shape: str, n: int) -> np.ndarray:
     k = np.arange(1, n + 1, dtype=np.float64)
-    if shape == "circle":  # sine
+    if shape == "circle":
         return (k == 1).astype(np.float64)
-    if shape == "square":  # odd harmonics, 1/k
+    if shape == "triangle":
+        return np.select([k == 1, k == 2, k == 3], [1.0, 0.7, 0.5], 0.0)
+    if shape == "square":
         return np.where(k % 2 == 1, 1.0 / k, 0.0)
-    if shape == "triangle":  # odd harmonics, 1/k^2, alternating sign
-        sign = np.where(((k - 1) // 2) % 2 == 0, 1.0, -1.0)
-        return np.where(k % 2 == 1, sign / k**2, 0.0)
-    if shape == "star":  # sawtooth, all harmonics 1/k
+    if shape == "star":
         return 1.0 / k
     raise ValueError(f"unknown shape {shape!r}; allowed: {', '.join(SHAPES)}")
 
@@ -232,6 +233,7 @@ def render_sound(obj: WorldObject, seed: int = 0) -> Audio:
     n_harm = int((SAMPLE_RATE / 2 - 200) // f0)
     profile = _harmonics(obj.shape, n_harm)  # (H,)
     k = np.arange(1, n_harm + 1)
+    k, profile = k[profile != 0], profile[profile != 0]  # only the partials that sound
     phase = rng.uniform(0, 2 * np.pi)
     wave = (profile[:, None] * np.sin(2 * np.pi * f0 * k[:, None] * (t[None, :] - onset) + phase * k[:, None])).sum(0)
     wave /= np.abs(wave).max()  # peak 1 for every timbre
@@ -299,7 +301,10 @@ def _noun(obj: WorldObject, rng: Optional[np.random.Generator], size_words: dict
 
 
 def object_phrase(
-    obj: WorldObject, modality: str = "image", rng: Optional[np.random.Generator] = None, direction: Optional[str] = None
+    obj: WorldObject,
+    modality: str = "image",
+    rng: Optional[np.random.Generator] = None,
+    direction: Optional[str] = None,
 ) -> str:
     """A noun phrase for ``obj`` as ``modality`` shows it: image 'a small red circle at the top',
     audio 'a small red circle', video 'a small red circle moving up' (needs ``direction``).
@@ -371,7 +376,8 @@ for _v in POSITIONS:
 for _w in ("colour", "color"):
     _WORD_TO_VALUE.pop(_w, None)
 _WORD_TO_VALUE.update({"violet": ("colour", "purple"), "ball": ("shape", "circle"), "box": ("shape", "square")})
-_MOTION_VERBS = r"(?:moving|moves|move|going|goes|sliding|slides|rising|rises|falling|falls|heading|heads|drifting|drifts)"
+_MOTION_VERBS = (r"(?:moving|moves|move|going|goes|sliding|slides|rising|rises|falling|falls|"
+                 r"heading|heads|drifting|drifts)")
 _MOTION_RE = re.compile(
     _MOTION_VERBS + r"\s+(?:to\s+the\s+|towards\s+the\s+)?(left|right|up|down|upwards?|downwards?)\b"
 )

@@ -1,0 +1,184 @@
+"""Every eval suite end to end with the tiny model and tiny metric backbones; determinism; resume; folder scoring."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from codi2.eval import EvalConfig, run_eval, score_folder
+from codi2.eval import runner as R
+
+from .eval_fixtures import make_dreambench, make_edit_manifest
+
+FAST = dict(force_output=True, max_new_tokens=4, n_boot=200)  # the random tiny model only makes media when forced
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory, tiny_pipeline_dir):
+    from codi2.eval.testing import save_tiny_audio_classifier, save_tiny_clip, save_tiny_dino
+
+    d = tmp_path_factory.mktemp("eval")
+    return {"model": str(tiny_pipeline_dir), "root": d,
+            "clip": str(save_tiny_clip(d / "clip")), "dino": str(save_tiny_dino(d / "dino")),
+            "ast": str(save_tiny_audio_classifier(d / "ast")),
+            "db": make_dreambench(d / "db"), "ie": make_edit_manifest(d / "ie", "image"),
+            "ae": make_edit_manifest(d / "ae", "audio")}
+
+
+@pytest.fixture(scope="module")
+def pipe(ws):
+    """The tiny pipeline loaded once and shared by the run_eval calls (the CLI calls load their own)."""
+    from codi2.pipeline import CoDi2Pipeline
+
+    return CoDi2Pipeline.from_pretrained(ws["model"])
+
+
+def _metrics(out: Path) -> tuple[str, str]:
+    r = json.loads((out / "results.json").read_text())
+    return json.dumps(r["metrics"], sort_keys=True), json.dumps(r["samples"], sort_keys=True)
+
+
+def test_image_edit_cli_deterministic_and_resumable(ws, pipe, tmp_path, monkeypatch):
+    from codi2.eval.cli import main
+
+    args = ["--suite", "image-edit", "--model", ws["model"], "--data", str(ws["ie"]), "--shots", "0,1", "--n", "1",
+            "--seed", "3", "--force-output", "--max-new-tokens", "4", "--n-boot", "200",
+            "--clip", ws["clip"], "--dino", ws["dino"]]
+    assert main(args + ["--out", str(tmp_path / "a"), "--json"]) == 0
+    r = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert r["complete"] and len(r["samples"]) == 2 and {s["shots"] for s in r["samples"]} == {0, 1}
+    per = {s["shots"]: s["metrics"] for s in r["samples"]}
+    assert {"l1", "l2", "clip_i", "dino", "clip_t", "clip_dir_text", "output_rate"} <= set(per[0])
+    assert "clip_dir_image" in per[1] and "clip_dir_image" not in per[0]  # exemplar direction needs k >= 1
+    assert 0 <= per[0]["l1"] <= 1 and -1 <= per[1]["clip_dir_image"] <= 1
+    ov = r["metrics"]["overall"]["l1"]
+    assert ov["ci_low"] <= ov["mean"] <= ov["ci_high"] and ov["n"] == 2
+    assert r["fingerprints"]["model"] and r["fingerprints"]["data"] and set(r["fingerprints"]["backbones"]) == {"clip", "dino"}
+    assert "torch" in r["versions"]
+    for f in ("report.md", "plot_shots.png", "samples.jsonl", "run.json"):
+        assert (tmp_path / "a" / f).is_file(), f
+    outputs = sorted((tmp_path / "a" / "outputs").rglob("*.png"))
+    assert len(outputs) == 2
+    # an existing run is not overwritten without --resume
+    assert main(args + ["--out", str(tmp_path / "a")]) == 2
+
+    # same seed, model and data -> byte-identical metrics (and whole file: --out is not part of the config)
+    cfg = EvalConfig(suite="image-edit", model=ws["model"], data=str(ws["ie"]), shots=[0, 1], n=1, seed=3,
+                     clip=ws["clip"], dino=ws["dino"], **FAST)
+    run_eval(cfg, tmp_path / "b", pipeline=pipe)
+    assert _metrics(tmp_path / "a") == _metrics(tmp_path / "b")
+    assert (tmp_path / "a" / "results.json").read_bytes() == (tmp_path / "b" / "results.json").read_bytes()
+
+    # killed after one sample; --resume generates only the rest and gives the same results.json
+    real, calls = R._generate, []
+
+    def crash_after_one(*a, **k):
+        if calls:
+            raise KeyboardInterrupt("simulated kill")
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(R, "_generate", crash_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(cfg, tmp_path / "c", pipeline=pipe)
+    assert len((tmp_path / "c" / "samples.jsonl").read_text().splitlines()) == 1
+    counted = []
+    monkeypatch.setattr(R, "_generate", lambda *a, **k: counted.append(1) or real(*a, **k))
+    assert main(args + ["--out", str(tmp_path / "c"), "--resume"]) == 0
+    assert len(counted) == 1  # the finished sample was not recomputed
+    assert (tmp_path / "c" / "results.json").read_bytes() == (tmp_path / "a" / "results.json").read_bytes()
+    # resuming with another config is refused
+    other = list(args)
+    other[other.index("--seed") + 1] = "4"
+    assert main(other + ["--out", str(tmp_path / "c"), "--resume"]) == 2
+
+
+def test_dreambench_suite(ws, pipe, tmp_path):
+    cfg = EvalConfig(suite="dreambench", model=ws["model"], data=str(ws["db"]), shots=[0, 2], n=1, seed=0,
+                     clip=ws["clip"], dino=ws["dino"], **FAST)
+    r = run_eval(cfg, tmp_path, pipeline=pipe)
+    assert [s["shots"] for s in r["samples"]] == [0, 2]
+    for s in r["samples"]:
+        assert {"dino", "clip_i", "clip_t"} <= set(s["metrics"]) and s["metrics"]["output_rate"] == 1.0
+        assert -1 <= s["metrics"]["clip_t"] <= 1
+    assert set(r["metrics"]["by_shots"]) == {"0", "2"}
+    assert [s["id"].split("/")[0] for s in r["samples"]] == ["k0", "k2"]
+    assert all(s["task"] in ("dog", "red_toy") for s in r["samples"])
+
+
+def test_audio_edit_suite_with_imagebind_fad(ws, pipe, tmp_path):
+    cfg = EvalConfig(suite="audio-edit", model=ws["model"], data=str(ws["ae"]), shots=[0, 1], n=1, seed=0,
+                     audio_classifier=ws["ast"], fad_model=None, **FAST)  # FAD on the model's ImageBind encoder
+    r = run_eval(cfg, tmp_path, pipeline=pipe)
+    assert len(r["samples"]) == 2
+    for s in r["samples"]:
+        m = s["metrics"]
+        assert {"lsd", "kl_softmax", "kl_sigmoid"} <= set(m) and m["lsd"] > 0 and m["kl_softmax"] >= 0
+    st = r["metrics"]["set"]["overall"]
+    assert st["fd"] >= 0 and st["fad"] >= 0
+    assert (tmp_path / "report.md").read_text().count("fad") >= 1
+
+
+def test_world_suite(ws, pipe, tmp_path):
+    from data_builders.world import build_world
+    from data_builders.world.judges import JudgeConfig, Judges
+
+    world = build_world(tmp_path / "world", n=2, seed=0, tasks=["joint_image_audio", "caption_image"],
+                        split="test")
+    Judges(JudgeConfig(width=4, hidden=8)).save(tmp_path / "judges")
+    cfg = EvalConfig(suite="world", model=ws["model"], data=str(world), judges=str(tmp_path / "judges"), **FAST)
+    r = run_eval(cfg, tmp_path / "out", pipeline=pipe)
+    tasks = {s["task"]: s for s in r["samples"]}
+    assert set(tasks) == {"joint_image_audio", "caption_image"}
+    joint = tasks["joint_image_audio"]
+    assert set(joint["runs"]) == {"main", "image", "audio"}
+    assert [m for m, _ in joint["runs"]["main"]["media"]] == ["image", "audio"]
+    assert {"acc", "exact", "coherence", "sim", "coherence_separate", "sim_separate"} <= set(joint["metrics"])
+    assert all(0 <= s["metrics"]["acc"] <= 1 for s in r["samples"])
+    assert set(r["metrics"]["by_task"]) == set(tasks)
+
+
+def test_world_suite_needs_judges(ws, tmp_path):
+    cfg = EvalConfig(suite="world", model=ws["model"], data=str(tmp_path), **FAST)
+    with pytest.raises(ValueError, match="--judges"):
+        R.build_suite(cfg, model=object())
+
+
+def test_score_folders_of_any_system(ws, tmp_path):
+    """`codi2 eval score`: the references scored against themselves give perfect pairwise metrics."""
+    from codi2.eval.cli import main
+
+    media = ws["ie"].parent / "media"
+    r = score_folder("image-edit", media, media, tmp_path / "img", clip=ws["clip"], dino=ws["dino"], n_boot=100)
+    ov = r["metrics"]["overall"]
+    assert ov["l1"]["mean"] == 0 and ov["l2"]["mean"] == 0
+    assert ov["clip_i"]["mean"] == pytest.approx(1.0, abs=1e-6) and ov["dino"]["mean"] == pytest.approx(1.0, abs=1e-6)
+
+    amedia = ws["ae"].parent / "media"
+    assert main(["score", "--suite", "audio-edit", "--pred", str(amedia), "--ref", str(amedia), "--out",
+                 str(tmp_path / "aud"), "--audio-classifier", ws["ast"], "--fad-model", ws["ast"], "--n-boot", "100"]) == 0
+    a = json.loads((tmp_path / "aud" / "results.json").read_text())["metrics"]
+    assert a["overall"]["lsd"]["mean"] == pytest.approx(0.0, abs=1e-5)
+    assert a["overall"]["kl_softmax"]["mean"] == pytest.approx(0.0, abs=1e-4)
+    assert a["set"]["overall"]["fd"] == pytest.approx(0.0, abs=1e-6)
+    assert a["set"]["overall"]["fad"] == pytest.approx(0.0, abs=1e-6)
+
+    # dreambench: outputs named <subject>/<prompt index>.png; a real image of the subject scores DINO/CLIP-I high
+    pred = tmp_path / "db-pred" / "dog"
+    pred.mkdir(parents=True)
+    (pred / "01.png").write_bytes((ws["db"] / "dataset" / "dog" / "00.jpg").read_bytes())
+    d = score_folder("dreambench", tmp_path / "db-pred", ws["db"], tmp_path / "db", clip=ws["clip"], dino=ws["dino"])
+    assert d["samples"][0]["task"] == "dog" and d["samples"][0]["metrics"]["dino"] > 0.5
+    with pytest.raises(ValueError, match="no image-edit outputs"):
+        score_folder("image-edit", tmp_path / "db-pred", media, tmp_path / "x", clip=ws["clip"])
+
+
+def test_dreambench_parser_reads_the_real_layout(ws):
+    from codi2.eval.suites import dreambench_prompt, dreambench_user_text, parse_prompts_and_classes
+
+    classes, obj, live = parse_prompts_and_classes(ws["db"] / "dataset" / "prompts_and_classes.txt")
+    assert classes == {"red_toy": "toy", "dog": "dog"}
+    assert obj[1] == "a {0} {1} in the snow" and live[1] == "a {0} {1} wearing a red hat"
+    assert dreambench_prompt(obj[1], "toy") == "a toy in the snow"
+    assert dreambench_user_text("a toy in the snow", "toy", 2) == "These images show a toy. Generate an image of this toy: a toy in the snow."
