@@ -4,6 +4,7 @@ Generates a synthetic shard set (random PNG/JPEG images + captions + JSON metada
 broken sample) in a temporary folder, then runs ``data_builders.build`` on it with each worker count,
 side by side in one run, into fresh output folders; checks that every run wrote byte-identical manifests.
 Times include process start-up of the workers (spawn) and extraction of the media to the output folder.
+The 1-minute load average before and after is recorded: on a busy machine extra workers cannot help.
 
     python benchmarks/build_data.py --out build_data.json
     python benchmarks/build_data.py --shards 16 --per-shard 500 --image-size 256 --workers 1 2 4
@@ -36,6 +37,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     from data_builders import BuildOptions, WebDatasetSource, build
     from data_builders.fixtures import webdataset_shards
 
+    load_before = os.getloadavg()[0]  # other processes on the machine skew the worker comparison
     with tempfile.TemporaryDirectory(prefix="codi2-build-bench-") as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
@@ -67,7 +69,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                   "kinds": args.kinds, "input_mib": round(input_bytes / 2**20, 2), "generate_s": round(gen_s, 2)},
         "runs": runs,
         "identical_manifests": len(set(manifests.values())) == 1,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), "load_avg_1min_before": round(load_before, 2),
+                    "load_avg_1min_after": round(os.getloadavg()[0], 2), "python": platform.python_version(),
+                    "platform": platform.platform()},
     }
     text = json.dumps(result, indent=2)
     if args.out:

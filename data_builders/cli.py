@@ -20,6 +20,7 @@ import dataclasses
 import importlib
 import json
 import logging
+import sys
 from typing import Any, Optional, Sequence
 
 from .core import SKIP_REASONS, BuildOptions, Filters, build, parse_filters
@@ -175,4 +176,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     add_sources(p.add_subparsers(dest="source", metavar="SOURCE", required=True))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as e:  # BuildError is a ValueError
+        print(f"python -m data_builders {args.source}: error: {e}", file=sys.stderr)
+        return 2

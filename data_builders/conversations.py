@@ -66,7 +66,7 @@ GENERATE_PROMPTS = {
 }
 REPLY_PREFIXES = ["Here it is:", "Here you go:", "Sure, here is the result:", "Done:", "Here is what you asked for:"]
 JOINT_PROMPTS = ["{c} Show me {n0} and {n1} of it.", "Create {n0} and {n1} of {c2}.",
-                 "Give me both {n0} and {n1}: {c2}.", "{c} I'd like {n0} and matching {n1}."]
+                 "Give me both {n0} and {n1}: {c2}.", "{c} I'd like {n0} with {n1} to match."]
 EDIT_JOINERS = ["", "Please: ", "Could you edit this? ", "Edit request: "]
 ICL_INTROS = ["Here are some examples of a change:", "Look at these before/after pairs.",
               "Each example shows an original and its changed version.", "Examples:"]
@@ -77,7 +77,8 @@ SUBJECT_INTROS = ["These pictures show the same {s}.", "Here are a few photos of
                   "All of these are the same {s}."]
 SUBJECT_REQUESTS = ["Show it like this: {c}.", "Make a new picture of it: {c}.", "Now draw it as {c}.",
                     "Generate an image of this {s}: {c}."]
-DESCRIBE_RESULT = ["Describe the result.", "What does it show now?", "Describe the new {n}.", "What changed? Describe it."]
+DESCRIBE_RESULT = ["Describe the result.", "Describe the new {n}.", "What is in the edited {n}?",
+                   "Describe the {n} you made."]
 
 
 def _cap(text: str) -> str:
@@ -142,6 +143,7 @@ def pair_of(s: Sample) -> dict:
     if s.edit is not None:
         return {"kind": "edit", "modality": s.modality, "input": s.media["input"], "output": s.media["output"],
                 **{k: s.edit.get(k) for k in ("instruction", "type", "group", "input_caption", "output_caption")},
+                "output_caption_derived": bool(s.edit.get("output_caption_derived")),
                 "sha256": dict(s.sha256)}
     d = {"kind": "captioned", "caption": s.caption, "media": dict(s.media), "sha256": dict(s.sha256)}
     if s.subject:
@@ -256,6 +258,7 @@ class _Pair:
     rid: str
     source: str
     license: str
+    orig_id: str
 
 
 def _load_pairs(manifests: Sequence[Union[str, Path]]) -> list[_Pair]:
@@ -278,7 +281,8 @@ def _load_pairs(manifests: Sequence[Union[str, Path]]) -> list[_Pair]:
                 pair["input"], pair["output"] = absolute(pair["input"]), absolute(pair["output"])
             else:
                 pair["media"] = {k: absolute(v) for k, v in pair["media"].items()}
-            pairs.append(_Pair(pair, raw["id"], raw.get("source", ""), raw.get("license", "unknown")))
+            pairs.append(_Pair(pair, raw["id"], raw.get("source", ""), raw.get("license", "unknown"),
+                               str(raw["meta"].get("orig_id", raw["id"]))))
         if len(pairs) == n_before:
             log.warning("%s has no records with meta.pair (is it a reader's output?)", m)
     return pairs
@@ -317,12 +321,18 @@ class _Pools:
                 by_input[h].append(p)
         self.next_edit = {id(p): by_input.get(p.pair.get("sha256", {}).get("output"), []) for p in self.edits}
         self.chain_starts = [p for p in self.edits if self.next_edit[id(p)]]
-        self.describable = [p for p in self.edits if p.pair.get("output_caption") or p.pair.get("input_caption")]
+        # edit + "describe the result" needs the corpus' own output caption (not one derived from the instruction)
+        self.describable = [p for p in self.edits if _real_out_caption(p.pair) or p.pair.get("input_caption")]
 
     def available(self, task: str) -> bool:
         return bool({"caption": self.captioned, "generate": self.captioned, "edit": self.edits,
                      "icl_edit": self.icl_groups, "subject": self.subjects,
                      "multi_round": self.chain_starts or self.describable, "joint": self.joint}[task])
+
+
+def _real_out_caption(pair: dict) -> Optional[str]:
+    """An edit's output caption when the corpus gave it (None when it was derived from the instruction)."""
+    return None if pair.get("output_caption_derived") else pair.get("output_caption")
 
 
 def _icl(pools: _Pools, mix: Mixture, rng: random.Random) -> tuple[list[dict], list[_Pair]]:
@@ -372,7 +382,7 @@ def _multi_round(pools: _Pools, mix: Mixture, rng: random.Random) -> tuple[list[
     p = rng.choice(pools.describable)
     d, kind = p.pair, p.pair["modality"]
     edit = edit_messages(kind, d["input"], d["instruction"], d["output"], d.get("output_caption"), rng)
-    if d.get("output_caption") and (not d.get("input_caption") or rng.random() < 0.5):
+    if _real_out_caption(d) and (not d.get("input_caption") or rng.random() < 0.5):
         # edit, then describe the result
         ask = rng.choice(DESCRIBE_RESULT).format(n=NOUN[kind])
         return edit + [{"role": "user", "content": [_txt(ask)]},
@@ -409,7 +419,8 @@ def compose_record(i: int, pools: _Pools, mix: Mixture, tasks: list[str], weight
     sources = sorted({p.source for p in used})
     licenses = sorted({p.license for p in used})
     return {"schema": 1, "id": f"{mix.name}-{i:08d}", "source": "+".join(sources), "messages": msgs,
-            "meta": {"task": task, "from": [p.rid for p in used]}, "license": "; ".join(licenses)}
+            "meta": {"task": task, "from": [p.rid for p in used], "orig_ids": [p.orig_id for p in used]},
+            "license": "; ".join(licenses)}
 
 
 def compose(manifests: Sequence[Union[str, Path]], out: Union[str, Path], mix: Mixture, progress: bool = True) -> dict:
@@ -451,7 +462,8 @@ def compose(manifests: Sequence[Union[str, Path]], out: Union[str, Path], mix: M
     if unavailable:
         log.warning("no data for tasks %s in %d pairs; they are left out of the mixture", unavailable, len(pairs))
     if not tasks:
-        raise BuildError(f"none of the tasks with weight > 0 ({sorted(t for t, w in (mix.weights or dict.fromkeys(TASKS, 1)).items() if w > 0)}) "
+        wanted = sorted(t for t, w in (mix.weights or dict.fromkeys(TASKS, 1.0)).items() if w > 0)
+        raise BuildError(f"none of the tasks with weight > 0 ({wanted}) "
                          f"has data in {[str(m) for m in manifests]} ({len(pairs)} pairs)")
     writer = ShardWriter(out, mix.shard_size)
     counts: Counter = Counter()

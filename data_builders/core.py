@@ -79,8 +79,9 @@ SUMMARY_FILE = "summary.json"
 N_EXAMPLES = 5
 
 
-class BuildError(RuntimeError):
-    """A build that cannot start or continue (bad input, an output folder in the way, a state mismatch)."""
+class BuildError(ValueError):
+    """A build that cannot start or continue (bad input, an output folder in the way, a state mismatch).
+    A ``ValueError``, so ``codi2``'s command line prints it as an error message."""
 
 
 # ----------------------------------------------------------------------------- options
@@ -361,6 +362,7 @@ def process_unit(source: Source, ctx: Context, unit: Unit) -> list[Union[Sample,
             item = check_sample(item, ctx, unit)
         if isinstance(item, Skip):
             _remove_written(ctx.out, item.written)
+            item.detail = item.detail.replace(ctx.out + os.sep, "")  # summaries do not depend on where --out is
         out.append(item)
     return out
 
@@ -515,7 +517,7 @@ def build(source: Source, opts: BuildOptions) -> dict:
             seen_path.touch()
         _truncate(seen_path, state["seen_bytes"])
         log.info("%s: resuming after %d of %d units (%d records)", out, state["units_done"], len(units),
-                 state["summary"]["records"])
+                 state["summary"].get("records", 0))
     else:
         existing = _existing_outputs(out)
         if existing:
@@ -524,6 +526,7 @@ def build(source: Source, opts: BuildOptions) -> dict:
         state = {"version": 1, "fingerprint": fingerprint, "units": len(units), "units_done": 0, "shards": [],
                  "seen_bytes": 0, "summary": {}, "complete": False}
         seen_path.write_bytes(b"")
+        _write_json(state_path, state)  # from here on, --resume can take over (even before the first commit)
     if state["units"] != len(units):
         raise BuildError(f"the input now has {len(units)} units, the state was started with {state['units']}; "
                          "the input changed since the interrupted build: build into a new folder")
@@ -539,42 +542,41 @@ def build(source: Source, opts: BuildOptions) -> dict:
     pool = multiprocessing.get_context("spawn").Pool(opts.workers) if opts.workers > 1 and len(todo) > 1 else None
     try:
         results: Iterable = pool.imap(work, todo, chunksize=1) if pool is not None else map(work, todo)
-        bar = tqdm(total=len(units), initial=state["units_done"], unit="unit", desc=f"build-data {name}",
-                   disable=not opts.progress)
-        for unit, items in zip(todo, results):
-            # 2. dedup, records, append (in unit order).
-            for item in items:
-                summary.samples += 1
-                if isinstance(item, Skip):
-                    summary.skip(unit.name, item)
-                    continue
-                keys = _dedup_keys(item, opts.filters)
-                dup = next((k for k in keys if k in seen), None)
-                if dup is not None:
-                    reason = "duplicate" if dup.startswith("m:") else "duplicate_caption"
-                    summary.skip(unit.name, Skip(item.id, reason, "same " + ("media" if reason == "duplicate" else "caption")
-                                                 + " as an earlier sample"))
-                    _remove_written(str(out), item.written)
-                    continue
-                for k in keys:
-                    seen.add(k)
-                    seen_f.write((k + "\n").encode())
-                rid = f"{name}-{summary.records:08d}"
-                record = pair_record(item, rid, name, opts.seed, opts.mix, opts.license)
-                writer.write(record)
-                summary.records += 1
-                summary.tasks[record["meta"]["task"]] += 1
-            # 3. commit.
-            seen_f.flush()
-            os.fsync(seen_f.fileno())
-            state["shards"] = writer.commit()
-            state["seen_bytes"] = seen_f.tell()
-            state["units_done"] += 1
-            state["summary"] = summary.to_dict()
-            _write_json(state_path, state)
-            bar.update(1)
-            bar.set_postfix(records=summary.records, skipped=sum(summary.skipped.values()))
-        bar.close()
+        with tqdm(total=len(units), initial=state["units_done"], unit="unit", desc=f"build-data {name}",
+                  disable=not opts.progress) as bar:
+            for unit, items in zip(todo, results):
+                # 2. dedup, records, append (in unit order).
+                for item in items:
+                    summary.samples += 1
+                    if isinstance(item, Skip):
+                        summary.skip(unit.name, item)
+                        continue
+                    keys = _dedup_keys(item, opts.filters)
+                    dup = next((k for k in keys if k in seen), None)
+                    if dup is not None:
+                        reason = "duplicate" if dup.startswith("m:") else "duplicate_caption"
+                        what = "media" if reason == "duplicate" else "caption"
+                        summary.skip(unit.name, Skip(item.id, reason, f"same {what} as an earlier sample"))
+                        _remove_written(str(out), item.written)
+                        continue
+                    for k in keys:
+                        seen.add(k)
+                        seen_f.write((k + "\n").encode())
+                    rid = f"{name}-{summary.records:08d}"
+                    record = pair_record(item, rid, name, opts.seed, opts.mix, opts.license)
+                    writer.write(record)
+                    summary.records += 1
+                    summary.tasks[record["meta"]["task"]] += 1
+                # 3. commit.
+                seen_f.flush()
+                os.fsync(seen_f.fileno())
+                state["shards"] = writer.commit()
+                state["seen_bytes"] = seen_f.tell()
+                state["units_done"] += 1
+                state["summary"] = summary.to_dict()
+                _write_json(state_path, state)
+                bar.update(1)
+                bar.set_postfix(records=summary.records, skipped=sum(summary.skipped.values()))
     finally:
         writer.close()
         seen_f.close()

@@ -20,8 +20,9 @@ SOUNDS = ("a dog barks", "rain falls on a roof", "a bell rings", "a car passes b
 
 
 def caption(i: int) -> str:
-    """Distinct captions for i < 64: ``a red cat on a table``."""
-    return f"a {COLOURS[i % len(COLOURS)]} {THINGS[(i // len(COLOURS)) % len(THINGS)]} on a table"
+    """Distinct captions for i < 64: ``a red cat on a table``, ``an orange cat on a table`` …"""
+    colour = COLOURS[i % len(COLOURS)]
+    return f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} {THINGS[(i // len(COLOURS)) % len(THINGS)]} on a table"
 
 
 def image_bytes(seed: int, size: int = 24, fmt: str = "PNG") -> bytes:

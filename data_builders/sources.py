@@ -427,6 +427,8 @@ class InstructPix2PixSource(Source):
                 yield Sample(sid, {"input": inputs[seed], "output": outputs[seed]}, modality="image", edit=edit)
 
 
+AUDIT_COLUMNS = ("id", "input_audio", "edit_instruction", "output_audio", "edit_type", "input_caption",
+                 "output_caption", "license")
 EDIT_TYPES = ("add", "drop", "replace", "inpaint", "super_resolution", "other")
 _TYPE_WORDS = {"add": "add", "drop": "drop", "remove": "drop", "delete": "drop", "replace": "replace",
                "change": "replace", "inpaint": "inpaint", "fill": "inpaint", "upsample": "super_resolution",
@@ -446,7 +448,8 @@ class AuditSource(_TableBase):
 
     The output audio needs a caption (its head target is computed from it): the ``output_caption`` column,
     else the instruction's object for ``add`` (``Add a dog barking`` -> ``a dog barking``, appended to the
-    input caption when there is one), else the instruction itself; ``meta.orig.caption_derived`` says so.
+    input caption when there is one), else the instruction itself; ``meta.pair.output_caption_derived`` says so
+    (composed "describe the result" turns never use a derived caption). Other columns go to ``meta.orig``.
     Edits are grouped for in-context exemplars by the normalised instruction.
     """
 
@@ -465,13 +468,13 @@ class AuditSource(_TableBase):
         etype = _str_or_none(row.get("edit_type")) or edit_type_of(instr)
         etype = etype.lower().replace("-", "_").replace(" ", "_")
         in_cap, out_cap = _str_or_none(row.get("input_caption")), _str_or_none(row.get("output_caption"))
-        extra = {}
-        if not out_cap and instr:
-            extra["caption_derived"] = True
+        derived = not out_cap and bool(instr)
+        if derived:
             obj = instr.split(" ", 1)[1].strip().rstrip(".") if etype == "add" and " " in instr.strip() else None
             out_cap = (f"{in_cap.rstrip('.')}, and {obj}" if in_cap else obj) if obj else instr
         edit = {"instruction": instr, "type": etype, "group": " ".join(instr.lower().split()),
-                "input_caption": in_cap, "output_caption": out_cap}
+                "input_caption": in_cap, "output_caption": out_cap, "output_caption_derived": derived}
+        extra = {k: v for k, v in row.items() if k not in AUDIT_COLUMNS and _plain(v)}
         return Sample(sid, {"input": src, "output": dst}, modality="audio", edit=edit,
                       license=_str_or_none(row.get("license")), extra=extra)
 

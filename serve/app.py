@@ -45,6 +45,7 @@ CSS = """
 #codi2-input { border-radius: 16px; }
 #codi2-actions button { border-radius: 999px; }
 #codi2-chat .message code { font-size: .75rem; opacity: .7; }
+#codi2-chat .message img { min-width: 96px; image-rendering: auto; }
 footer { display: none !important; }
 """
 
@@ -111,7 +112,7 @@ class ChatApp:
         self.pipeline = pipeline
         self.cfg = cfg or ServeConfig()
         self.manager = SessionManager(pipeline, self.cfg, workdir)
-        self.title = title or (pipeline.directory.name if getattr(pipeline, "directory", None) else pipeline.config.name)
+        self.title = title or pipeline.config.name
         self.examples = []
         if with_examples:
             from .examples import build_examples
@@ -233,6 +234,14 @@ class ChatApp:
             gr.Warning(str(e))
             return None
 
+    @staticmethod
+    def attach(path: Optional[str], box: Optional[dict]) -> tuple:
+        """Adds a webcam capture to the message box's files (and clears the camera component)."""
+        if not path:
+            return gr.skip(), gr.skip()
+        box = box or {}
+        return {"text": box.get("text") or "", "files": list(box.get("files") or []) + [path]}, None
+
     def unload(self, request: gr.Request) -> None:
         key = getattr(request, "session_hash", None)
         if key:
@@ -242,7 +251,8 @@ class ChatApp:
     def _build(self) -> gr.Blocks:
         gen = self.pipeline.config.generation
         accept = ", ".join(self.in_modalities) or "no media"
-        with gr.Blocks(title=f"codi2 · {self.title}", fill_height=True) as demo:
+        # delete_cache: Gradio's copies of served files older than an hour are removed every hour
+        with gr.Blocks(title=f"codi2 · {self.title}", fill_height=True, delete_cache=(3600, 3600)) as demo:
             with gr.Sidebar(label="Settings", open=True, position="left", width=300):
                 gr.Markdown("### Settings")
                 temperature = gr.Slider(0.0, 2.0, value=float(gen.temperature), step=0.05, label="Temperature",
@@ -257,10 +267,14 @@ class ChatApp:
                     steps = gr.Slider(0, self.cfg.max_steps, value=0, step=1, label="Steps", info="0 = decoder default")
                     guidance = gr.Slider(0.0, 20.0, value=0.0, step=0.5, label="Guidance", info="0 = decoder default")
                     scheduler = gr.Dropdown(["default", "ddim", "dpm++"], value="default", label="Scheduler")
-                with gr.Accordion("Advanced", open=False):
-                    prefix = gr.Textbox(value="", label="Reply starts with", placeholder="e.g. Here it is: <img>",
+                with gr.Accordion("Advanced", open=False, elem_id="codi2-advanced"):
+                    prefix = gr.Textbox(value="", label="Reply starts with", elem_id="codi2-prefix", placeholder="e.g. Here it is: <img>",
                                         info="Forces the start of the reply; <img>, <aud> or <vid> in it makes the "
                                              "model produce that media there.")
+                with gr.Accordion("Camera", open=False):
+                    webcam_photo = gr.Image(sources=["webcam"], type="filepath", label="Photo",
+                                            show_label=True, height=180)
+                    webcam_clip = gr.Video(sources=["webcam"], label="Clip", height=180)
                 gr.Markdown("### Reuse media")
                 refs = gr.Dropdown(choices=[], value=[], multiselect=True, allow_custom_value=True,
                                    label="Attach earlier media",
@@ -305,6 +319,9 @@ class ChatApp:
             export_btn.click(self.export, None, export_file, api_name="export", concurrency_limit=None).then(
                 lambda f: gr.File(visible=f is not None), export_file, export_file, api_visibility="undocumented",
                 queue=False)
+            for cam in (webcam_photo, webcam_clip):  # a capture is attached to the message being written
+                cam.change(self.attach, [cam, textbox], [textbox, cam], api_visibility="undocumented",
+                           queue=False, show_progress="hidden")
             demo.unload(self.unload)
         demo.queue(default_concurrency_limit=self.cfg.concurrency_limit, max_size=self.cfg.max_queue_size)
         return demo

@@ -118,6 +118,21 @@ def test_audiocaps(tmp_path):
     assert rec["meta"]["orig_id"] == "1000" and rec["meta"]["orig"] == {"youtube_id": "yt00000000AB", "start_time": 0}
 
 
+def test_command_line(tmp_path, capsys):
+    from data_builders import main
+
+    csv_path, audio = F.audiocaps_corpus(tmp_path / "ac", n=4)
+    args = ["audiocaps", "--input", str(csv_path), "--media-root", str(audio), "--out", str(tmp_path / "out"),
+            "--workers", "2", "--license", "CC-BY-4.0", "--filter", "max_seconds=30", "--no-progress"]
+    assert main(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["records"] == 3 and printed["skipped"] == {"missing_file": 1}
+    assert {r["license"] for r in lines(tmp_path / "out" / "manifest.jsonl")} == {"CC-BY-4.0"}
+    assert main(args) == 2 and "--resume" in capsys.readouterr().err  # the folder holds a build
+    assert main(args + ["--resume"]) == 0
+    assert main(["audiocaps", "--input", str(csv_path), "--out", str(tmp_path / "o2"), "--filter", "max_byte=1"]) == 2
+
+
 def test_instructpix2pix_and_audit(tmp_path):
     root = F.instructpix2pix_corpus(tmp_path / "ip2p", n_folders=3, seeds_per_folder=2)
     s = build(InstructPix2PixSource(inputs=[str(root)], folders_per_unit=2), opts(tmp_path / "ip", name="ip2p"))
@@ -198,6 +213,18 @@ def test_interrupted_build_resumes_to_identical_output(tmp_path, monkeypatch):
     # resuming a complete build is a no-op
     assert build(src, opts(tmp_path / "part", shard_size=2, resume=True))["records"] == 8
 
+    # interrupted inside the first unit, before any commit, with 2 workers: resume still works
+    def early_write(self, record):
+        raise KeyboardInterrupt("simulated interruption")
+
+    monkeypatch.setattr(core.ShardWriter, "write", early_write)
+    with pytest.raises(KeyboardInterrupt):
+        build(src, opts(tmp_path / "early", shard_size=2, workers=2))
+    monkeypatch.setattr(core.ShardWriter, "write", real_write)
+    build(src, opts(tmp_path / "early", shard_size=2, workers=2, resume=True))
+    for n in full["manifests"]:
+        assert (tmp_path / "early" / n).read_bytes() == (tmp_path / "full" / n).read_bytes()
+
 
 # ----------------------------------------------------------------------------- dedup and filters
 def test_dedup_and_filters_are_counted(tmp_path):
@@ -246,6 +273,7 @@ def test_compose_every_task(tmp_path):
     recs = lines(tmp_path / "mix" / "manifest.jsonl")
     for r in recs:
         assert r["license"] and r["source"] and r["meta"]["from"]
+        assert len(r["meta"]["orig_ids"]) == len(r["meta"]["from"])
         if r["meta"]["task"] == "icl_edit":
             text = " ".join(p.get("text", "") for m in r["messages"] for p in m["content"]).lower()
             assert "make it blue" not in text and "add snow" not in text and "dog barking" not in text
@@ -307,3 +335,21 @@ def test_tiny_model_trains_on_built_manifests(tmp_path, tiny_pipeline_dir):
     trained = [r for r in steps if "loss/total" in r and r.get("skipped") is False]
     assert len(trained) >= 4 and all(r["loss/total"] == r["loss/total"] for r in trained)  # finite, not NaN
     assert len({r["phase"] for r in trained}) >= 3
+
+
+def test_codi2_7b_recipes_load():
+    """The full-scale training configs load as the trainer's TrainConfig and pass its checks; the mixture loads."""
+    from train.loop import load_train_config
+
+    stages = {}
+    for name in ("codi2-7b-stage1-alignment", "codi2-7b-stage2-instruction"):
+        cfg = load_train_config(str(REPO / "configs" / "train" / f"{name}.yaml"))
+        cfg.check()
+        assert cfg.bf16 and cfg.gradient_checkpointing and cfg.deepspeed == "configs/deepspeed/zero2.json"
+        assert cfg.batch_size * cfg.grad_accum * 8 == 128  # the global batch on 8 GPUs
+        assert (REPO / cfg.deepspeed).is_file()
+        stages[cfg.stage] = cfg
+    assert set(stages) == {"projector_alignment", "instruction_tuning"}
+    assert stages["projector_alignment"].phases.weights["multi"] == 0
+    mix = load_mixture(REPO / "data_builders" / "recipes" / "codi2-7b-stage2-mixture.yaml")
+    assert mix.weights["icl_edit"] > 0 and mix.weights["multi_round"] > 0 and mix.shard_size == 0

@@ -9,7 +9,7 @@ import pytest
 from codi2.eval import EvalConfig, run_eval, score_folder
 from codi2.eval import runner as R
 
-from .eval_fixtures import make_dreambench, make_edit_manifest
+from codi2.eval.testing import make_dreambench, make_edit_manifest
 
 FAST = dict(force_output=True, max_new_tokens=4, n_boot=200)  # the random tiny model only makes media when forced
 
@@ -135,7 +135,12 @@ def test_world_suite(ws, pipe, tmp_path):
     assert set(joint["runs"]) == {"main", "image", "audio"}
     assert [m for m, _ in joint["runs"]["main"]["media"]] == ["image", "audio"]
     assert {"acc", "exact", "coherence", "sim", "coherence_separate", "sim_separate"} <= set(joint["metrics"])
+    assert {"key", "acc_shape", "acc_colour"} <= set(joint["metrics"])
     assert all(0 <= s["metrics"]["acc"] <= 1 for s in r["samples"])
+    targets = {t["label"]: t for t in r["metrics"]["targets"]}
+    assert targets["image captioning"]["n"] == 1 and targets["text -> image: shape and colour right"]["n"] == 0
+    assert "joint coherence > separate coherence" in targets
+    assert "Mini-world targets" in (tmp_path / "out" / "report.md").read_text()
     assert set(r["metrics"]["by_task"]) == set(tasks)
 
 
@@ -182,3 +187,22 @@ def test_dreambench_parser_reads_the_real_layout(ws):
     assert obj[1] == "a {0} {1} in the snow" and live[1] == "a {0} {1} wearing a red hat"
     assert dreambench_prompt(obj[1], "toy") == "a toy in the snow"
     assert dreambench_user_text("a toy in the snow", "toy", 2) == "These images show a toy. Generate an image of this toy: a toy in the snow."
+
+
+def test_edit_manifest_reader(tmp_path):
+    from codi2.eval.suites import edit_user_message, read_edit_manifest, select
+
+    path = make_edit_manifest(tmp_path, "audio", n=3, pairs=2)
+    recs = read_edit_manifest(path, "audio")
+    assert [r.task for r in recs] == ["add", "drop", "replace"] and len(recs[0].pairs) == 2
+    assert recs[0].target_caption == "a blue circle" and recs[0].query.is_file()
+    m = edit_user_message(recs[0], 1, "audio")
+    assert [p.type for p in m.content] == ["text", "audio", "audio", "text", "audio"]
+    assert [p.type for p in edit_user_message(recs[0], 0, "audio").content] == ["audio", "text"]
+    assert select(list(range(10)), 3, seed=1) == select(list(range(10)), 3, seed=1) != select(list(range(10)), 3, seed=2)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"id": "x", "messages": [
+        {"role": "user", "content": [{"type": "audio", "path": "media/0-a0.wav"}, {"type": "audio", "path": "media/0-b.wav"}]},
+        {"role": "assistant", "content": [{"type": "audio", "path": "media/0-be.wav"}]}]}) + "\n")
+    with pytest.raises(ValueError, match="odd number, got 2"):
+        read_edit_manifest(bad, "audio")

@@ -95,7 +95,7 @@ def test_exported_model_loads_and_chats(plain_run, tiny_pipeline_dir, tmp_path):
 
     final = plain_run / "final"
     pipe = CoDi2Pipeline.from_pretrained(final)
-    reply = pipe.chat("describe a red circle", SamplingOptions(max_new_tokens=4, prefix="Here <img>", seed=0, steps=2))
+    reply = pipe.chat("describe a red circle", SamplingOptions(max_new_tokens=12, prefix="Here <img>", seed=0, steps=2))
     assert reply.role == "assistant" and any(p.type == "image" and p.media is not None for p in reply.content)
     # the export holds the trained weights, not the starting ones
     start = CoDi2Pipeline.from_pretrained(tiny_pipeline_dir).model

@@ -251,7 +251,8 @@ def bootstrap_ci(values: Sequence[float], n_boot: int = 1000, alpha: float = 0.0
                  seed: int = 0) -> tuple[float, float, float]:
     """Mean and percentile-bootstrap ``1 - alpha`` confidence interval of the mean.
 
-    Deterministic given ``seed`` (numpy ``default_rng``). One value gives (v, v, v).
+    Deterministic given ``seed`` (numpy ``default_rng``). One value gives (v, v, v). The interval is widened to
+    include the sample mean in the rare skewed case where the percentiles exclude it.
 
     Returns:
         (mean, low, high).

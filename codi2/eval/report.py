@@ -78,7 +78,8 @@ def plot_tasks(results: dict, path: Path) -> bool:
     tasks = sorted(by)
     if len(tasks) < 2:
         return False
-    metrics = sorted({m for g in by.values() for m in g})
+    # per-attribute accuracies and the output rate stay in the tables
+    metrics = sorted(m for m in {m for g in by.values() for m in g} if not m.startswith("acc_") and m != "output_rate")
     fig, axes = plt.subplots(len(metrics), 1, figsize=(max(6, 0.5 * len(tasks) + 2), 2.6 * len(metrics)), squeeze=False)
     for ax, m in zip(axes[:, 0], metrics):
         ts = [t for t in tasks if m in by[t]]
@@ -114,6 +115,13 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
         lines += ["", "## By shots", ""] + _table(m["by_shots"], "shots")
     if len(m["by_task"]) > 1:
         lines += ["", "## By task", ""] + _table(m["by_task"], "task")
+    if m.get("targets"):
+        lines += ["", "## Mini-world targets", "", "| target | task | shots | metric | value | threshold | n | pass |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for t in m["targets"]:
+            value = "–" if t["value"] is None else f"{t['value']:.3f}"
+            lines.append(f"| {t['label']} | {t['task']} | {t['shots'] if t['shots'] is not None else 'all'} | "
+                         f"{t['metric']} | {value} | {t['threshold']} | {t['n']} | {'yes' if t['pass'] else 'no'} |")
     if m.get("set"):
         lines += ["", "## Set-level metrics (point values)", ""]
         groups = {"all": m["set"].get("overall", {})}

@@ -358,6 +358,11 @@ def run_eval(cfg: EvalConfig, out_dir: "str | Path", resume: bool = False, devic
                     "set": set_metrics(suite, samples, gens)},
         "samples": records,
     }
+    if cfg.suite == "world":
+        from .suites import world_targets
+
+        results["metrics"]["targets"] = [{**t, "value": None if t["value"] is None else rounded(t["value"])}
+                                         for t in world_targets(records)]
     write_json(out / RESULTS_FILE, results)
     write_report(results, out)
     write_json(out / RUN_FILE, {"seconds_total": round(time.time() - started, 2), "samples_generated": len(seconds),

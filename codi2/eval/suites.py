@@ -24,7 +24,6 @@ Suites
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import re
@@ -469,11 +468,55 @@ class AudioEditSuite(EditSuite):
 
 
 # ---- the mini world
+# The attributes a generation prompt is about (the mini-world issue's "shape and colour both right"); other
+# tasks' ``key`` is every target attribute.
+KEY_ATTRS: dict[str, tuple[str, ...]] = {"gen_image": ("shape", "colour"), "gen_video": ("colour", "direction")}
+
+# The mini-world issue's figures: (label, task, shots or None for all, metric, threshold).
+WORLD_TARGETS: tuple[tuple[str, str, Optional[int], str, float], ...] = (
+    ("text -> image: shape and colour right", "gen_image", None, "key", 0.90),
+    ("text -> sound: all attributes right", "gen_audio", None, "exact", 0.90),
+    ("text -> video: colour and direction right", "gen_video", None, "key", 0.80),
+    ("image captioning", "caption_image", None, "acc", 0.95),
+    ("sound captioning", "caption_audio", None, "acc", 0.95),
+    ("video captioning", "caption_video", None, "acc", 0.95),
+    ("image instruction editing (edit right, rest preserved)", "edit_image", None, "exact", 0.85),
+    ("sound instruction editing (edit right, rest preserved)", "edit_audio", None, "exact", 0.85),
+    ("1-shot exemplar image editing", "icl_edit_image", 1, "exact", 0.70),
+    ("1-shot exemplar sound editing", "icl_edit_audio", 1, "exact", 0.70),
+    ("three-round editing: final output right", "multi_round_edit", None, "exact", 0.70),
+    ("joint image + sound coherent", "joint_image_audio", None, "coherence", 0.85),
+)
+
+
+def world_targets(records: Sequence[dict]) -> list[dict]:
+    """The mini-world issue's figures from per-sample records: value, threshold, pass; plus the comparisons
+    (in-context accuracy by shots, joint vs separate coherence and SIM)."""
+    out = []
+    for label, task, shots, metric, threshold in WORLD_TARGETS:
+        vals = [r["metrics"][metric] for r in records if r["task"] == task and metric in r["metrics"]
+                and (shots is None or r["shots"] == shots)]
+        value = float(np.mean(vals)) if vals else None
+        out.append({"label": label, "task": task, "shots": shots, "metric": metric, "threshold": threshold,
+                    "n": len(vals), "value": value, "pass": value is not None and value >= threshold})
+    joint = [r["metrics"] for r in records if r["task"] == "joint_image_audio"]
+    for metric in ("coherence", "sim"):
+        a = [m[metric] for m in joint if metric in m]
+        b = [m[f"{metric}_separate"] for m in joint if f"{metric}_separate" in m]
+        if a and b:
+            out.append({"label": f"joint {metric} > separate {metric}", "task": "joint_image_audio", "shots": None,
+                        "metric": f"{metric} - {metric}_separate", "threshold": 0.0, "n": len(a),
+                        "value": float(np.mean(a) - np.mean(b)), "pass": float(np.mean(a)) > float(np.mean(b))})
+    return out
+
+
 class WorldSuite(Suite):
     """Every mini-world task, scored by the attribute judges (``data_builders.world.judges``).
 
     Per sample: ``acc`` (fraction of target attributes the judges / the caption parser find), ``exact`` (all
-    right). Joint image + sound records add ``coherence`` (the judged image and sound agree on shape, colour
+    right), ``acc_<attribute>``, ``key`` (the prompt's key attributes all right, see ``KEY_ATTRS``) and, for
+    editing tasks, ``edit_acc`` (the edited attributes right) and ``preserve_acc`` (the others kept).
+    Joint image + sound records add ``coherence`` (the judged image and sound agree on shape, colour
     and size) and ``sim`` (cosine of the encoder embeddings of the two outputs) for the joint reply, and
     ``coherence_separate`` / ``sim_separate`` for two separate generations from the same prompt (one allowed
     only an image, the other only a sound). Shots are the records' own (``meta.shots``), not ``--shots``.
@@ -523,7 +566,8 @@ class WorldSuite(Suite):
                 if task == "joint_image_audio":
                     runs += [Run("image", ("image",), ("image",)), Run("audio", ("audio",), ("audio",))]
                 out.append(Sample(id=r["id"], task=task, shots=int(r["meta"].get("shots", 0)), user=msgs[last - 1],
-                                  history=msgs[:last - 1], runs=runs, ref={"targets": targets}))
+                                  history=msgs[:last - 1], runs=runs,
+                                  ref={"targets": targets, "edits": r["meta"].get("edits", [])}))
         return out
 
     def _judge(self, modality: str, path: Path) -> dict:
@@ -544,8 +588,7 @@ class WorldSuite(Suite):
         return e[0].double().cpu().numpy()
 
     def score(self, sample: Sample, gen: dict[str, Generated]) -> dict[str, float]:
-        hits = total = 0
-        all_right = True
+        checks: list[tuple[str, bool]] = []  # (attribute, judged right) over every target of the last turn
         seen: dict[str, int] = {}
         for t in sample.ref["targets"]:
             m = t["modality"]
@@ -557,11 +600,21 @@ class WorldSuite(Suite):
                 pred = self._judge(m, path) if path is not None else {}
             for a, want in t["attrs"].items():
                 v = pred.get(a)
-                ok = (v[0] if isinstance(v, tuple) else v) == want
-                hits += int(ok)
-                total += 1
-                all_right &= ok
-        out = {"acc": hits / max(total, 1), "exact": float(all_right)}
+                checks.append((a, (v[0] if isinstance(v, tuple) else v) == want))
+        if not checks:
+            raise ValueError(f"world record {sample.id}: no targets for its last turn in meta.targets")
+        out = {"acc": sum(ok for _, ok in checks) / len(checks), "exact": float(all(ok for _, ok in checks))}
+        for a in sorted({a for a, _ in checks}):
+            out[f"acc_{a}"] = float(np.mean([ok for b, ok in checks if b == a]))
+        key = KEY_ATTRS.get(sample.task)
+        out["key"] = float(all(ok for a, ok in checks if key is None or a in key))
+        edits = sample.ref.get("edits") or []
+        if edits:
+            edited = {edits[-1]["attr"]} if sample.task == "multi_round_edit" else {e["attr"] for e in edits}
+            out["edit_acc"] = float(all(ok for a, ok in checks if a in edited))
+            kept = [ok for a, ok in checks if a not in edited]
+            if kept:
+                out["preserve_acc"] = float(np.mean(kept))
         if sample.task == "joint_image_audio":
             for key, (gi, ga) in {"": (gen["main"], gen["main"]), "_separate": (gen["image"], gen["audio"])}.items():
                 pi, pa = gi.first("image"), ga.first("audio")

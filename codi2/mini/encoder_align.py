@@ -235,11 +235,11 @@ def train_encoder(cfg: EncoderAlignConfig) -> dict:
     g = torch.Generator().manual_seed(cfg.seed)
     history: dict[str, list[float]] = {m: [] for m in cfg.modalities}
     evals: list[dict] = []
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     bar = tqdm(range(cfg.steps), desc="encoder", unit="step")
     for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = _lr_at(step, cfg)
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, cfg)
         total = torch.zeros(())
         accs = {}
         for k, m in enumerate(cfg.modalities):
@@ -268,7 +268,7 @@ def train_encoder(cfg: EncoderAlignConfig) -> dict:
             evals.append({"step": step + 1, **{m: retrieval_accuracy(model, enc_cfg, m, cfg.eval_n, cfg.world_seed)
                                                for m in cfg.modalities}})
             logger.info("eval at step %d: %s", step + 1, evals[-1])
-    seconds = time.time() - t0
+    seconds, cpu_seconds = time.time() - t0, time.process_time() - c0
     retrieval = {}
     if cfg.eval_n > 0:
         retrieval = {m: retrieval_accuracy(model, enc_cfg, m, cfg.eval_n, cfg.world_seed) for m in cfg.modalities}
@@ -278,7 +278,9 @@ def train_encoder(cfg: EncoderAlignConfig) -> dict:
     out = Path(cfg.out)
     atomic_torch_save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out)
     report = {"steps": cfg.steps, "batch_size": cfg.batch_size, "seconds": round(seconds, 1),
-              "seconds_per_step": round(seconds / cfg.steps, 4), "params": n_params,
+              "seconds_per_step": round(seconds / cfg.steps, 4),
+              "cpu_seconds_per_step": round(cpu_seconds / cfg.steps, 4), "threads": torch.get_num_threads(),
+              "params": n_params,
               "final_loss": {m: v[-1] for m, v in history.items()}, "retrieval": retrieval, "evals": evals,
               "encoder": asdict(enc_cfg), "config": asdict(cfg)}
     tmp = out.with_name(f".{out.name}.json.tmp")

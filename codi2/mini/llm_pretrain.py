@@ -260,7 +260,7 @@ def pretrain_llm(cfg: LLMPretrainConfig) -> dict:
         # 3. train
         g = torch.Generator().manual_seed(cfg.seed)
         losses: list[float] = []
-        t_train = time.time()
+        t_train, c_train = time.time(), time.process_time()
         bar = tqdm(range(cfg.steps), desc="llm", unit="step")
         for step in bar:
             for group in opt.param_groups:
@@ -278,7 +278,7 @@ def pretrain_llm(cfg: LLMPretrainConfig) -> dict:
             if cfg.log_every and (step + 1) % cfg.log_every == 0:
                 logger.info("step %d: loss %.4f (lr %.2e)", step + 1, float(np.mean(losses[-cfg.log_every:])),
                             _lr_at(step, cfg))
-        seconds = time.time() - t_train
+        seconds, cpu_seconds = time.time() - t_train, time.process_time() - c_train
         val_loss = _eval_loss(model, val_ids, cfg.block_size, cfg.eval_batches, cfg.batch_size)
         sample = _greedy_reply(model, tok, val_convs[0][:1], cfg.system_prompt)
         logger.info("held-out loss %.4f (ppl %.2f); sample reply to %r: %r", val_loss, math.exp(val_loss),
@@ -289,7 +289,9 @@ def pretrain_llm(cfg: LLMPretrainConfig) -> dict:
         model.save_pretrained(str(tmp))
         report = {"vocab_size": tok.vocab_size, "params": n_params, "train_tokens": len(train_ids),
                   "val_tokens": len(val_ids), "steps": cfg.steps, "seconds": round(seconds, 1),
-                  "seconds_per_step": round(seconds / cfg.steps, 4), "final_loss": float(np.mean(losses[-20:])),
+                  "seconds_per_step": round(seconds / cfg.steps, 4),
+                  "cpu_seconds_per_step": round(cpu_seconds / cfg.steps, 4), "threads": torch.get_num_threads(),
+                  "final_loss": float(np.mean(losses[-20:])),
                   "val_loss": val_loss, "val_ppl": math.exp(val_loss), "sample": sample, "config": asdict(cfg)}
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     logger.info("saved the mini LLM to %s (%.1f s training, %.3f s/step)", cfg.out, seconds, seconds / cfg.steps)

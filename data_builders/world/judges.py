@@ -13,7 +13,15 @@ direction of a clip is read from where the object is in its first, middle and la
 
 Every judge is the same small CNN (4 conv blocks, a hidden layer, one linear head per attribute), trained
 on fresh renders from the judges' own render-seed stream (``build.JUDGE_STREAM``: never in a manifest) and
-tested on other renders of that stream (held out: disjoint variation indices).
+tested on other renders of that stream (held out: disjoint variation indices). Training adds blur, pixel
+noise, gain and white noise so that imperfect generated media are still judged fairly.
+
+Measured (defaults: 2400 renders x 6 epochs per judge, one torch thread, a shared 2-core CPU): 30 s image,
+62 s audio, 153 s video, about 100 s of CPU time in all; held-out accuracy 100 % on every attribute
+(1000 renders each), also on the decoded PNG/WAV/MP4 files of a val manifest. Degraded inputs: JPEG q30
+images 99 %, blurred images (sigma 1) 99.8 %, sounds with white noise (sigma 0.02) 100 %.
+
+Train and save: ``python -m data_builders.world.judges --out DIR --threads 1``.
 """
 from __future__ import annotations
 
@@ -162,8 +170,10 @@ IN_SHAPES: dict[str, tuple[int, int, int]] = {
 # --------------------------------------------------------------------------- data
 
 
-def render_batch(modality: str, seed: int, start: int, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def render_batch(modality: str, seed: int, start: int, n: int, noisy: bool = False
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Renders judge samples ``start … start+n-1`` of the judges' seed stream, as features.
+    ``noisy`` (training): half the sounds get white noise (sigma up to 0.03) before the log-mel.
 
     Returns:
         features: images (n, 3, 64, 64) / log-mels (n, 1, 64, 63) / clips (n, 9, 64, 64);
@@ -186,19 +196,30 @@ def render_batch(modality: str, seed: int, start: int, n: int) -> tuple[torch.Te
             labels[a].append(ATTRIBUTES[a].index(attrs[a]))
     x = torch.stack(xs)
     if modality == "audio":
+        if noisy:
+            g = torch.Generator().manual_seed(seed * 7919 + start)
+            sigma = 0.03 * torch.rand(n, 1, generator=g) * (torch.rand(n, 1, generator=g) < 0.5)
+            x = x + sigma * torch.randn(x.shape, generator=g)
         x = torch.cat([log_mel(chunk) for chunk in x.split(256)])
     return x, {a: torch.tensor(v) for a, v in labels.items()}
 
 
 def _augment(modality: str, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Mild training noise on features: gain +-6 dB (a shift of the log-mel) and feature noise for
-    sounds; brightness +-10 % and pixel noise for pictures and clips."""
+    """Training noise on features, so the judges tolerate imperfect generated media.
+
+    Sounds: gain +-6 dB (a shift of the log-mel) and feature noise. Pictures and clips: brightness
+    +-10 %, a random amount of 3x3 blur on half the batch, pixel noise of a random level up to 0.05.
+    """
     b = x.shape[0]
     if modality == "audio":
         gain_db = torch.empty(b, 1, 1, 1).uniform_(-6, 6, generator=g)
         return x + gain_db / 40.0 + 0.02 * torch.randn(x.shape, generator=g)  # log10(power) / 4 scale
+    blur = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    alpha = torch.rand(b, 1, 1, 1, generator=g) * (torch.rand(b, 1, 1, 1, generator=g) < 0.5)
+    x = x + alpha * (blur - x)
     scale = torch.empty(b, 1, 1, 1).uniform_(0.9, 1.1, generator=g)
-    return (x * scale + 0.02 * torch.randn(x.shape, generator=g)).clamp(0, 1)
+    sigma = 0.05 * torch.rand(b, 1, 1, 1, generator=g)
+    return (x * scale + sigma * torch.randn(x.shape, generator=g)).clamp(0, 1)
 
 
 def _model_input(modality: str, x: torch.Tensor) -> torch.Tensor:
@@ -257,7 +278,8 @@ def coherent(a: Mapping, b: Mapping, attrs: Sequence[str] = ("shape", "colour", 
 class Judges:
     """One AttributeCNN per modality. ``score_*`` return ``{attr: (label, probability)}``."""
 
-    def __init__(self, config: JudgeConfig = JudgeConfig(), models: Optional[dict[str, AttributeCNN]] = None):
+    def __init__(self, config: Optional[JudgeConfig] = None, models: Optional[dict[str, AttributeCNN]] = None):
+        config = JudgeConfig() if config is None else config
         for m in config.modalities:
             if m not in MODALITIES:
                 raise ValueError(f"unknown judge modality {m!r}; allowed: {', '.join(MODALITIES)}")
@@ -273,7 +295,7 @@ class Judges:
 
     @classmethod
     def train(cls, seed: int = 0, n: int = 2400, n_eval: int = 1000, epochs: int = 6, batch_size: int = 64,
-              lr: float = 2e-3, config: JudgeConfig = JudgeConfig(), max_steps: Optional[int] = None) -> "Judges":
+              lr: float = 2e-3, config: Optional[JudgeConfig] = None, max_steps: Optional[int] = None) -> "Judges":
         """Trains every judge in ``config.modalities`` on ``n`` fresh renders and tests on ``n_eval`` others.
 
         ``self.report[modality]``: ``seconds``, ``loss_history`` (per step), ``heldout_accuracy`` {attr: acc}.
@@ -281,9 +303,9 @@ class Judges:
         """
         judges = cls(config)
         torch.manual_seed(seed)
-        for m in config.modalities:
+        for m in judges.config.modalities:
             t0 = time.time()
-            x, y = render_batch(m, seed, 0, n)
+            x, y = render_batch(m, seed, 0, n, noisy=True)
             model = judges.models[m]
             opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
             steps_per_epoch = math.ceil(n / batch_size)

@@ -1,0 +1,757 @@
+"""Stage 2 of the mini recipe: small unCLIP / AudioLDM2 / text-to-video pipelines trained on the world.
+
+Each decoder is the real diffusers pipeline class at a small size (the ``codi2.decoders.tiny`` builders
+scaled up and parameterised), trained on world renders and conditioned exactly on what the output heads
+will produce (DESIGN.md §2):
+
+* image (``StableUnCLIPImg2ImgPipeline``, 64 px): ``image_embeds`` = the aligned mini encoder's vision
+  embedding of the image (``ImageBindEncoder.encode_image(...).embed``), noise-augmented as in unCLIP
+  training (a random noise level in ``[0, max_noise_level]`` per step, through the pipeline's own
+  ``noise_image_embeddings``); the text prompt is the empty string, as at inference.
+* audio (``AudioLDM2Pipeline``, 1 s at 16 kHz): the pipeline's own ``generated_prompt_embeds`` +
+  ``prompt_embeds`` of the caption (``AudioDecoder.targets``), with an all-ones attention mask as the
+  decoder uses for head outputs.
+* video (``TextToVideoSDPipeline``, 8 frames at 64 px): its own ``prompt_embeds`` of the caption.
+
+The text encoders inside the pipelines (CLIP, CLAP, T5, GPT-2) stay frozen at their seeded random init:
+they are deterministic functions of the caption, so the heads can regress their outputs and the UNet
+learns to read them. Trained per modality, in order: the VAE (reconstruction MSE + a small KL; the
+latent ``scaling_factor`` is then set to 1 / std of the latents, as SD's 0.18215 was), the vocoder
+(audio only: log-mel -> waveform, multi-resolution STFT loss, no discriminator), then the UNet with the
+decoder's own denoising objective (``Decoder.diffusion_loss``: epsilon or v-prediction from the
+scheduler config) and classifier-free-guidance dropout to the decoder's own unconditional conditioning.
+The video pipeline reuses the image VAE (same frames) unless ``video.share_image_vae`` is false.
+
+Every pipeline is written with ``save_pretrained`` to ``<out>/<modality>`` (atomically) and loads with
+``codi2.decoders.build_decoder``. ``<out>/<modality>/train.json`` holds the report: timings, losses,
+and, with ``judges`` set, the world judges' accuracy on VAE reconstructions and on decoded held-out
+conditions.
+
+    codi2 train-component decoder configs/train/mini-decoders.yaml
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from codi2.config import DecoderConfig, ModelConfig, load_model_config, resolve_path
+from codi2.mini.common import (WORLD_MODALITIES, WorldSample, atomic_dir, check_choice, seed_everything, set_threads,
+                               world_batch)
+
+logger = logging.getLogger(__name__)
+
+REPORT_FILE = "train.json"
+
+
+# ----------------------------------------------------------------------------- config
+@dataclass
+class DecoderArch:
+    """Architecture and schedule of one decoder.
+
+    Attributes:
+        block_out_channels / layers_per_block / attention_head_dim / norm_num_groups: the UNet.
+        vae_block_out_channels: the VAE; its downsampling factor is 2 ** (len - 1).
+        latent_channels: VAE latent channels (= UNet in/out channels).
+        text_dim: image only: the (unused, empty-prompt) CLIP text width = UNet cross-attention dim.
+        vocoder_channels / vocoder_upsample_rates: audio only: HiFi-GAN width and upsampling (hop = product).
+        mel_bins: audio only: vocoder mel bins.
+        share_image_vae: video only: reuse the image decoder's VAE (trained in this run or read from
+            ``<out>/image/vae``) instead of training one.
+        vae_steps / vocoder_steps / unet_steps: optimiser steps of each phase (0 skips the phase).
+        batch_size / vae_batch_size: samples per step.
+        lr / vae_lr: AdamW learning rates (cosine decay after a short warm-up).
+        pool_size: training renders per modality, rendered once (held in memory).
+    """
+
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    layers_per_block: int = 1
+    attention_head_dim: int = 8
+    norm_num_groups: int = 8
+    vae_block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+    latent_channels: int = 4
+    text_dim: int = 32
+    vocoder_channels: int = 64
+    vocoder_upsample_rates: list[int] = field(default_factory=lambda: [5, 5, 5])
+    mel_bins: int = 64
+    share_image_vae: bool = True
+    vae_steps: int = 1000
+    vocoder_steps: int = 0
+    unet_steps: int = 3000
+    batch_size: int = 16
+    vae_batch_size: int = 16
+    lr: float = 5e-4
+    vae_lr: float = 1e-3
+    pool_size: int = 2000
+
+
+@dataclass
+class DecoderTrainConfig:
+    """Decoder training run.
+
+    Attributes:
+        model: model config (YAML path or preset): the heads' ``targets`` fix each decoder's conditioning
+            shapes, the ``decoder`` sections its sampling settings (steps, guidance, audio_seconds,
+            prompt_len, num_frames), and ``encoder`` the image conditioning encoder.
+        model_overrides: ``key=value`` overrides of that model config.
+        encoder_weights: the aligned encoder ``.pth`` (default: the model config's ``encoder.weights``,
+            relative to the model config's folder).
+        out: output folder; each pipeline goes to ``<out>/<modality>``.
+        modalities: which decoders to train (in this order; video after image shares its VAE).
+        image / audio / video: per-modality architecture and schedule.
+        p_uncond: probability of replacing a sample's conditioning with the unconditional one (CFG dropout).
+        max_noise_level: image only: upper bound of the ``image_embeds`` noise augmentation level.
+        judges: a ``data_builders.world.judges.Judges`` folder; when set, the report gives judge accuracy
+            on VAE reconstructions and on ``eval_n`` decoded held-out (test-split) conditions.
+        eval_n / eval_steps: held-out decodes per modality and their sampling steps (0 = the model config's).
+    """
+
+    model: str = "configs/model/mini.yaml"
+    model_overrides: list[str] = field(default_factory=list)
+    encoder_weights: Optional[str] = None
+    out: str = "runs/mini/decoders"
+    modalities: list[str] = field(default_factory=lambda: list(WORLD_MODALITIES))
+    image: DecoderArch = field(default_factory=lambda: DecoderArch(vocoder_steps=0))
+    audio: DecoderArch = field(default_factory=lambda: DecoderArch(vae_block_out_channels=[32, 64, 64],
+                                                                     vocoder_steps=1000))
+    video: DecoderArch = field(default_factory=lambda: DecoderArch(block_out_channels=[32, 64, 64], batch_size=4,
+                                                                     pool_size=1000))
+    p_uncond: float = 0.1
+    max_noise_level: int = 250
+    kl_weight: float = 1e-6
+    judges: Optional[str] = None
+    eval_n: int = 48
+    eval_steps: int = 0
+    seed: int = 0
+    world_seed: int = 0
+    log_every: int = 100
+    num_threads: int = 0
+
+
+# ----------------------------------------------------------------------------- tokenizers
+def world_t5_tokenizer(model_max_length: int = 64):
+    """A unigram T5 tokenizer whose pieces are every word of the world's captions plus single characters
+    (so any other text still tokenizes): one token per world word."""
+    from transformers import T5Tokenizer
+
+    from codi2.mini.common import all_objects
+    from data_builders.world import world
+
+    words: dict[str, None] = {}
+    rng = np.random.default_rng(0)
+    for obj, d in all_objects("video"):
+        for m in ("image", "audio", "video"):
+            for _ in range(4):
+                for w in world.caption(m, obj.with_(position=world.POSITIONS[rng.integers(5)]),
+                                       d if m == "video" else None, rng).lower().replace(",", " ").split():
+                    words[w] = None
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz0123456789.,'!?-"]
+    pieces += [("\u2581" + w, -1.0) for w in sorted(words)]
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=model_max_length)
+
+
+# ----------------------------------------------------------------------------- pipeline builders
+def _vae(in_channels: int, arch: DecoderArch, sample_size: int):
+    from diffusers import AutoencoderKL
+
+    n = len(arch.vae_block_out_channels)
+    return AutoencoderKL(
+        in_channels=in_channels, out_channels=in_channels, latent_channels=arch.latent_channels,
+        block_out_channels=tuple(arch.vae_block_out_channels), down_block_types=["DownEncoderBlock2D"] * n,
+        up_block_types=["UpDecoderBlock2D"] * n, layers_per_block=1, norm_num_groups=arch.norm_num_groups,
+        sample_size=sample_size)
+
+
+def build_unclip(arch: DecoderArch, image_embed_dim: int, image_size: int = 64, seed: int = 0):
+    """A small ``StableUnCLIPImg2ImgPipeline`` (v-prediction) for ``image_size`` px images.
+
+    Conditioning: ``image_embeds`` (B, image_embed_dim) via the UNet's projection class embedding; the
+    (empty) prompt through a small CLIP text encoder of width ``arch.text_dim``.
+    """
+    from diffusers import DDIMScheduler, DDPMScheduler, StableUnCLIPImg2ImgPipeline, UNet2DConditionModel
+    from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
+    from transformers import (CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPVisionConfig,
+                              CLIPVisionModelWithProjection)
+
+    from codi2.decoders.tiny import tiny_clip_tokenizer
+
+    factor = 2 ** (len(arch.vae_block_out_channels) - 1)
+    n = len(arch.block_out_channels)
+    tokenizer = tiny_clip_tokenizer()
+    torch.manual_seed(seed)
+    # never run by codi2 (image_embeds replace it), but part of the pipeline layout
+    image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=16, projection_dim=image_embed_dim, num_hidden_layers=1, num_attention_heads=2,
+        image_size=16, intermediate_size=16, patch_size=4))
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=len(tokenizer) - 2, eos_token_id=len(tokenizer) - 1, pad_token_id=len(tokenizer) - 1,
+        hidden_size=arch.text_dim, projection_dim=arch.text_dim, intermediate_size=2 * arch.text_dim,
+        num_attention_heads=2, num_hidden_layers=1, vocab_size=len(tokenizer), max_position_embeddings=77))
+    unet = UNet2DConditionModel(
+        sample_size=image_size // factor, in_channels=arch.latent_channels, out_channels=arch.latent_channels,
+        layers_per_block=arch.layers_per_block,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+        block_out_channels=tuple(arch.block_out_channels), attention_head_dim=arch.attention_head_dim,
+        norm_num_groups=arch.norm_num_groups, class_embed_type="projection",
+        projection_class_embeddings_input_dim=2 * image_embed_dim, cross_attention_dim=arch.text_dim,
+        upcast_attention=True, use_linear_projection=True)
+    vae = _vae(3, arch, image_size)
+    return StableUnCLIPImg2ImgPipeline(
+        feature_extractor=CLIPImageProcessor(crop_size=16, size=16), image_encoder=image_encoder.eval(),
+        image_normalizer=StableUnCLIPImageNormalizer(embedding_dim=image_embed_dim),
+        image_noising_scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2"),
+        tokenizer=tokenizer, text_encoder=text_encoder.eval(), unet=unet,
+        scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                prediction_type="v_prediction", set_alpha_to_one=False, steps_offset=1),
+        vae=vae)
+
+
+def build_audioldm2(arch: DecoderArch, gen_len: int, gen_dim: int, t5_dim: int, prompt_len: int,
+                    sampling_rate: int = 16000, seed: int = 0):
+    """A small ``AudioLDM2Pipeline``: mel hop = prod(vocoder_upsample_rates) (125 -> 128 frames a second).
+
+    Conditioning: ``generated_prompt_embeds`` (B, gen_len, gen_dim) and ``prompt_embeds`` (B, prompt_len,
+    t5_dim); the T5 tokenizer knows every world word (:func:`world_t5_tokenizer`).
+    """
+    from diffusers import AudioLDM2Pipeline, AudioLDM2ProjectionModel, AudioLDM2UNet2DConditionModel, DDIMScheduler
+    from transformers import (ClapAudioConfig, ClapConfig, ClapFeatureExtractor, ClapModel, ClapTextConfig,
+                              GPT2Config, GPT2Model, SpeechT5HifiGan, SpeechT5HifiGanConfig, T5Config,
+                              T5EncoderModel)
+
+    from codi2.decoders.tiny import tiny_roberta_tokenizer
+
+    n = len(arch.block_out_channels)
+    clap_dim = 32
+    tokenizer = tiny_roberta_tokenizer()
+    tokenizer_2 = world_t5_tokenizer(model_max_length=prompt_len)
+    torch.manual_seed(seed)
+    unet = AudioLDM2UNet2DConditionModel(
+        sample_size=32, in_channels=arch.latent_channels, out_channels=arch.latent_channels,
+        layers_per_block=arch.layers_per_block, block_out_channels=tuple(arch.block_out_channels),
+        norm_num_groups=arch.norm_num_groups, attention_head_dim=arch.attention_head_dim,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+        cross_attention_dim=tuple([None, gen_dim, t5_dim] for _ in range(n)))
+    vae = _vae(1, arch, 64)
+    text_config = ClapTextConfig(bos_token_id=0, eos_token_id=2, pad_token_id=1, hidden_size=32, intermediate_size=64,
+                                 num_attention_heads=2, num_hidden_layers=1, vocab_size=len(tokenizer),
+                                 max_position_embeddings=80, projection_dim=clap_dim)
+    audio_config = ClapAudioConfig(spec_size=16, window_size=2, num_mel_bins=16, intermediate_size=16, depths=[1, 1],
+                                   num_attention_heads=[2, 2], num_hidden_layers=2, hidden_size=16,
+                                   patch_embeds_hidden_size=8, projection_dim=clap_dim, patch_size=2, patch_stride=2,
+                                   patch_embed_input_channels=4)
+    text_encoder = ClapModel(ClapConfig(text_config=text_config.to_dict(), audio_config=audio_config.to_dict(),
+                                        projection_dim=clap_dim))
+    text_encoder_2 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_2), d_model=t5_dim, d_ff=2 * t5_dim, d_kv=16,
+                                             num_heads=max(1, t5_dim // 16), num_layers=2))
+    language_model = GPT2Model(GPT2Config(n_embd=gen_dim, n_head=2, n_layer=1, vocab_size=16, n_ctx=128,
+                                          n_positions=128, bos_token_id=0, eos_token_id=0))
+    language_model.config.max_new_tokens = gen_len
+    projection_model = AudioLDM2ProjectionModel(text_encoder_dim=clap_dim, text_encoder_1_dim=t5_dim,
+                                                langauge_model_dim=gen_dim)
+    rates = list(arch.vocoder_upsample_rates)
+    vocoder = SpeechT5HifiGan(SpeechT5HifiGanConfig(
+        model_in_dim=arch.mel_bins, sampling_rate=sampling_rate, upsample_initial_channel=arch.vocoder_channels,
+        upsample_rates=rates, upsample_kernel_sizes=[2 * r for r in rates], resblock_kernel_sizes=[3, 7],
+        resblock_dilation_sizes=[[1, 3], [1, 3]], normalize_before=False))
+    return AudioLDM2Pipeline(
+        vae=vae, text_encoder=text_encoder.eval(), text_encoder_2=text_encoder_2.eval(),
+        projection_model=projection_model.eval(), language_model=language_model.eval(), tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2, feature_extractor=ClapFeatureExtractor(), unet=unet,
+        scheduler=DDIMScheduler(beta_start=0.0015, beta_end=0.0195, beta_schedule="scaled_linear", clip_sample=False,
+                                set_alpha_to_one=False),
+        vocoder=vocoder)
+
+
+def build_text_to_video(arch: DecoderArch, text_len: int, text_dim: int, image_size: int = 64, seed: int = 0):
+    """A small ``TextToVideoSDPipeline`` (Zeroscope layout) for ``image_size`` px frames.
+
+    Conditioning: ``prompt_embeds`` (B, text_len, text_dim) from a byte-level CLIP text encoder.
+    """
+    from diffusers import DDIMScheduler, TextToVideoSDPipeline, UNet3DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from codi2.decoders.tiny import tiny_clip_tokenizer
+
+    factor = 2 ** (len(arch.vae_block_out_channels) - 1)
+    n = len(arch.block_out_channels)
+    tokenizer = tiny_clip_tokenizer(model_max_length=text_len)
+    torch.manual_seed(seed)
+    unet = UNet3DConditionModel(
+        sample_size=image_size // factor, in_channels=arch.latent_channels, out_channels=arch.latent_channels,
+        layers_per_block=arch.layers_per_block, block_out_channels=tuple(arch.block_out_channels),
+        down_block_types=("CrossAttnDownBlock3D",) * (n - 1) + ("DownBlock3D",),
+        up_block_types=("UpBlock3D",) + ("CrossAttnUpBlock3D",) * (n - 1),
+        cross_attention_dim=text_dim, attention_head_dim=arch.attention_head_dim, norm_num_groups=arch.norm_num_groups)
+    vae = _vae(3, arch, image_size)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=len(tokenizer) - 2, eos_token_id=len(tokenizer) - 1, pad_token_id=len(tokenizer) - 1,
+        hidden_size=text_dim, intermediate_size=2 * text_dim, num_attention_heads=2, num_hidden_layers=2,
+        vocab_size=len(tokenizer), max_position_embeddings=text_len, hidden_act="gelu", projection_dim=text_dim))
+    return TextToVideoSDPipeline(
+        vae=vae, text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet,
+        scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                                set_alpha_to_one=False))
+
+
+def build_pipeline(modality: str, arch: DecoderArch, mcfg: ModelConfig, seed: int = 0):
+    """The untrained pipeline of ``modality`` whose conditioning shapes equal the model config's head targets."""
+    mc = mcfg.modalities[modality]
+    t = {k: tuple(int(x) for x in v) for k, v in mc.head.targets.items()}
+    need = {"image": {"image_embeds"}, "audio": {"generated_prompt_embeds", "prompt_embeds"},
+            "video": {"prompt_embeds"}}[modality]
+    if set(t) != need:
+        raise ValueError(f"modalities.{modality}.head.targets has {sorted(t)}; the {modality} decoder takes {sorted(need)}")
+    if modality == "image":
+        (d,) = t["image_embeds"]
+        if d != mcfg.encoder.out_embed_dim:
+            raise ValueError(f"modalities.image.head.targets.image_embeds = [{d}] but encoder.out_embed_dim = "
+                             f"{mcfg.encoder.out_embed_dim}: the unCLIP decoder is conditioned on the encoder's embedding")
+        return build_unclip(arch, d, seed=seed)
+    if modality == "audio":
+        (gl, gd), (pl, td) = t["generated_prompt_embeds"], t["prompt_embeds"]
+        if pl != mc.decoder.prompt_len:
+            raise ValueError(f"modalities.audio.head.targets.prompt_embeds has {pl} tokens but "
+                             f"modalities.audio.decoder.prompt_len = {mc.decoder.prompt_len}; make them equal")
+        return build_audioldm2(arch, gl, gd, td, pl, seed=seed)
+    (tl, td), = (t["prompt_embeds"],)
+    return build_text_to_video(arch, tl, td, seed=seed)
+
+
+# ----------------------------------------------------------------------------- losses / schedules
+def _lr(step: int, total: int, base: float, warmup: int = 50) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def stft_loss(pred: torch.Tensor, target: torch.Tensor,
+              resolutions: Sequence[tuple[int, int]] = ((256, 64), (512, 128), (1024, 256))) -> torch.Tensor:
+    """Multi-resolution STFT loss (spectral convergence + L1 log magnitude; Parallel WaveGAN).
+
+    Args:
+        pred, target: waveforms (B, n).
+    """
+    loss = pred.new_zeros(())
+    for n_fft, hop in resolutions:
+        win = torch.hann_window(n_fft, device=pred.device)
+        p = torch.stft(pred, n_fft, hop, window=win, return_complex=True).abs().clamp(min=1e-5)
+        t = torch.stft(target, n_fft, hop, window=win, return_complex=True).abs().clamp(min=1e-5)
+        loss = loss + torch.linalg.norm(t - p) / torch.linalg.norm(t) + F.l1_loss(p.log(), t.log())
+    return loss / len(resolutions)
+
+
+def _vae_loss(vae, x: torch.Tensor, kl_weight: float, g: torch.Generator) -> tuple[torch.Tensor, float]:
+    """Reconstruction MSE + kl_weight x KL of a posterior sample. x: (B, C, H, W). Returns (loss, mse)."""
+    dist = vae.encode(x).latent_dist
+    rec = vae.decode(dist.sample(g)).sample
+    mse = F.mse_loss(rec, x)
+    return mse + kl_weight * dist.kl().mean(), float(mse.detach())
+
+
+# ----------------------------------------------------------------------------- data
+def _image_pixels(dec, images: list) -> torch.Tensor:
+    """PIL images -> (B, 3, H, W) in [-1, 1] at the decoder's size (the pipeline's own preprocessing)."""
+    h, w = dec._image_size(dec.pipe)
+    return dec.pipe.image_processor.preprocess(images, height=h, width=w)
+
+
+def _video_frames(dec, videos: list) -> torch.Tensor:
+    """Videos -> every sampled frame as (B·F, 3, H, W) in [-1, 1] (F = decoder num_frames)."""
+    n = int(dec.cfg.num_frames)
+    frames = []
+    for v in videos:
+        pick = np.linspace(0, v.frames.shape[0] - 1, n).round().astype(int)
+        frames.append(torch.from_numpy(v.frames[pick]).permute(0, 3, 1, 2).float() / 127.5 - 1.0)
+    return torch.cat(frames)
+
+
+def _waves(dec, audios: list) -> torch.Tensor:
+    """Audios -> (B, n) at the vocoder rate, cropped/padded to ``audio_seconds`` (as ``encode_target``)."""
+    sr = dec.sample_rate
+    n = int(round(dec.cfg.audio_seconds * sr))
+    out = []
+    for a in audios:
+        x = torch.from_numpy(np.asarray(a.samples, dtype=np.float32)).mean(0)
+        out.append(F.pad(x[:n], (0, max(0, n - x.shape[0]))))
+    return torch.stack(out)
+
+
+def _mels(dec, waves: torch.Tensor) -> torch.Tensor:
+    """Waveforms (B, n) -> log-mels (B, 1, frames, mels), frames padded with the log floor to a multiple of
+    the VAE factor (the latent length the pipeline generates)."""
+    mel = dec.log_mel(waves)  # (B, frames, mels)
+    f = dec.pipe.vae_scale_factor
+    pad = -mel.shape[1] % f
+    return F.pad(mel, (0, 0, 0, pad), value=math.log(1e-5))[:, None]
+
+
+def _normalised(wave: torch.Tensor) -> torch.Tensor:
+    """The waveform the log-mel describes: mean removed, peak 0.5 (``AudioDecoder.log_mel``'s normalisation)."""
+    wave = wave - wave.mean(dim=1, keepdim=True)
+    return 0.5 * wave / (wave.abs().amax(dim=1, keepdim=True) + 1e-8)
+
+
+# ----------------------------------------------------------------------------- phases
+def train_vae(dec, modality: str, samples: list[WorldSample], arch: DecoderArch, kl_weight: float,
+              seed: int, log_every: int) -> dict:
+    """Trains ``dec.pipe.vae`` on the samples' pixels (image / video frames) or log-mels (audio), then sets
+    its ``scaling_factor`` to 1 / std of the latents. Returns ``{steps, seconds, cpu_seconds_per_step, final_mse, scaling_factor}``."""
+    vae = dec.pipe.vae
+    with torch.no_grad():
+        if modality == "image":
+            data = _image_pixels(dec, [s.media for s in samples])
+        elif modality == "video":
+            data = _video_frames(dec, [s.media for s in samples])
+        else:
+            data = _mels(dec, _waves(dec, [s.media for s in samples]))  # (N, 1, frames, mels)
+    vae.train().requires_grad_(True)
+    opt = torch.optim.AdamW(vae.parameters(), lr=arch.vae_lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(seed)
+    mses: list[float] = []
+    t0, c0 = time.time(), time.process_time()
+    bar = tqdm(range(arch.vae_steps), desc=f"{modality} vae", unit="step")
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, arch.vae_steps, arch.vae_lr)
+        x = data[torch.randint(len(data), (arch.vae_batch_size,), generator=g)]
+        loss, mse = _vae_loss(vae, x, kl_weight, g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        mses.append(mse)
+        bar.set_postfix(mse=f"{mse:.4f}")
+        if log_every and (step + 1) % log_every == 0:
+            logger.info("%s vae step %d: mse %.5f", modality, step + 1, float(np.mean(mses[-log_every:])))
+    seconds, cpu = time.time() - t0, time.process_time() - c0
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():
+        lat = torch.cat([vae.encode(data[i:i + 64]).latent_dist.mean for i in range(0, min(len(data), 512), 64)])
+    scale = float(1.0 / lat.std())
+    vae.register_to_config(scaling_factor=scale)
+    steps = max(1, arch.vae_steps)
+    return {"steps": arch.vae_steps, "seconds": round(seconds, 1), "seconds_per_step": round(seconds / steps, 4),
+            "cpu_seconds_per_step": round(cpu / steps, 4), "final_mse": float(np.mean(mses[-20:])) if mses else None,
+            "scaling_factor": scale}
+
+
+def train_vocoder(dec, samples: list[WorldSample], arch: DecoderArch, seed: int, log_every: int) -> dict:
+    """Trains ``dec.pipe.vocoder`` (HiFi-GAN generator) to invert the decoder's log-mel: multi-resolution
+    STFT loss against the normalised waveform the mel was computed from."""
+    voc = dec.pipe.vocoder
+    with torch.no_grad():
+        waves = _normalised(_waves(dec, [s.media for s in samples]))
+        mels = dec.log_mel(waves)  # (N, frames, mels)
+    hop = int(np.prod(voc.config.upsample_rates))
+    voc.train().requires_grad_(True)
+    opt = torch.optim.AdamW(voc.parameters(), lr=2e-3, betas=(0.8, 0.99))
+    g = torch.Generator().manual_seed(seed)
+    losses: list[float] = []
+    t0, c0 = time.time(), time.process_time()
+    bar = tqdm(range(arch.vocoder_steps), desc="audio vocoder", unit="step")
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, arch.vocoder_steps, 2e-3)
+        idx = torch.randint(len(mels), (arch.batch_size,), generator=g)
+        pred = voc(mels[idx])  # (B, frames·hop)
+        n = min(pred.shape[1], mels.shape[1] * hop, waves.shape[1])
+        loss = stft_loss(pred[:, :n], waves[idx, :n])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(voc.parameters(), 1.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if log_every and (step + 1) % log_every == 0:
+            logger.info("vocoder step %d: stft loss %.4f", step + 1, float(np.mean(losses[-log_every:])))
+    seconds, cpu = time.time() - t0, time.process_time() - c0
+    voc.eval().requires_grad_(False)
+    steps = max(1, arch.vocoder_steps)
+    return {"steps": arch.vocoder_steps, "seconds": round(seconds, 1), "seconds_per_step": round(seconds / steps, 4),
+            "cpu_seconds_per_step": round(cpu / steps, 4), "final_loss": float(np.mean(losses[-20:])) if losses else None}
+
+
+def image_condition(encoder, preprocess, images: list) -> torch.Tensor:
+    """The unCLIP conditioning the image head is trained to produce: the encoder's vision embedding (B, D)."""
+    return encoder.encode_image(preprocess.images(images)).embed.float()
+
+
+def conditions(dec, modality: str, samples: list[WorldSample], encoder=None, preprocess=None,
+               chunk: int = 64) -> dict[str, torch.Tensor]:
+    """Per-sample conditioning tensors (the heads' targets) for the samples, float32 on CPU."""
+    out: dict[str, list[torch.Tensor]] = {}
+    for i in range(0, len(samples), chunk):
+        part = samples[i:i + chunk]
+        if modality == "image":
+            c = {"image_embeds": image_condition(encoder, preprocess, [s.media for s in part])}
+        else:
+            c = dec.targets([s.caption for s in part])
+        for k, v in c.items():
+            out.setdefault(k, []).append(v)
+    dec.free_text_encoders()
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def _null_cond(dec, modality: str, cond: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The unconditional conditioning for a batch shaped like ``cond``: zeros ``image_embeds`` (unCLIP's
+    own negative), else the decoder's cached empty-prompt embeddings (what guidance uses at inference)."""
+    b = next(iter(cond.values())).shape[0]
+    if modality == "image":
+        return {"image_embeds": torch.zeros_like(cond["image_embeds"])}
+    null = dec._null  # the decoder's empty-prompt conditioning, computed at load (codi2.decoders.base)
+    return {k: null[k].expand(b, *null[k].shape[1:]).to(cond[k].dtype if k in cond else null[k].dtype).cpu()
+            for k in (list(cond) + (["attention_mask"] if modality == "audio" else []))}
+
+
+def train_unet(dec, modality: str, latents: torch.Tensor, cond: dict[str, torch.Tensor], arch: DecoderArch,
+               cfg: DecoderTrainConfig, log_every: int) -> dict:
+    """Trains ``dec.pipe.unet`` with the decoder's own denoising loss (``Decoder.diffusion_loss``).
+
+    Args:
+        latents: (N, ...) scaled VAE latents of the training pool.
+        cond: name -> (N, ...) conditioning (the heads' targets).
+    """
+    unet = dec.pipe.unet
+    unet.train().requires_grad_(True)
+    opt = torch.optim.AdamW(unet.parameters(), lr=arch.lr, weight_decay=0.01)
+    g = torch.Generator().manual_seed(cfg.seed)
+    losses: list[float] = []
+    t0, c0 = time.time(), time.process_time()
+    bar = tqdm(range(arch.unet_steps), desc=f"{modality} unet", unit="step")
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, arch.unet_steps, arch.lr)
+        idx = torch.randint(len(latents), (arch.batch_size,), generator=g)
+        c = {k: v[idx] for k, v in cond.items()}
+        if modality == "audio":
+            c["attention_mask"] = torch.ones(c["prompt_embeds"].shape[:2], dtype=torch.long)
+        drop = torch.rand(arch.batch_size, generator=g) < cfg.p_uncond
+        if drop.any():
+            null = _null_cond(dec, modality, c)
+            c = {k: torch.where(drop.view(-1, *([1] * (v.ndim - 1))), null[k].to(v.dtype), v) for k, v in c.items()}
+        if modality == "image":  # unCLIP noise augmentation of image_embeds, one level per step
+            dec.cfg.loss_noise_level = int(torch.randint(cfg.max_noise_level + 1, (1,), generator=g))
+        loss = dec.diffusion_loss(c, latents[idx], target_is_latents=True,
+                                  seed=int(torch.randint(2**31, (1,), generator=g)))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if log_every and (step + 1) % log_every == 0:
+            logger.info("%s unet step %d: loss %.5f", modality, step + 1, float(np.mean(losses[-log_every:])))
+    seconds, cpu = time.time() - t0, time.process_time() - c0
+    unet.eval().requires_grad_(False)
+    steps = max(1, arch.unet_steps)
+    return {"steps": arch.unet_steps, "batch_size": arch.batch_size, "seconds": round(seconds, 1),
+            "seconds_per_step": round(seconds / steps, 4), "cpu_seconds_per_step": round(cpu / steps, 4),
+            "final_loss": float(np.mean(losses[-50:])) if losses else None,
+            "loss_first_50": float(np.mean(losses[:50])) if losses else None}
+
+
+# ----------------------------------------------------------------------------- evaluation
+def _score(judges, modality: str, media: Any) -> dict:
+    return {"image": judges.score_image, "audio": judges.score_audio, "video": judges.score_video}[modality](media)
+
+
+def _accuracy(scores: list[dict], attrs: list[dict]) -> dict[str, float]:
+    """Per-attribute accuracy, ``all`` (every attribute right) and ``shape+colour``."""
+    out: dict[str, float] = {}
+    for a in attrs[0]:
+        out[a] = float(np.mean([s[a][0] == t[a] for s, t in zip(scores, attrs)]))
+    out["all"] = float(np.mean([all(s[a][0] == t[a] for a in t) for s, t in zip(scores, attrs)]))
+    out["shape+colour"] = float(np.mean([s["shape"][0] == t["shape"] and s["colour"][0] == t["colour"]
+                                         for s, t in zip(scores, attrs)]))
+    return out
+
+
+@torch.no_grad()
+def judge_reconstructions(dec, modality: str, samples: list[WorldSample], judges) -> dict[str, float]:
+    """Judge accuracy of VAE (+ vocoder) round trips of held-out renders: the ceiling the UNet can reach."""
+    from PIL import Image
+
+    from codi2.media import Audio, Video
+
+    vae = dec.pipe.vae
+    scores = []
+    if modality == "image":
+        rec = vae.decode(vae.encode(_image_pixels(dec, [s.media for s in samples])).latent_dist.mode()).sample
+        imgs = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+        scores = [_score(judges, modality, Image.fromarray(x)) for x in imgs]
+    elif modality == "video":
+        n = int(dec.cfg.num_frames)
+        rec = vae.decode(vae.encode(_video_frames(dec, [s.media for s in samples])).latent_dist.mode()).sample
+        frames = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+        scores = [_score(judges, modality, Video(frames=frames[i * n:(i + 1) * n], fps=float(dec.cfg.fps)))
+                  for i in range(len(samples))]
+    else:
+        mel = _mels(dec, _waves(dec, [s.media for s in samples]))
+        rec = vae.decode(vae.encode(mel).latent_dist.mode()).sample[:, 0]
+        waves = dec.pipe.vocoder(rec).numpy()
+        scores = [_score(judges, modality, Audio(samples=w[None].astype(np.float32), sample_rate=dec.sample_rate))
+                  for w in waves]
+    return _accuracy(scores, [s.attrs for s in samples])
+
+
+@torch.no_grad()
+def judge_generations(dec, modality: str, samples: list[WorldSample], judges, cond: dict[str, torch.Tensor],
+                      steps: Optional[int], seed: int, batch: int = 16) -> dict[str, Any]:
+    """Decodes the held-out conditions and scores the outputs against the samples' attributes."""
+    outputs = []
+    t0 = time.time()
+    for i in range(0, len(samples), batch):
+        c = {k: v[i:i + batch] for k, v in cond.items()}
+        outputs += dec.decode(c, seed=seed + i, steps=steps or None)
+    seconds = time.time() - t0
+    scores = [_score(judges, modality, o) for o in outputs]
+    return {**_accuracy(scores, [s.attrs for s in samples]), "n": len(samples),
+            "seconds_per_sample": round(seconds / len(samples), 3)}
+
+
+# ----------------------------------------------------------------------------- driver
+def _encoder(cfg: DecoderTrainConfig, mcfg: ModelConfig):
+    """The aligned image encoder (frozen) and its preprocessor."""
+    from codi2.encoders import ImageBindEncoder, ImageBindPreprocessor
+
+    weights = cfg.encoder_weights
+    base = None
+    if weights is None:
+        weights = mcfg.encoder.weights
+        model_path = Path(cfg.model)
+        base = model_path.parent if model_path.suffix else Path(__file__).resolve().parents[2] / "configs" / "model"
+    path = resolve_path(weights, "encoder_weights" if cfg.encoder_weights else "encoder.weights (model config)",
+                        base, expect="the aligned encoder .pth written by `codi2 train-component encoder`")
+    enc_cfg = dataclasses.replace(mcfg.encoder, weights=str(path), dtype="float32")
+    return ImageBindEncoder(enc_cfg), ImageBindPreprocessor(enc_cfg)
+
+
+def _decoder_config(mcfg: ModelConfig, modality: str, path: Path) -> DecoderConfig:
+    return dataclasses.replace(mcfg.modalities[modality].decoder, path=str(path), device="cpu", dtype="float32",
+                               offload="none")
+
+
+def train_decoder(cfg: DecoderTrainConfig, modality: str, mcfg: ModelConfig, judges=None,
+                  image_vae: Optional[Any] = None) -> tuple[dict, Any]:
+    """Builds, trains and saves the ``modality`` pipeline to ``<out>/<modality>``. Returns (report, its VAE)."""
+    from codi2.decoders import build_decoder
+
+    arch: DecoderArch = getattr(cfg, modality)
+    seed_everything(cfg.seed)
+    report: dict[str, Any] = {"modality": modality, "arch": asdict(arch)}
+    t_render = time.time()
+    train = world_batch(modality, 0, arch.pool_size, cfg.world_seed, "train")
+    held = world_batch(modality, 0, cfg.eval_n, cfg.world_seed, "test", canonical=True) if cfg.eval_n > 0 else []
+    report["render_seconds"] = round(time.time() - t_render, 1)
+    with atomic_dir(Path(cfg.out) / modality) as tmp:
+        pipe = build_pipeline(modality, arch, mcfg, seed=cfg.seed)
+        if modality == "video" and arch.share_image_vae:
+            if image_vae is None:
+                from diffusers import AutoencoderKL
+
+                src = Path(cfg.out) / "image" / "vae"
+                if not (src / "config.json").is_file():
+                    raise FileNotFoundError(f"video.share_image_vae is true but {src} does not exist: train the image "
+                                            "decoder first (modalities: [image, video]) or set video.share_image_vae=false")
+                image_vae = AutoencoderKL.from_pretrained(str(src))
+            if image_vae.config.block_out_channels != pipe.vae.config.block_out_channels:
+                raise ValueError(f"video.share_image_vae: image VAE blocks {image_vae.config.block_out_channels} != "
+                                 f"video.vae_block_out_channels {pipe.vae.config.block_out_channels}")
+            pipe.vae.load_state_dict(image_vae.state_dict())
+            pipe.vae.register_to_config(scaling_factor=image_vae.config.scaling_factor)
+        pipe.save_pretrained(str(tmp))
+        del pipe
+        dec = build_decoder(modality, _decoder_config(mcfg, modality, tmp), device="cpu").load()
+        logger.info("%s decoder: unet %s params, vae %s params", modality,
+                    f"{sum(p.numel() for p in dec.pipe.unet.parameters()):,}",
+                    f"{sum(p.numel() for p in dec.pipe.vae.parameters()):,}")
+        # 1. VAE, 2. vocoder
+        if not (modality == "video" and arch.share_image_vae) and arch.vae_steps > 0:
+            report["vae"] = train_vae(dec, modality, train, arch, cfg.kl_weight, cfg.seed, cfg.log_every)
+        if modality == "audio" and arch.vocoder_steps > 0:
+            report["vocoder"] = train_vocoder(dec, train, arch, cfg.seed, cfg.log_every)
+        if judges is not None and held:
+            report["judge_reconstruction"] = judge_reconstructions(dec, modality, held, judges)
+            logger.info("%s judge accuracy of VAE reconstructions: %s", modality, report["judge_reconstruction"])
+        # 3. UNet on precomputed latents and conditions
+        encoder = preprocess = None
+        if modality == "image":
+            encoder, preprocess = _encoder(cfg, mcfg)
+        t_pre = time.time()
+        g = torch.Generator().manual_seed(cfg.seed)
+        if modality == "image":
+            latents = torch.cat([dec.encode_target([s.media for s in train[i:i + 64]], generator=g)
+                                 for i in range(0, len(train), 64)])
+        else:
+            latents = torch.cat([dec.encode_target([s.media for s in train[i:i + 64]], generator=g)
+                                 for i in range(0, len(train), 64)])
+        cond = conditions(dec, modality, train, encoder, preprocess)
+        report["precompute_seconds"] = round(time.time() - t_pre, 1)
+        if arch.unet_steps > 0:
+            report["unet"] = train_unet(dec, modality, latents, cond, arch, cfg, cfg.log_every)
+        dec.cfg.loss_noise_level = mcfg.modalities[modality].decoder.loss_noise_level
+        # 4. save the trained components into the pipeline directory
+        dec.pipe.unet.save_pretrained(str(tmp / "unet"))
+        dec.pipe.vae.save_pretrained(str(tmp / "vae"))
+        if modality == "audio":
+            dec.pipe.vocoder.save_pretrained(str(tmp / "vocoder"))
+        if judges is not None and held:
+            held_cond = conditions(dec, modality, held, encoder, preprocess)
+            report["judge_generation"] = judge_generations(dec, modality, held, judges, held_cond,
+                                                           cfg.eval_steps, cfg.seed)
+            logger.info("%s judge accuracy of decoded held-out conditions: %s", modality, report["judge_generation"])
+        (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+        vae = dec.pipe.vae
+        dec.unload()
+    return report, vae
+
+
+def train_decoders(cfg: DecoderTrainConfig) -> dict[str, dict]:
+    """Trains every decoder in ``cfg.modalities`` (see the module docstring). Returns {modality: report}."""
+    for m in cfg.modalities:
+        check_choice("modalities[]", m, WORLD_MODALITIES)
+    if not cfg.modalities:
+        raise ValueError("modalities is empty; allowed: image, audio, video")
+    if not 0.0 <= cfg.p_uncond < 1.0:
+        raise ValueError(f"p_uncond = {cfg.p_uncond}; must be in [0, 1)")
+    if not 0 <= cfg.max_noise_level < 1000:
+        raise ValueError(f"max_noise_level = {cfg.max_noise_level}; must be in [0, 999]")
+    set_threads(cfg.num_threads)
+    mcfg = load_model_config(cfg.model, cfg.model_overrides)
+    judges = None
+    if cfg.judges is not None:
+        from data_builders.world.judges import Judges
+
+        judges = Judges.load(resolve_path(cfg.judges, "judges", expect="a folder written by Judges.save()"))
+    reports: dict[str, dict] = {}
+    image_vae = None
+    for m in cfg.modalities:
+        reports[m], vae = train_decoder(cfg, m, mcfg, judges, image_vae)
+        if m == "image":
+            image_vae = vae
+    logger.info("decoders written to %s", cfg.out)
+    return reports
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m codi2.mini.decoder_train CONFIG [key=value …]``."""
+    from codi2.mini import run_stage
+
+    return run_stage("decoder", argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
