@@ -340,6 +340,8 @@ class AudioCapsSource(_TableBase):
             e.g. ``{youtube_id}_{start}.wav`` (default) or ``{audiocap_id}.flac``.
 
     The licence comes from ``--license`` (the clips are YouTube content under their uploaders' terms).
+    The val/test CSVs have several captions per clip: build them with ``--filter dedup=false``, or media
+    dedup keeps only the first caption of each clip.
     """
 
     pattern: str = "{youtube_id}_{start}.wav"
@@ -450,7 +452,8 @@ class AuditSource(_TableBase):
     else the instruction's object for ``add`` (``Add a dog barking`` -> ``a dog barking``, appended to the
     input caption when there is one), else the instruction itself; ``meta.pair.output_caption_derived`` says so
     (composed "describe the result" turns never use a derived caption). Other columns go to ``meta.orig``.
-    Edits are grouped for in-context exemplars by the normalised instruction.
+    ``edit_type`` (one of :data:`EDIT_TYPES`) is inferred from the instruction's first word when the column is
+    missing. Edits are grouped for in-context exemplars by the normalised instruction.
     """
 
     name = "audit"

@@ -77,6 +77,17 @@ def test_webdataset_build_validates_and_carries_fields(tmp_path):
     assert s["tasks"].get("joint", 0) >= 1
 
 
+def test_webdataset_video(tmp_path):
+    F.webdataset_shards(tmp_path / "wds", n_shards=1, per_shard=2, kinds=("video",), duplicate=False, broken=False)
+    s = build(WebDatasetSource(inputs=[str(tmp_path / "wds")]),
+              opts(tmp_path / "out", name="webvid", mix={"caption": 0, "generate": 1}))
+    assert s["records"] == 2 and s["tasks"] == {"generate": 2}
+    report = validate_manifest(tmp_path / "out" / "manifest.jsonl")
+    assert report.ok and report.by_phase == {"video": 2}
+    rec = lines(tmp_path / "out" / "manifest.jsonl")[0]
+    assert rec["messages"][1]["content"][1]["caption"] == F.caption(0)  # video outputs carry their caption
+
+
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "json", "parquet"])
 def test_table_formats(tmp_path, fmt):
     if fmt == "parquet":

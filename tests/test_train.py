@@ -252,8 +252,18 @@ def _check_ds_run(out: Path, steps: int) -> None:
 
 
 @pytest.mark.slow
-def test_deepspeed_zero2_two_processes(tmp_path, manifest, tiny_pipeline_dir):
-    _check_ds_run(_deepspeed(tmp_path, manifest, tiny_pipeline_dir, "zero2.json", 29581), 24)
+def test_deepspeed_zero2_two_processes_and_resume(tmp_path, manifest, tiny_pipeline_dir):
+    out = _deepspeed(tmp_path, manifest, tiny_pipeline_dir, "zero2.json", 29581)
+    _check_ds_run(out, 24)
+    # resume from the DeepSpeed checkpoint at step 12: the same per-rank losses as the first run
+    first = [step_losses(read_log(out, r)) for r in (0, 1)]
+    shutil.rmtree(out / "checkpoints" / "step-000024")
+    shutil.rmtree(out / "final")
+    _deepspeed(tmp_path, manifest, tiny_pipeline_dir, "zero2.json", 29583)
+    for r in (0, 1):
+        again = step_losses(read_log(out, r))
+        assert sorted(again) == sorted(first[r])
+        assert all(again[s] == pytest.approx(first[r][s], abs=1e-6, rel=0) for s in again)
 
 
 @pytest.mark.slow

@@ -398,9 +398,9 @@ class Trainer:
         self.nonfinite_total = 0
         self.nonfinite_in_a_row = 0
         # 5. resume
-        resume = ckpt.resolve_resume(cfg.resume, self.out)
-        if resume is not None:
-            self._load(resume)
+        self.resumed_from = ckpt.resolve_resume(cfg.resume, self.out)
+        if self.resumed_from is not None:
+            self._load(self.resumed_from)
         self._open_logs()
 
     # ------------------------------------------------------------------ data path
@@ -461,8 +461,14 @@ class Trainer:
         logs = self.out / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         path = logs / f"rank-{self.info.rank}.jsonl"
-        if path.exists():  # drop lines of steps after the checkpoint we resumed from (the killed run's tail)
-            keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] < self.step]
+        if path.exists():  # keep only the steps before the checkpoint we resumed from (drop the killed run's tail)
+            keep = []
+            for ln in path.read_text().splitlines():
+                try:
+                    if json.loads(ln)["step"] < self.step:
+                        keep.append(ln)
+                except (json.JSONDecodeError, KeyError, TypeError):  # a line cut short by the kill
+                    continue
             path.write_text("".join(k + "\n" for k in keep))
         self.log_file = open(path, "a")
         if self.info.main and self.cfg.tensorboard:
@@ -594,7 +600,7 @@ class Trainer:
         self.setup()
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", disable=not self.info.main, dynamic_ncols=True)
         t0, tok0 = time.perf_counter(), 0
-        last: Optional[Path] = None
+        last: Optional[Path] = self.resumed_from
         try:
             while self.step < cfg.max_steps:
                 slog = self.micro_batch()

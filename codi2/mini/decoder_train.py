@@ -667,7 +667,7 @@ def train_decoder(cfg: DecoderTrainConfig, modality: str, mcfg: ModelConfig, jud
                     raise FileNotFoundError(f"video.share_image_vae is true but {src} does not exist: train the image "
                                             "decoder first (modalities: [image, video]) or set video.share_image_vae=false")
                 image_vae = AutoencoderKL.from_pretrained(str(src))
-            if image_vae.config.block_out_channels != pipe.vae.config.block_out_channels:
+            if list(image_vae.config.block_out_channels) != list(pipe.vae.config.block_out_channels):
                 raise ValueError(f"video.share_image_vae: image VAE blocks {image_vae.config.block_out_channels} != "
                                  f"video.vae_block_out_channels {pipe.vae.config.block_out_channels}")
             pipe.vae.load_state_dict(image_vae.state_dict())
