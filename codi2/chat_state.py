@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import queue
 import re
 import shutil
 import tempfile
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 MEDIA_EXT = {"image": "png", "audio": "wav", "video": "mp4"}
 _REF = re.compile(r"(?<![\w@])@(\d+)\b")  # "@3" refers to media number 3
 SCHEDULERS = ("ddim", "dpm++")
+_END = object()  # end of a turn's event stream
 
 
 def _serve_media_limits() -> MediaLimits:
@@ -358,11 +360,39 @@ class ChatState:
         return True
 
     def _run(self, message: Message, options: SamplingOptions, regenerate: bool) -> Iterator[ChatEvent]:
+        """Runs the turn in its own thread and relays its events.
+
+        The model lock is taken and released by that thread, so it never depends on the caller
+        iterating to the end: a consumer that goes away (a closed tab, a dropped stream) cancels
+        the turn, and the thread rolls it back and releases the lock by itself.
+        """
         try:
             self._begin()
         except ChatInputError as e:
             yield TurnFailed(str(e))
             return
+        q: "queue.Queue[Any]" = queue.Queue()
+
+        def work() -> None:
+            try:
+                for ev in self._turn_events(message, options, regenerate):
+                    q.put(ev)
+            finally:
+                q.put(_END)
+
+        threading.Thread(target=work, name=f"codi2-turn-{self.name}", daemon=True).start()
+        finished = False
+        try:
+            while (ev := q.get()) is not _END:
+                yield ev
+            finished = True
+        finally:
+            if not finished:
+                log.info("%s: the caller stopped listening; cancelling the turn", self.name)
+                self.cancel()
+
+    def _turn_events(self, message: Message, options: SamplingOptions, regenerate: bool) -> Iterator[ChatEvent]:
+        """The turn itself (runs in the turn's thread; ``_begin`` was called by ``_run``)."""
         self.live = LiveTurn(_light(message))
         saved: list[Path] = []
         old_turn = self.session.turns[-1] if regenerate else None

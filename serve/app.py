@@ -76,9 +76,11 @@ def render(state: Optional[ChatState]) -> list[dict]:
     msgs: list[dict] = []
 
     def add(role: str, msg: Optional[Message]) -> None:
-        content = _content(msg, numbers) if msg is not None else []
-        if content:
-            msgs.append({"role": role, "content": content})
+        # One Gradio message per item (consecutive ones share a bubble): streamed updates then change
+        # only the top-level list, which Gradio 6.31's output diff handles; it mis-indexes deletions
+        # inside several nested lists of one update (gradio.utils.diff adjusts nested deletes again).
+        for item in _content(msg, numbers) if msg is not None else []:
+            msgs.append({"role": role, "content": item})
 
     def notices(pred: Any) -> None:
         for n in state.notices:

@@ -97,8 +97,10 @@ def test_state_from_other_settings_is_refused():
 def test_errors_name_the_problem():
     with pytest.raises(ValueError, match="fewer records than one global batch"):
         PhaseSampler({"video": [1, 2, 3]}, batch_size=2, world_size=2)
-    with pytest.raises(ValueError, match="no records"):
+    with pytest.raises(ValueError, match=r"unknown phases \['imgae'\]"):
         PhaseSampler({"text": [1, 2]}, batch_size=1, weights={"imgae": 1.0})
+    s = PhaseSampler({"text": [1, 2]}, batch_size=1, weights={"multi": 0.0, "image": 1.0})  # absent: ignored
+    assert s.phases == ["text"]
     with pytest.raises(ValueError, match="schedule"):
         PhaseSampler(DATA, batch_size=1, schedule="random")
 

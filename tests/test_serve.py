@@ -56,7 +56,18 @@ def _send(client, text: str = "", files=(), **settings):
 
     chat, box, refs = client.predict(message={"text": text, "files": [handle_file(str(f)) for f in files]},
                                      api_name="/chat", **settings)
-    return chat
+    return _turns(chat)
+
+
+def _turns(chat: list[dict]) -> list[dict]:
+    """Consecutive messages of one role merged: the app sends one Gradio message per item."""
+    out: list[dict] = []
+    for m in chat:
+        if out and out[-1]["role"] == m["role"]:
+            out[-1]["content"] = out[-1]["content"] + m["content"]
+        else:
+            out.append({"role": m["role"], "content": list(m["content"])})
+    return out
 
 
 def _items(msg: dict) -> list[dict]:
@@ -89,7 +100,7 @@ def test_three_turn_conversation_with_image_and_audio(server, media_files, tmp_p
 
     job = c.submit(message={"text": "Draw this in blue.", "files": [handle_file(str(img))]}, prefix="Here <img>",
                    seed=0, api_name="/chat")
-    chat = job.result()[0]
+    chat = _turns(job.result()[0])
     updates = job.outputs()
     assert len(updates) >= 3, "the reply should stream (several updates)"
     assert any(m.get("metadata") and "generating image" in (m["metadata"].get("title") or "")
@@ -216,9 +227,9 @@ def test_regenerate_undo_stop_clear(server):
     _send(c, "Draw a blue square.", prefix="Here <img>", seed=0)
     chat = _send(c, "And a sound.", prefix="Ok <aud>", seed=0)
     assert len(chat) == 4
-    chat, _, _ = c.predict(prefix="Again <aud>", seed=5, api_name="/regenerate")
+    chat = _turns(c.predict(prefix="Again <aud>", seed=5, api_name="/regenerate")[0])
     assert len(chat) == 4 and _texts(chat[3]).startswith("Again") and _files(chat[3])[0].endswith(".wav")
-    chat, refs = c.predict(api_name="/undo")
+    chat = _turns(c.predict(api_name="/undo")[0])
     assert len(chat) == 2
     # stop: a long diffusion is cancelled; the turn is rolled back and a note shown
     job = c.submit(message={"text": "A long video please.", "files": []}, prefix="Here <vid>", steps=100, seed=0,
@@ -231,7 +242,7 @@ def test_regenerate_undo_stop_clear(server):
             for m in out[0]):
         time.sleep(0.05)
     c.predict(api_name="/stop")
-    chat = job.result()[0]
+    chat = _turns(job.result()[0])
     assert _texts(chat[-1]).startswith("⚠️ Stopped"), chat[-1]
     state = next(s for s in app.manager._sessions.values() if s.notices and s.notices[-1].text == "Stopped.")
     assert len(state.session.turns) == 1 and len(state.log) == 1

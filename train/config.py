@@ -58,6 +58,7 @@ class DataConfig:
         feature_cache: encoder features of input media: ``memory`` (kept for the run), ``disk`` (beside the
             targets, reused across runs) or ``none`` (encoded every time). Each media is encoded on its own, so
             the features do not depend on which batch it came in.
+        workers: threads loading (decoding) the records of a batch in parallel; 0 = in the training thread.
     """
 
     manifests: list[str] = field(default_factory=list)
@@ -67,6 +68,7 @@ class DataConfig:
     max_bad_fraction: float = 0.05
     bad_min_seen: int = 100
     feature_cache: str = "memory"
+    workers: int = 4
 
 
 @dataclass
@@ -167,6 +169,8 @@ class TrainConfig:
             raise ValueError(f"save_every = {self.save_every}; it must be ≥ 0 (0 = only at the end)")
         if not 0.0 <= self.data.max_bad_fraction <= 1.0:
             raise ValueError(f"data.max_bad_fraction = {self.data.max_bad_fraction}; it must be in [0, 1]")
+        if self.data.workers < 0:
+            raise ValueError(f"data.workers = {self.data.workers}; it must be ≥ 0")
         if self.data.feature_cache not in ("none", "memory", "disk"):
             raise ValueError(f"data.feature_cache = {self.data.feature_cache!r}; allowed: none, memory, disk")
         if self.optim.warmup_steps < 0 or not 0.0 <= self.optim.min_lr_ratio <= 1.0:

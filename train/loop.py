@@ -27,6 +27,7 @@ import math
 import os
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -369,9 +370,11 @@ class Trainer:
             self.model._decoders.clear()  # training reads targets from the cache; no decoder stays loaded
         barrier()
         self.targets = TargetCache(cache_root, self.model.cfg, base_dir=self.model.base_dir)
-        self.feature_cache: Any = {"none": None, "memory": {},
-                                   "disk": InputFeatureCache(cache_root, self.model.cfg, base_dir=self.model.base_dir)
-                                   if cfg.data.feature_cache == "disk" else None}[cfg.data.feature_cache]
+        self.feature_cache: Any = None  # encoder features of input media (see DataConfig.feature_cache)
+        if cfg.data.feature_cache == "memory":
+            self.feature_cache = {}
+        elif cfg.data.feature_cache == "disk":
+            self.feature_cache = InputFeatureCache(cache_root, self.model.cfg, base_dir=self.model.base_dir)
         # 3. sampler
         lengths = None
         if cfg.phases.group_by_length:
@@ -393,6 +396,7 @@ class Trainer:
         self.model.encoder.eval()
         self.engine = DeepSpeedEngine(self.module, cfg, self.device, info) if self.use_deepspeed \
             else PlainEngine(self.module, cfg, self.device)
+        self._pool = ThreadPoolExecutor(cfg.data.workers, thread_name_prefix="load") if cfg.data.workers > 0 else None
         self._known_bad: set[int] = set()  # indices that failed on this rank (not picked as replacements)
         self.step = 0
         self.nonfinite_total = 0
@@ -419,9 +423,19 @@ class Trainer:
                 raise RecordError(rec.id, f"{n} tokens, over data.max_length = {self.cfg.data.max_length}", "schema",
                                   rec.line)
 
-    def _load_record(self, i: int) -> Optional[Record]:
+    def _fetch(self, i: int) -> "Record | RecordError | MediaError":
+        """``data[i]`` or the error it raised (runs in the loader threads: no accounting here)."""
         try:
-            rec = self.data[i]
+            return self.data[i]
+        except (RecordError, MediaError) as e:
+            return e
+
+    def _load_record(self, i: int, fetched: "Record | RecordError | MediaError | None" = None) -> Optional[Record]:
+        """The record at ``i`` if it can be trained on, else None (counted and logged as bad)."""
+        try:
+            rec = self._fetch(i) if fetched is None else fetched
+            if not isinstance(rec, Record):
+                raise rec
             self._check_record(rec)
         except (RecordError, MediaError) as e:
             rid = getattr(e, "id", self.data.records[i].id)
@@ -434,7 +448,8 @@ class Trainer:
 
     def _records(self, b) -> list[Record]:
         """This rank's records for sampler batch ``b``, bad ones replaced (see module docstring)."""
-        recs = [r for r in (self._load_record(i) for i in b.indices) if r is not None]
+        fetched = self._pool.map(self._fetch, b.indices) if self._pool is not None else [None] * len(b.indices)
+        recs = [r for r in (self._load_record(i, f) for i, f in zip(b.indices, fetched)) if r is not None]
         pool = [i for i in self.sampler.indices[b.phase] if i not in self._known_bad] or self.sampler.indices[b.phase]
         tries = 0
         while len(recs) < len(b.indices) and tries < MAX_REPLACEMENT_TRIES:
@@ -479,6 +494,17 @@ class Trainer:
     def _write(self, rec: dict) -> None:
         self.log_file.write(json.dumps(rec) + "\n")
         self.log_file.flush()
+
+    def _log_micro(self, slog: StepLog) -> None:
+        """One line per micro-batch in this rank's JSONL log; per-phase losses to TensorBoard (rank 0)."""
+        rec = {"step": self.step, "phase": slog.phase, "skipped": slog.skipped, "tokens": slog.tokens,
+               "lr": self.engine.lr(), **{f"loss/{k}": v for k, v in slog.parts.items()}}
+        if slog.bad:
+            rec["bad"] = slog.bad
+        self._write(rec)
+        if self.writer is not None and not slog.skipped:
+            for k, v in slog.parts.items():
+                self.writer.add_scalar(f"loss/{slog.phase}/{k}", v, self.step)
 
     # ------------------------------------------------------------------ checkpoints
     def _client_state(self) -> dict:
@@ -584,6 +610,7 @@ class Trainer:
             if self.writer is not None:
                 self.writer.add_scalar("nonfinite/total", self.nonfinite_total, self.step)
             if self.nonfinite_in_a_row >= self.cfg.max_nonfinite_in_a_row:
+                self._log_micro(slog)
                 raise NonFiniteLossError(f"{self.nonfinite_in_a_row} non-finite losses in a row (max_nonfinite_in_a_row "
                                          f"= {self.cfg.max_nonfinite_in_a_row}) at step {self.step}, last {out.parts}; "
                                          f"lower optim.lr, enable optim.grad_clip, or check the data")
@@ -606,14 +633,7 @@ class Trainer:
                 slog = self.micro_batch()
                 tok0 += slog.tokens
                 stepped = False if slog.skipped else self.engine.step()
-                rec = {"step": self.step, "phase": slog.phase, "skipped": slog.skipped, "tokens": slog.tokens,
-                       "lr": self.engine.lr(), **{f"loss/{k}": v for k, v in slog.parts.items()}}
-                if slog.bad:
-                    rec["bad"] = slog.bad
-                self._write(rec)
-                if self.writer is not None and not slog.skipped:
-                    for k, v in slog.parts.items():
-                        self.writer.add_scalar(f"loss/{slog.phase}/{k}", v, self.step)
+                self._log_micro(slog)
                 if not stepped:
                     continue
                 self.step += 1
@@ -641,6 +661,8 @@ class Trainer:
             self.log_file.close() if hasattr(self, "log_file") else None
             if self.writer is not None:
                 self.writer.close()
+            if getattr(self, "_pool", None) is not None:
+                self._pool.shutdown()
         return result
 
 

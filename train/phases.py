@@ -26,11 +26,16 @@ applied per phase.
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
+from codi2.data import PHASES
+
 SCHEDULES = ("round_robin", "weighted", "per_n_steps")
+
+log = logging.getLogger(__name__)
 
 
 def _seed_for(*parts: object) -> int:
@@ -98,12 +103,13 @@ class PhaseSampler:
         if group_by_length and lengths is None:
             raise ValueError("group_by_length needs the record lengths (lengths=)")
         weights = dict(weights or {})
-        unknown = set(weights) - set(indices_by_phase)
+        unknown = set(weights) - set(PHASES)
         if unknown:
-            # A weighted phase without records is usually a typo or a missing manifest: say so.
-            raise ValueError(f"phase weights name {sorted(unknown)} but the data has no records of "
-                             f"{'that phase' if len(unknown) == 1 else 'those phases'}; phases present: "
-                             f"{sorted(indices_by_phase)}")
+            raise ValueError(f"phase weights name unknown phases {sorted(unknown)}; allowed: {list(PHASES)}")
+        absent = sorted(p for p, w in weights.items() if w > 0 and not len(indices_by_phase.get(p, ())))
+        if absent:  # usually a missing manifest: say so, but train on what there is
+            log.warning("phase weights name %s but the data has no records of them; phases present: %s",
+                        absent, sorted(p for p, i in indices_by_phase.items() if len(i)))
         bad_w = {p: w for p, w in weights.items() if not w >= 0}
         if bad_w:
             raise ValueError(f"phase weights must be ≥ 0; got {bad_w}")

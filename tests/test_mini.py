@@ -1,0 +1,170 @@
+"""The mini model's component stages (codi2.mini) at tiny size: each runs a few steps and writes an artifact
+that loads through the real loader."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from codi2.config import DecoderConfig, load_model_config
+from codi2.mini import STAGES, load_stage_config, register
+from codi2.mini.common import all_objects, world_batch, world_sample
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_ARCH = {"block_out_channels": [8, 16], "vae_block_out_channels": [8, 16], "norm_num_groups": 4,
+             "attention_head_dim": 2, "vae_steps": 1, "vocoder_steps": 1, "unet_steps": 2, "batch_size": 2,
+             "vae_batch_size": 2, "pool_size": 3, "vocoder_channels": 8}
+
+
+# ----------------------------------------------------------------------------- configs and data
+def test_stage_configs_and_mini_model_config_load():
+    for stage, name in zip(STAGES, ("mini-encoder", "mini-decoders", "mini-llm")):
+        cfg = load_stage_config(stage, str(REPO / "configs" / "train" / f"{name}.yaml"))
+        assert type(cfg).__name__.endswith("Config")
+    with pytest.raises(ValueError, match="steps"):
+        load_stage_config("encoder", None, ["stepz=3"])
+    mini = load_model_config("mini")
+    assert mini.modalities["image"].head.targets["image_embeds"] == [mini.encoder.out_embed_dim]
+    assert mini.modalities["audio"].head.targets["prompt_embeds"][0] == mini.modalities["audio"].decoder.prompt_len
+    assert mini.encoder.image_size == 64
+
+
+def test_world_samples_are_seeded_and_splits_differ():
+    a = world_sample("image", 3, seed=0, split="train")
+    b = world_sample("image", 3, seed=0, split="train")
+    c = world_sample("image", 3, seed=0, split="test")
+    assert np.array_equal(np.asarray(a.media), np.asarray(b.media)) and a.caption == b.caption
+    assert not np.array_equal(np.asarray(a.media), np.asarray(c.media))
+    v = world_batch("video", 0, 2, seed=1)
+    assert {"shape", "colour", "size", "direction"} == set(v[0].attrs) and v[0].media.frames.shape[0] == 12
+    assert len(all_objects("image")) == 240 and len(all_objects("audio")) == 48 and len(all_objects("video")) == 192
+
+
+def test_register_adds_train_component():
+    p = argparse.ArgumentParser()
+    register(p.add_subparsers(dest="cmd"))
+    args = p.parse_args(["train-component", "llm", "cfg.yaml", "steps=3"])
+    assert (args.stage, args.config, args.overrides) == ("llm", "cfg.yaml", ["steps=3"]) and callable(args.func)
+    with pytest.raises(SystemExit):
+        p.parse_args(["train-component", "vae", "cfg.yaml"])
+
+
+# ----------------------------------------------------------------------------- stage 1: encoder
+def test_contrastive_loss_counts_equal_attributes_as_positives():
+    from codi2.encoders import ImageBindModel
+    from codi2.mini.encoder_align import contrastive_loss
+
+    model = ImageBindModel(load_model_config("tiny").encoder, frozen=False)
+    e = torch.eye(4, 16)
+    aligned, acc = contrastive_loss(model, e, e, [("a",), ("b",), ("c",), ("d",)])
+    shuffled, _ = contrastive_loss(model, e, e[[1, 2, 3, 0]], [("a",), ("b",), ("c",), ("d",)])
+    assert acc == 1.0 and aligned < shuffled
+    # two samples with equal attributes: retrieving either one counts as right
+    e2 = torch.stack([e[0], e[0], e[1]])
+    _, acc2 = contrastive_loss(model, e2, e2, [("a",), ("a",), ("b",)])
+    assert acc2 == 1.0
+
+
+def test_encoder_stage_writes_a_strictly_loadable_checkpoint(tmp_path):
+    from codi2.encoders import ImageBindModel, load_imagebind_weights
+    from codi2.mini.encoder_align import EncoderAlignConfig, train_encoder
+
+    out = tmp_path / "enc.pth"
+    cfg = EncoderAlignConfig(model="tiny", out=str(out), steps=2, batch_size=3, warmup_steps=1, eval_n=3,
+                             pool_size=4, lr=1e-2)
+    report = train_encoder(cfg)
+    model = ImageBindModel(load_model_config("tiny").encoder)
+    assert load_imagebind_weights(model, out) == []
+    init = float(torch.log(torch.tensor(1 / 0.07)))
+    assert float(model.modality_postprocessors["text"][1].log_logit_scale) != pytest.approx(init)  # it trained
+    saved = json.loads(out.with_name("enc.pth.json").read_text())
+    assert saved["retrieval"]["image"]["candidates"] == 240 and 0.0 <= saved["retrieval"]["audio"]["top1"] <= 1.0
+    assert report["cpu_seconds_per_step"] > 0 and set(report["final_loss"]) == {"image", "audio", "video"}
+
+
+# ----------------------------------------------------------------------------- stage 3: LLM
+def test_llm_stage_builds_a_codi2_model_from_the_pretrained_dir(tmp_path):
+    from codi2.mini.llm_pretrain import LLMArchitecture, LLMPretrainConfig, pretrain_llm, world_conversations
+    from codi2.model import CoDi2Model
+
+    convs = world_conversations(16, world_seed=0)
+    text = " ".join(m["content"] for c in convs for m in c)
+    assert "[image: " in text and "[audio: " in text and {m["role"] for c in convs for m in c} == {"user", "assistant"}
+
+    out = tmp_path / "llm"
+    cfg = LLMPretrainConfig(out=str(out), arch=LLMArchitecture(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                               num_attention_heads=4, num_key_value_heads=4,
+                                                               max_position_embeddings=128),
+                            vocab_size=400, n_records=48, n_val_records=16, n_captions=16, block_size=32, batch_size=2,
+                            steps=2, warmup_steps=1, eval_batches=1)
+    report = pretrain_llm(cfg)
+    assert (out / "tokenizer.model").is_file() and (out / "config.json").is_file() and report["val_loss"] > 0
+    mcfg = load_model_config("mini", [f"llm.path={out}", f"llm.tokenizer={out / 'tokenizer.model'}", "encoder.weights=null"])
+    model = CoDi2Model(mcfg)
+    assert model.tokenizer.vocab_size == report["vocab_size"] and model.llm.hidden_size == 32
+    # the chat markers are single pieces of the new tokenizer
+    assert len(model.tokenizer.encode("[INST]", add_special_tokens=False)) == 1
+
+
+# ----------------------------------------------------------------------------- stage 2: decoders
+def _decoder_cfg(tmp_path: Path, modalities: list[str]):
+    from codi2.encoders import ImageBindModel
+    from codi2.mini.decoder_train import DecoderArch, DecoderTrainConfig
+
+    enc = tmp_path / "enc.pth"
+    torch.manual_seed(0)
+    torch.save(ImageBindModel(load_model_config("tiny").encoder).state_dict(), enc)
+    arch = {m: DecoderArch(**TINY_ARCH) for m in ("image", "audio", "video")}
+    return DecoderTrainConfig(model="tiny", encoder_weights=str(enc), out=str(tmp_path / "dec"), modalities=modalities,
+                              eval_n=0, log_every=0, **arch)
+
+
+def test_decoder_stage_image_and_video_pipelines_decode(tmp_path):
+    from codi2.decoders import build_decoder
+    from codi2.mini.decoder_train import build_pipeline, train_decoders
+    from codi2.media import Video
+
+    cfg = _decoder_cfg(tmp_path, ["image", "video"])
+    reports = train_decoders(cfg)
+    assert reports["image"]["unet"]["steps"] == 2 and "vae" not in reports["video"]  # video reuses the image VAE
+    out = Path(cfg.out)
+    image = build_decoder("image", DecoderConfig(path=str(out / "image"), steps=2, guidance=2.0))
+    imgs = image.decode({"image_embeds": torch.randn(1, 16)}, seed=0)
+    assert imgs[0].size == (64, 64)
+    untrained = build_pipeline("image", cfg.image, load_model_config("tiny"), seed=cfg.seed)
+    trained = image.pipe.unet.state_dict()
+    assert any(not torch.equal(v, trained[k]) for k, v in untrained.unet.state_dict().items())
+    assert image.pipe.vae.config.scaling_factor != untrained.vae.config.scaling_factor
+    video = build_decoder("video", DecoderConfig(path=str(out / "video"), steps=2, guidance=2.0, num_frames=2))
+    vid = video.decode(video.targets(["a red circle moving up"]), seed=0)[0]
+    assert isinstance(vid, Video) and vid.frames.shape == (2, 64, 64, 3)
+    for k, v in image.pipe.vae.state_dict().items():
+        assert torch.equal(v, video.pipe.vae.state_dict()[k])
+
+
+def test_decoder_stage_audio_pipeline_decodes(tmp_path):
+    from codi2.decoders import build_decoder
+    from codi2.mini.decoder_train import stft_loss, train_decoders
+    from codi2.media import Audio
+
+    cfg = _decoder_cfg(tmp_path, ["audio"])
+    report = train_decoders(cfg)["audio"]
+    assert report["vocoder"]["steps"] == 1 and report["unet"]["cpu_seconds_per_step"] > 0
+    dec = build_decoder("audio", DecoderConfig(path=str(Path(cfg.out) / "audio"), steps=2, guidance=2.0,
+                                               audio_seconds=0.5, prompt_len=8))
+    (audio,) = dec.decode(dec.targets(["the sound of a small red circle"]), seed=0)
+    assert isinstance(audio, Audio) and audio.sample_rate == 16000 and audio.samples.shape[-1] == 8000
+    x = torch.randn(2, 4000)
+    assert float(stft_loss(x, x)) == pytest.approx(0.0, abs=1e-5) and float(stft_loss(x, -0.5 * x)) > 0.1
+
+
+def test_decoder_stage_rejects_mismatched_head_targets(tmp_path):
+    from codi2.mini.decoder_train import DecoderArch, build_pipeline
+
+    mcfg = load_model_config("tiny", ["modalities.image.head.targets.image_embeds=[24]"])
+    with pytest.raises(ValueError, match="out_embed_dim"):
+        build_pipeline("image", DecoderArch(**TINY_ARCH), mcfg)
