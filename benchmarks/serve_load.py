@@ -123,11 +123,15 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                 try:
                     chat = c.predict(message=msg, prefix="Here <img>" if media else "", seed=i,
                                      api_name="/chat")[0]
-                    reply = chat[-1]
-                    texts = " ".join(x.get("text", "") for x in reply["content"] if x.get("type") == "text")
-                    if reply["role"] != "assistant" or texts.startswith("⚠️"):
+                    reply: list = []  # the trailing assistant messages (one Gradio message per item)
+                    for m in reversed(chat):
+                        if m["role"] != "assistant":
+                            break
+                        reply = m["content"] + reply
+                    texts = " ".join(x.get("text", "") for x in reply if x.get("type") == "text")
+                    if not reply or texts.startswith("⚠️"):
                         raise RuntimeError(f"error reply: {texts[:200]}")
-                    if media and not any(x.get("type") == "file" for x in reply["content"]):
+                    if media and not any(x.get("type") == "file" for x in reply):
                         raise RuntimeError("a media turn returned no file")
                     dt = time.perf_counter() - t
                     with lock:

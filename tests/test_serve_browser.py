@@ -115,10 +115,10 @@ def test_send_an_image_and_see_the_reply_image(url, browser, tmp_path):
 
     el = wait.until(reply_image)
     wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", el))
-    users = d.find_elements(By.CSS_SELECTOR, "#codi2-chat [data-testid='user']")
-    assert any("Make it blue, please." in u.text for u in users)
-    assert any(e.get_attribute("src") and "upload" in e.get_attribute("src")
-               for e in d.find_elements(By.CSS_SELECTOR, "#codi2-chat [data-testid='user'] img"))
     time.sleep(0.5)  # let the layout settle for the screenshot
     shot = _save_screenshot(d, tmp_path, "serve_chat.png")
+    users = d.find_elements(By.CSS_SELECTOR, "#codi2-chat [data-testid='user']")
+    assert any("Make it blue, please." in u.text for u in users)
+    srcs = [e.get_attribute("src") or "" for e in d.find_elements(By.CSS_SELECTOR, "#codi2-chat img")]
+    assert any("in-upload" in s for s in srcs), srcs  # the uploaded image is shown in the user's message
     assert shot.stat().st_size > 10_000

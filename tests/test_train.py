@@ -269,3 +269,31 @@ def test_deepspeed_zero2_two_processes_and_resume(tmp_path, manifest, tiny_pipel
 @pytest.mark.slow
 def test_deepspeed_zero3_offload_two_processes(tmp_path, manifest, tiny_pipeline_dir):
     _check_ds_run(_deepspeed(tmp_path, manifest, tiny_pipeline_dir, "zero3-offload.json", 29582), 24)
+
+
+def test_training_forward_equals_model_forward(tiny_model):
+    """The DP-safe forward (every projector/head runs; LM head on supervised positions only) gives the
+    model's own losses, and its gradient reaches every projector and head (zero where unused)."""
+    from codi2.conversation import Message, Part
+    from train.step import training_forward
+
+    from .conftest import make_audio, make_image
+
+    convs = [[Message("user", [Part("image", media=make_image(1)), Part.from_text("make it blue")]),
+              Message("assistant", [Part.from_text("here"), Part("image", media=make_image(2))])],
+             [Message("user", [Part("audio", media=make_audio(3)), Part.from_text("what is it")]),
+              Message("assistant", "a sound")]]
+    batch = tiny_model.collate(convs)
+    with torch.no_grad():
+        ref = tiny_model(batch)
+    out = training_forward(tiny_model, batch)
+    assert set(out.parts) == set(ref.parts) == {"text", "feature/image", "total"}
+    for k in ref.parts:
+        assert out.parts[k] == pytest.approx(ref.parts[k], abs=1e-5)
+    out.loss.backward()
+    try:
+        assert tiny_model.projectors["video"].net[0].weight.grad is not None  # absent modality: ran, zero gradient
+        assert float(tiny_model.projectors["video"].net[0].weight.grad.abs().sum()) == 0.0
+        assert float(tiny_model.heads["image"].trunk[0].weight.grad.abs().sum()) > 0.0
+    finally:
+        tiny_model.zero_grad(set_to_none=True)

@@ -121,7 +121,9 @@ class PlainEngine:
         self.module, self.cfg, self.device = module, cfg, device
         o = cfg.optim
         self.params = [p for p in module.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(param_groups(module, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+        # fused AdamW (one kernel for all parameters) where this torch has it for the device
+        self.optimizer = torch.optim.AdamW(param_groups(module, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                           fused=device.type in ("cpu", "cuda"))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg))
         self.micro = 0
 
@@ -658,7 +660,7 @@ class Trainer:
             result = self.export() if cfg.export else last
         finally:
             bar.close()
-            self.log_file.close() if hasattr(self, "log_file") else None
+            self.log_file.close()
             if self.writer is not None:
                 self.writer.close()
             if getattr(self, "_pool", None) is not None:

@@ -1,21 +1,19 @@
 """The mini model's component pre-training stages (issue 5, item 3), before the LoRA + projector + head
 stages that ``train/`` runs:
 
-=========  ==========================================  ===================================  ==========================
-stage      what trains                                  entry                                 config
-=========  ==========================================  ===================================  ==========================
-encoder    ImageBind-architecture encoder, aligned      :func:`encoder_align.train_encoder`    configs/train/mini-encoder.yaml
-           to text (CoDi's bridging alignment)
-decoder    unCLIP / AudioLDM2 / text-to-video           :func:`decoder_train.train_decoder`    configs/train/mini-decoders.yaml
-           pipelines (VAE, vocoder, UNet) on the world
-llm        a small Llama + its sentencepiece tokenizer  :func:`llm_pretrain.pretrain_llm`      configs/train/mini-llm.yaml
-           on world text
-=========  ==========================================  ===================================  ==========================
+* ``encoder`` (:func:`codi2.mini.encoder_align.train_encoder`, ``configs/train/mini-encoder.yaml``): the
+  ImageBind-architecture encoder aligned to text (CoDi's bridging alignment) -> ``runs/mini/encoder.pth``.
+* ``decoder`` (:func:`codi2.mini.decoder_train.train_decoders`, ``configs/train/mini-decoders.yaml``): the
+  unCLIP / AudioLDM2 / text-to-video pipelines (VAE, vocoder, UNet) on world renders -> ``runs/mini/decoders/*``.
+* ``llm`` (:func:`codi2.mini.llm_pretrain.pretrain_llm`, ``configs/train/mini-llm.yaml``): a small Llama and
+  its sentencepiece tokenizer on world text -> ``runs/mini/llm``.
 
     codi2 train-component {encoder,decoder,llm} CONFIG [key=value …]
+    python -m codi2.mini {encoder,decoder,llm} CONFIG [key=value …]
 
 Each stage is seeded, shows a progress bar, logs, and writes its artifact atomically where
-``configs/model/mini.yaml`` expects it (``runs/mini/…``, relative to the current directory).
+``configs/model/mini.yaml`` expects it (``runs/mini/…``, relative to the current directory). Order:
+encoder, then decoder (the image decoder is conditioned on the aligned encoder); llm is independent.
 """
 from __future__ import annotations
 

@@ -512,8 +512,7 @@ def _null_cond(dec, modality: str, cond: dict[str, torch.Tensor]) -> dict[str, t
     if modality == "image":
         return {"image_embeds": torch.zeros_like(cond["image_embeds"])}
     null = dec._null  # the decoder's empty-prompt conditioning, computed at load (codi2.decoders.base)
-    return {k: null[k].expand(b, *null[k].shape[1:]).to(cond[k].dtype if k in cond else null[k].dtype).cpu()
-            for k in (list(cond) + (["attention_mask"] if modality == "audio" else []))}
+    return {k: null[k].expand(b, *null[k].shape[1:]).to(cond[k].dtype).cpu() for k in cond}
 
 
 def train_unet(dec, modality: str, latents: torch.Tensor, cond: dict[str, torch.Tensor], arch: DecoderArch,
@@ -692,12 +691,8 @@ def train_decoder(cfg: DecoderTrainConfig, modality: str, mcfg: ModelConfig, jud
             encoder, preprocess = _encoder(cfg, mcfg)
         t_pre = time.time()
         g = torch.Generator().manual_seed(cfg.seed)
-        if modality == "image":
-            latents = torch.cat([dec.encode_target([s.media for s in train[i:i + 64]], generator=g)
-                                 for i in range(0, len(train), 64)])
-        else:
-            latents = torch.cat([dec.encode_target([s.media for s in train[i:i + 64]], generator=g)
-                                 for i in range(0, len(train), 64)])
+        latents = torch.cat([dec.encode_target([s.media for s in train[i:i + 64]], generator=g)
+                             for i in range(0, len(train), 64)])  # (N, C, ...) with the trained VAE
         cond = conditions(dec, modality, train, encoder, preprocess)
         report["precompute_seconds"] = round(time.time() - t_pre, 1)
         if arch.unet_steps > 0:
