@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -72,6 +73,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                    help="serve settings for the server (ServeConfig KEY=VALUE)")
     p.add_argument("--startup-timeout", type=float, default=180.0)
     p.add_argument("--out", default=None, help="write the JSON here")
+    p.add_argument("--keep", action="store_true", help="keep the temporary folder (model, server log)")
     args = p.parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -157,6 +159,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         except subprocess.TimeoutExpired:
             proc.kill()
         log_file.close()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     n = len(latencies) + len(errors)
     rss = [r for _, _, r in curve]

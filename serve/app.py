@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -396,9 +397,11 @@ def run(args: argparse.Namespace) -> int:
     log.info("loading %s", model)
     pipeline = CoDi2Pipeline.from_pretrained(model, device=args.device, overrides=args.override)
     app = build_app(pipeline, cfg)
+    # SIGTERM (e.g. from a process manager) ends the server like Ctrl-C, so session files are removed
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     try:
         app.launch(args.host, args.port, auth=auth, share=args.share, block=True)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         log.info("stopped")
     finally:
         app.manager.close()

@@ -221,7 +221,6 @@ def test_limits_on_text_and_settings(server):
     assert not _texts(chat[-1]).startswith("⚠️")
 
 
-@pytest.mark.slow  # ~15 s (a 100-step decode to stop); the same logic is covered fast in test_serve_state.py
 def test_regenerate_undo_stop_clear(server):
     app, url = server
     c = _client(url)
