@@ -393,7 +393,7 @@ class Trainer:
             for rid, reason in self.data.bad:
                 self.bad.record(rid, reason)
         # 4. engine
-        self.module = TrainModule(self.model)
+        self.module = TrainModule(self.model, all_modules=info.world_size > 1)
         self.module.train()
         self.model.encoder.eval()
         self.engine = DeepSpeedEngine(self.module, cfg, self.device, info) if self.use_deepspeed \

@@ -47,12 +47,14 @@ def supervised_text_loss(lm_head: nn.Module, hidden: torch.Tensor, labels: torch
     return F.cross_entropy(logits.float(), target[sel])
 
 
-def training_forward(model: CoDi2Model, batch: Batch) -> CoDi2Output:
+def training_forward(model: CoDi2Model, batch: Batch, all_modules: bool = True) -> CoDi2Output:
     """Text CE + feature losses (+ diffusion losses), running every projector and head once.
 
     Args:
         model: the CoDi-2 model.
         batch: from :meth:`CoDi2Model.collate`, on the model's device.
+        all_modules: run the projectors and heads of modalities absent from the batch on a zero row (needed
+            with several processes; one process skips them, which changes no loss and no gradient).
     Returns:
         :class:`CoDi2Output` with ``loss`` and ``parts`` (``text``, ``feature/<m>``, ``diffusion/<m>``, ``total``).
     """
@@ -65,6 +67,8 @@ def training_forward(model: CoDi2Model, batch: Batch) -> CoDi2Output:
         dtype = proj_mod.net[0].weight.dtype
         s = batch.inputs.get(m)
         if s is None:  # not in this rank's batch: run on one zero row so every rank runs the same modules
+            if not all_modules:
+                continue
             zero = zero + 0.0 * proj_mod(torch.zeros(1, 1, proj_mod.d_in, device=emb.device, dtype=dtype)).sum()
             continue
         proj = proj_mod(s.features.to(device=emb.device, dtype=dtype))  # (N, n_in, D)
@@ -82,6 +86,8 @@ def training_forward(model: CoDi2Model, batch: Batch) -> CoDi2Output:
         dtype = head.trunk[0].weight.dtype
         s = batch.outputs.get(m)
         if s is None:
+            if not all_modules:
+                continue
             dummy = head(torch.zeros(1, model.n_out[m], model.llm.hidden_size, device=hidden.device, dtype=dtype))
             zero = zero + 0.0 * sum(v.float().sum() for v in dummy.values())
             continue
@@ -105,18 +111,19 @@ class TrainModule(nn.Module):
     """The trainable part of a :class:`CoDi2Model` as one module: ``llm``, ``projectors``, ``heads``.
 
     The encoder is deliberately not a submodule (see the module docstring). ``forward(batch)`` runs
-    :func:`training_forward` on the full model.
+    :func:`training_forward` on the full model (``all_modules``: True with several processes).
     """
 
-    def __init__(self, model: CoDi2Model):
+    def __init__(self, model: CoDi2Model, all_modules: bool = True):
         super().__init__()
+        self.all_modules = all_modules  # see training_forward
         self.llm = model.llm
         self.projectors = model.projectors
         self.heads = model.heads
         self.__dict__["codi2"] = model  # a plain reference: not registered, so the encoder stays outside
 
     def forward(self, batch: Batch) -> CoDi2Output:
-        return training_forward(self.__dict__["codi2"], batch)
+        return training_forward(self.__dict__["codi2"], batch, self.all_modules)
 
 
 def set_stage(model: CoDi2Model, stage: str) -> dict[str, list[nn.Parameter]]:
