@@ -19,7 +19,6 @@ turns' tokens, which is what the session's KV cache relies on (a new turn costs 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from .losses import IGNORE_INDEX

@@ -277,6 +277,27 @@ class CoDi2Model(nn.Module):
             emb = emb.index_put((rows, cols), proj.to(emb.dtype))
         return emb
 
+    def head_loss(self, m: Modality, s: SpanBatch, hidden: torch.Tensor, parts: dict[str, float]) -> torch.Tensor:
+        """Weighted feature (+ optional diffusion) loss of modality ``m``'s output spans.
+
+        Args:
+            s: the output spans of ``m``; ``hidden`` (B, T, D) the LLM's last hidden states.
+            parts: receives ``feature/<m>`` (and ``diffusion/<m>``) as floats for logging.
+        """
+        hcfg = self.cfg.modalities[m.value].head
+        head = self.heads[m.value]
+        rows, cols = _span_positions(s, self.n_out[m])
+        preds = head(hidden[rows, cols].to(head.trunk[0].weight.dtype))  # name -> (N, *shape)
+        fl = sum(feature_loss(preds[k], s.targets[k].to(preds[k].device), hcfg.loss) for k in preds) / len(preds)
+        parts[f"feature/{m.value}"] = float(fl.detach())
+        loss = hcfg.loss_weight * fl
+        if hcfg.diffusion_loss_weight > 0:
+            media = [self.load_part(p) for p in s.media]
+            dl = self.decoder(m).diffusion_loss(preds, media)
+            parts[f"diffusion/{m.value}"] = float(dl.detach())
+            loss = loss + hcfg.diffusion_loss_weight * dl
+        return loss
+
     def forward(self, batch: Batch, return_outputs: bool = False) -> CoDi2Output:
         """Training forward: text CE + feature losses (+ diffusion losses).
 
@@ -290,17 +311,7 @@ class CoDi2Model(nn.Module):
         loss = text_loss(logits, batch.labels.to(logits.device))
         parts = {"text": float(loss.detach())}
         for m, s in batch.outputs.items():
-            hcfg = self.cfg.modalities[m.value].head
-            rows, cols = _span_positions(s, self.n_out[m])
-            preds = self.heads[m.value](hidden[rows, cols].to(self.heads[m.value].trunk[0].weight.dtype))
-            fl = sum(feature_loss(preds[k], s.targets[k].to(preds[k].device), hcfg.loss) for k in preds) / len(preds)
-            parts[f"feature/{m.value}"] = float(fl.detach())
-            loss = loss + hcfg.loss_weight * fl
-            if hcfg.diffusion_loss_weight > 0:
-                media = [self.load_part(p) for p in s.media]
-                dl = self.decoder(m).diffusion_loss(preds, media)
-                parts[f"diffusion/{m.value}"] = float(dl.detach())
-                loss = loss + hcfg.diffusion_loss_weight * dl
+            loss = loss + self.head_loss(m, s, hidden, parts)
         parts["total"] = float(loss.detach())
         return CoDi2Output(loss, parts, logits if return_outputs else None, hidden if return_outputs else None)
 

@@ -14,7 +14,6 @@ unless absolute — real weights at full scale stay where they are and are refer
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 
 from .checkpoint import PROJECTORS_HEADS_FILE, CheckpointError, load_trainable, save_trainable
 from .config import ModelConfig, load_config, to_yaml
-from .conversation import Message, Part
+from .conversation import Message
 from .generation import ChatSession, Event, SamplingOptions
 from .modality import Modality
 

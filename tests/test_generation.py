@@ -5,7 +5,7 @@ import torch
 
 from codi2.config import GenerationConfig
 from codi2.conversation import Message, Part
-from codi2.generation import (Cancelled, ChatSession, GenerationCancelled, MediaDone, MediaStarted, SamplingOptions,
+from codi2.generation import (Cancelled, ChatSession, MediaDone, MediaStarted, SamplingOptions,
                               TextDelta, TurnDone, sample_next)
 from codi2.modality import Modality
 

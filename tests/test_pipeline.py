@@ -10,7 +10,6 @@ from codi2.cli import main
 from codi2.conversation import Message, Part
 from codi2.generation import ChatSession, MediaDone, SamplingOptions
 from codi2.media import Audio, Video
-from codi2.modality import Modality
 from codi2.pipeline import CoDi2Pipeline
 
 from .conftest import make_audio, make_image, make_video

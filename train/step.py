@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from codi2.losses import IGNORE_INDEX, feature_loss
+from codi2.losses import IGNORE_INDEX
 from codi2.model import Batch, CoDi2Model, CoDi2Output, _span_positions
 
 
@@ -91,17 +91,7 @@ def training_forward(model: CoDi2Model, batch: Batch, all_modules: bool = True) 
             dummy = head(torch.zeros(1, model.n_out[m], model.llm.hidden_size, device=hidden.device, dtype=dtype))
             zero = zero + 0.0 * sum(v.float().sum() for v in dummy.values())
             continue
-        hcfg = model.cfg.modalities[m.value].head
-        rows, cols = _span_positions(s, model.n_out[m])
-        preds = head(hidden[rows, cols].to(dtype))  # name -> (N, *shape)
-        fl = sum(feature_loss(preds[k], s.targets[k].to(preds[k].device), hcfg.loss) for k in preds) / len(preds)
-        parts[f"feature/{m.value}"] = float(fl.detach())
-        loss = loss + hcfg.loss_weight * fl
-        if hcfg.diffusion_loss_weight > 0:
-            media = [model.load_part(p) for p in s.media]
-            dl = model.decoder(m).diffusion_loss(preds, media)
-            parts[f"diffusion/{m.value}"] = float(dl.detach())
-            loss = loss + hcfg.diffusion_loss_weight * dl
+        loss = loss + model.head_loss(m, s, hidden, parts)
     loss = loss + zero.to(loss.dtype)
     parts["total"] = float(loss.detach())
     return CoDi2Output(loss, parts)
