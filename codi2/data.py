@@ -394,6 +394,14 @@ def _progress(items: Iterable, total: int, desc: str) -> Iterable:
 
 
 # ----------------------------------------------------------------------------- dataset
+def group_by_phase(phase_of: Sequence[str]) -> dict[str, list[int]]:
+    """Phase -> the indices whose phase it is, in order (only phases present)."""
+    out: dict[str, list[int]] = {}
+    for i, ph in enumerate(phase_of):
+        out.setdefault(ph, []).append(i)
+    return out
+
+
 class ManifestDataset(torch.utils.data.Dataset):
     """The records of a manifest, for training.
 
@@ -451,10 +459,7 @@ class ManifestDataset(torch.utils.data.Dataset):
 
     def indices_by_phase(self) -> dict[str, list[int]]:
         """Phase -> dataset indices of that phase (only phases present)."""
-        out: dict[str, list[int]] = {}
-        for i, ph in enumerate(self.phase_of):
-            out.setdefault(ph, []).append(i)
-        return out
+        return group_by_phase(self.phase_of)
 
     def __getitem__(self, i: int) -> Record:
         """The record at ``i`` with ``Part.media`` loaded (a copy: the dataset keeps no media).

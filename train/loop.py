@@ -37,7 +37,7 @@ import torch
 import torch.distributed as dist
 
 from codi2.config import load_config, load_model_config
-from codi2.data import BadRecordCounter, ManifestDataset, Record, RecordError, TooManyBadRecords
+from codi2.data import BadRecordCounter, ManifestDataset, Record, RecordError, TooManyBadRecords, group_by_phase
 from codi2.media import MediaError
 from codi2.modality import Modality
 
@@ -268,10 +268,7 @@ class Datasets:
         return len(self.records)
 
     def indices_by_phase(self) -> dict[str, list[int]]:
-        out: dict[str, list[int]] = {}
-        for i, ph in enumerate(self.phase_of):
-            out.setdefault(ph, []).append(i)
-        return out
+        return group_by_phase(self.phase_of)
 
     def __getitem__(self, i: int) -> Record:
         k = int(np.searchsorted(self.offsets, i, side="right")) - 1
