@@ -65,6 +65,16 @@ def make_video(seed: int = 0, frames: int = 8):
     return Video((r.random((frames, 32, 32, 3)) * 255).astype("uint8"), 4.0)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module: tiny ops are far slower with threads fighting over a shared CPU.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

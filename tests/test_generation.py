@@ -33,16 +33,20 @@ def test_cached_and_uncached_sessions_agree_over_three_turns(tiny_model):
     assert cached._cache.get_seq_length() == len(cached._ids)
 
 
-def test_a_new_turn_feeds_only_its_own_tokens(tiny_model):
+def test_a_new_turn_feeds_only_its_own_tokens(tiny_model, monkeypatch):
     s = ChatSession(tiny_model)
-    done = [e for e in s.stream(_turns()[0], GREEDY) if isinstance(e, TurnDone)][0]
+    s.send(_turns()[0], GREEDY)
     before = s.num_tokens
     piece = tiny_model.builder.encode_turn(s.history, _turns()[2])
-    done2 = [e for e in s.stream(_turns()[2], GREEDY) if isinstance(e, TurnDone)][0]
-    reply_tokens = s.num_tokens - before - len(piece.ids)
-    assert done2.new_tokens == s.num_tokens - before
-    assert reply_tokens <= GREEDY.max_new_tokens + 1  # +1: the previous reply's end token is fed now
-    assert done.new_tokens == before
+    fed = []
+    orig = tiny_model.llm.forward
+    monkeypatch.setattr(tiny_model.llm, "forward", lambda inputs_embeds, **kw: fed.append(inputs_embeds.shape[1])
+                        or orig(inputs_embeds=inputs_embeds, **kw))
+    done = [e for e in s.stream(_turns()[2], GREEDY) if isinstance(e, TurnDone)][0]
+    # the prefill holds the previous reply's end token + this turn's prompt, not the history
+    assert fed[0] == 1 + len(piece.ids) < before
+    assert all(n == 1 for n in fed[1:])  # then one token per step
+    assert done.new_tokens == sum(fed) == s.num_tokens - before
 
 
 def test_media_features_are_encoded_once_per_content(tiny_model, monkeypatch):

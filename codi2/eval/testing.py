@@ -19,15 +19,9 @@ from ..media import Audio, save_audio, save_image
 
 def _byte_vocab() -> list[str]:
     """GPT-2 / CLIP byte-to-unicode alphabet (every byte gets a printable character)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
+    from codi2.encoders.tokenizer import _byte_to_unicode
+
+    return list(_byte_to_unicode().values())
 
 
 def save_tiny_clip(out_dir: "str | Path", seed: int = 0) -> Path:
