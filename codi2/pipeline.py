@@ -64,8 +64,13 @@ class CoDi2Pipeline:
         model.eval()
         return cls(model, d)
 
-    def save_pretrained(self, directory: "str | Path") -> Path:
-        """Writes the directory described in the module docstring."""
+    def save_pretrained(self, directory: "str | Path", self_contained: bool = False) -> Path:
+        """Writes the directory described in the module docstring.
+
+        Components named by an absolute path (local real weights: the base LLM, the encoder ``.pth``, decoder
+        pipelines) are referenced, not copied, unless ``self_contained``: then every part is written into the
+        directory and the config names it relatively, so the folder can be moved or shipped (the bundled mini
+        model)."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         m = self.model
@@ -75,12 +80,12 @@ class CoDi2Pipeline:
         m.tokenizer.save_pretrained(str(d / "tokenizer"))
         llm_cfg = dataclasses.replace(cfg.llm, tokenizer="tokenizer")
         # base LLM: external paths stay; internal or random weights are written
-        if cfg.llm.path is None or not Path(cfg.llm.path).is_absolute():
+        if self_contained or cfg.llm.path is None or not Path(cfg.llm.path).is_absolute():
             _save_base_llm(m.llm, d / "llm")
             llm_cfg = dataclasses.replace(llm_cfg, path="llm")
         cfg = dataclasses.replace(cfg, llm=llm_cfg)
         # encoder
-        if cfg.encoder.weights is None or not Path(cfg.encoder.weights).is_absolute():
+        if self_contained or cfg.encoder.weights is None or not Path(cfg.encoder.weights).is_absolute():
             (d / "encoder").mkdir(exist_ok=True)
             torch.save(m.encoder.model.state_dict(), d / "encoder" / "imagebind.pth")
             cfg = dataclasses.replace(cfg, encoder=dataclasses.replace(cfg.encoder, weights="encoder/imagebind.pth"))
@@ -88,14 +93,15 @@ class CoDi2Pipeline:
         mods = {}
         for name, mc in cfg.modalities.items():
             p = mc.decoder.path
-            if p is not None and not Path(p).is_absolute():
-                if src is None:
+            if p is not None and (self_contained or not Path(p).is_absolute()):
+                if src is None and not Path(p).is_absolute():
                     raise ValueError(f"modalities.{name}.decoder.path={p!r} is relative but the model has no directory")
                 target = d / "decoders" / name
-                if (Path(src) / p).resolve() != target.resolve():
+                source = Path(p) if Path(p).is_absolute() else Path(src) / p
+                if source.resolve() != target.resolve():
                     if target.exists():
                         shutil.rmtree(target)
-                    shutil.copytree(Path(src) / p, target)
+                    shutil.copytree(source, target)
                 mc = dataclasses.replace(mc, decoder=dataclasses.replace(mc.decoder, path=f"decoders/{name}"))
             mods[name] = mc
         cfg = dataclasses.replace(cfg, modalities=mods)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ import torch
 from codi2.config import DecoderConfig, load_model_config
 from codi2.mini import STAGES, load_stage_config, register
 from codi2.mini.common import all_objects, world_batch, world_sample
+from codi2.modality import Modality
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_ARCH = {"block_out_channels": [8, 16], "vae_block_out_channels": [8, 16], "norm_num_groups": 4,
@@ -168,3 +171,48 @@ def test_decoder_stage_rejects_mismatched_head_targets(tmp_path):
     mcfg = load_model_config("tiny", ["modalities.image.head.targets.image_embeds=[24]"])
     with pytest.raises(ValueError, match="out_embed_dim"):
         build_pipeline("image", DecoderArch(**TINY_ARCH), mcfg)
+
+
+# ----------------------------------------------------------------------------- the bundle
+def test_bundle_ships_the_judges_and_eval_finds_them(tmp_path, tiny_pipeline_dir):
+    from codi2.eval import EvalConfig
+    from codi2.eval import runner as R
+    from codi2.mini.bundle import bundle
+    from codi2.pipeline import CoDi2Pipeline
+    from data_builders.world import build_world
+    from data_builders.world.judges import JudgeConfig, Judges
+
+    Judges(JudgeConfig(width=4, hidden=8)).save(tmp_path / "judges")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "encoder.pth.json").write_text(json.dumps({"retrieval": {"image": {"top1": 0.5}}}))
+    with pytest.raises(FileNotFoundError, match="judges.json"):
+        bundle(tiny_pipeline_dir, tmp_path / "b", tmp_path / "no-judges", run_dir=run)
+    with pytest.raises(FileNotFoundError, match="config.yaml"):
+        bundle(tmp_path, tmp_path / "b", tmp_path / "judges", run_dir=run)
+    # a trainer export names its components by absolute path (as the mini recipe's runs/mini/... are)
+    src = tmp_path / "export"
+    shutil.copytree(tiny_pipeline_dir, src, ignore=shutil.ignore_patterns("llm", "encoder", "decoders"))
+    text = (src / "config.yaml").read_text()
+    for rel in ("encoder/imagebind.pth", "llm", "decoders/image", "decoders/audio", "decoders/video"):
+        text = re.sub(rf"(weights|path): {rel}\n", rf"\1: {tiny_pipeline_dir / rel}\n", text)
+    (src / "config.yaml").write_text(text)
+    assert str(tiny_pipeline_dir / "decoders" / "video") in text
+    out = tmp_path / "codi2-mini"
+    out.mkdir()
+    (out / "stale.txt").write_text("an older bundle")  # replaced whole, not merged
+    recipe = bundle(src, out, tmp_path / "judges", run_dir=run)
+    assert not (out / "stale.txt").exists() and not (tmp_path / "codi2-mini.tmp").exists()
+    assert (out / "judges" / "judges.safetensors").is_file()
+    assert recipe["components"] == {"encoder": {"retrieval": {"image": {"top1": 0.5}}}}
+    on_disk = json.loads((out / "recipe.json").read_text())
+    assert on_disk["total_mb"] == recipe["total_mb"] > 0 and "judges" in on_disk["bytes"]
+    assert str(tmp_path) not in (out / "config.yaml").read_text()  # self-contained: every path relative
+    moved = tmp_path / "moved"
+    out.rename(moved)
+    pipe = CoDi2Pipeline.from_pretrained(moved)  # still a strict codi2 model directory, wherever it is
+    assert pipe.model.decoder(Modality.VIDEO).cfg.path.startswith(str(moved))
+    moved.rename(out)
+    world = build_world(tmp_path / "world", n=1, seed=0, tasks=["caption_image"], split="test")
+    suite = R.build_suite(EvalConfig(suite="world", model=str(out), data=str(world)), model=object())
+    assert suite.judges_dir == out / "judges"  # --judges defaults to the model's own

@@ -94,7 +94,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force-output", action="store_true",
                    help="start each reply with the expected media's opening token (for untrained test models only: "
                         "it changes what is measured)")
-    p.add_argument("--judges", help="world suite: folder with judges.safetensors + judges.json")
+    p.add_argument("--judges", help="world suite: folder with judges.safetensors + judges.json (default: the model's own judges/, "
+                        "which the bundled mini model ships)")
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--temperature", type=float)
     p.add_argument("--steps", type=int, help="diffusion steps")

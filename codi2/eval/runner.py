@@ -211,7 +211,10 @@ def build_suite(cfg: EvalConfig, model: Any = None) -> Suite:
         return AudioEditSuite(cfg.data, AudioScorer(clf, fad, cfg.lsd_time_offset), cfg.shots, cfg.n, cfg.seed)
     if model is None:
         raise ValueError("the world suite needs the loaded model (its encoder computes SIM)")
-    return WorldSuite(cfg.data, cfg.judges, model, cfg.n, cfg.seed)
+    judges = cfg.judges
+    if judges is None and cfg.model and (Path(cfg.model) / "judges" / "judges.json").is_file():
+        judges = str(Path(cfg.model) / "judges")  # the bundled mini model ships its world judges
+    return WorldSuite(cfg.data, judges, model, cfg.n, cfg.seed)
 
 
 def backbone_fingerprints(cfg: EvalConfig) -> dict[str, str]:

@@ -608,13 +608,15 @@ def judge_reconstructions(dec, modality: str, samples: list[WorldSample], judges
 
 @torch.no_grad()
 def judge_generations(dec, modality: str, samples: list[WorldSample], judges, cond: dict[str, torch.Tensor],
-                      steps: Optional[int], seed: int, batch: int = 16) -> dict[str, Any]:
-    """Decodes the held-out conditions and scores the outputs against the samples' attributes."""
+                      steps: Optional[int], seed: int, batch: int = 16,
+                      scheduler: Optional[str] = None) -> dict[str, Any]:
+    """Decodes the held-out conditions (``steps`` / ``scheduler``: None = the decoder's own) and scores the
+    outputs against the samples' attributes."""
     outputs = []
     t0 = time.time()
     for i in range(0, len(samples), batch):
         c = {k: v[i:i + batch] for k, v in cond.items()}
-        outputs += dec.decode(c, seed=seed + i, steps=steps or None)
+        outputs += dec.decode(c, seed=seed + i, steps=steps or None, scheduler=scheduler)
     seconds = time.time() - t0
     scores = [_score(judges, modality, o) for o in outputs]
     return {**_accuracy(scores, [s.attrs for s in samples]), "n": len(samples),

@@ -1,0 +1,110 @@
+"""The last step of the mini recipe: the bundled checkpoint (``checkpoints/codi2-mini``).
+
+A self-contained ``CoDi2Pipeline`` directory (the stage-2 trainer export with the component artifacts it
+references — the mini LLM, the aligned encoder, the decoders — written in, so the folder can move) plus
+
+* ``judges/``: the world judges (``data_builders.world.judges``), so ``codi2 eval --suite world`` and the tests can
+  score what the model makes without another download or training run;
+* ``recipe.json``: where every part came from: the component reports (encoder retrieval, LLM validation loss,
+  decoder losses), the trainer stages' configs, and the byte size of each part.
+
+    python -m codi2.mini.bundle runs/mini/stage2/final checkpoints/codi2-mini --judges runs/mini/judges
+
+Written to ``OUT.tmp`` and renamed, so an interrupted bundle never leaves a half model where the chat looks.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+SIZE_BUDGET_MB = 60  # the issue's "at most ~60 MB"
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _read_json(path: Path) -> Optional[Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def component_reports(run_dir: Path) -> dict[str, Any]:
+    """The component stages' own reports found under a recipe run folder (``runs/mini``)."""
+    out: dict[str, Any] = {}
+    for name, rel in (("encoder", "encoder.pth.json"), ("llm", "llm/pretrain.json")):
+        rep = _read_json(run_dir / rel)
+        if rep is not None:
+            out[name] = rep
+    for m in ("image", "audio", "video"):
+        rep = _read_json(run_dir / "decoders" / m / "train.json")
+        if rep is not None:
+            out[f"decoder_{m}"] = rep
+    return out
+
+
+def bundle(pipeline_dir: "str | Path", out: "str | Path", judges: "str | Path",
+           run_dir: "str | Path | None" = None) -> dict[str, Any]:
+    """Copies ``pipeline_dir`` + ``judges`` to ``out`` (atomically) and writes ``recipe.json``; returns it.
+
+    Raises ``FileNotFoundError`` naming what is missing (the pipeline's ``config.yaml``, the judges' files).
+    """
+    src, out, judges = Path(pipeline_dir), Path(out), Path(judges)
+    if not (src / "config.yaml").is_file():
+        raise FileNotFoundError(f"{src} is not a codi2 model directory (no config.yaml); give the trainer's "
+                                f"export, e.g. runs/mini/stage2/final")
+    for f in ("judges.json", "judges.safetensors"):
+        if not (judges / f).is_file():
+            raise FileNotFoundError(f"{judges / f} missing; train the judges with "
+                                    f"`python -m data_builders.world.judges --out {judges}`")
+    run_dir = Path(run_dir) if run_dir is not None else src.parent.parent  # runs/mini/stage2/final -> runs/mini
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    from codi2.pipeline import CoDi2Pipeline
+
+    # the trainer's export references the component artifacts (runs/mini/...) by absolute path: write them in
+    CoDi2Pipeline.from_pretrained(src, device="cpu").save_pretrained(tmp, self_contained=True)
+    shutil.copytree(judges, tmp / "judges")
+    sizes = {p.name: _dir_bytes(p) if p.is_dir() else p.stat().st_size for p in sorted(tmp.iterdir())}
+    total = sum(sizes.values())
+    recipe = {
+        "recipe": "bash scripts/train_mini.sh",
+        "source": str(src),
+        "components": component_reports(run_dir),
+        "stages": {s: _read_json(run_dir / s / "train_config.json") for s in ("stage1", "stage2")
+                   if (run_dir / s / "train_config.json").is_file()},
+        "bytes": sizes,
+        "total_mb": round(total / 2**20, 2),
+    }
+    (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2, default=str))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return recipe
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m codi2.mini.bundle", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("pipeline", help="the trainer's exported model directory (runs/mini/stage2/final)")
+    p.add_argument("out", help="bundle folder (checkpoints/codi2-mini)")
+    p.add_argument("--judges", required=True, help="world judges folder (runs/mini/judges)")
+    p.add_argument("--run-dir", help="the recipe's run folder with the component reports (default: two levels "
+                                     "above the pipeline)")
+    args = p.parse_args(argv)
+    recipe = bundle(args.pipeline, args.out, args.judges, args.run_dir)
+    mb = recipe["total_mb"]
+    print(f"bundled {args.out}: {mb} MB ({', '.join(f'{k} {v / 2**20:.1f}' for k, v in recipe['bytes'].items())})")
+    if mb > SIZE_BUDGET_MB:
+        print(f"warning: {mb} MB is over the {SIZE_BUDGET_MB} MB budget of the bundled model")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

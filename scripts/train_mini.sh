@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# The mini model's whole recipe (issue 5), from a clean checkout to checkpoints/codi2-mini:
+#
+#   bash scripts/train_mini.sh            # full size: about 2 h on an idle 2-core CPU
+#   bash scripts/train_mini.sh --smoke    # the same stages at toy sizes, a few minutes (CI runs it)
+#
+# 1. world data (runs/mini/data/{stage1,train,test}) and the world judges (runs/mini/judges)
+# 2. component pre-training, two chains side by side on one thread each (codi2/mini):
+#      A: encoder -> decoders image+video        B: llm -> decoder audio
+# 3. the LoRA + projector + head stages through the trainer: mini-stage1 (projector alignment), then
+#    mini-stage2 (instruction tuning) from stage 1's export
+# 4. the bundle (the stage-2 export + the judges) and `codi2 eval --suite world` on the test split
+#
+# Every step skips itself when its artifact exists, so re-running after a crash resumes (the trainer stages
+# also resume from their own checkpoints). RUN=DIR and OUT=DIR move the work and bundle folders.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+bash scripts/setup.sh
+source .venv/bin/activate
+
+smoke=0
+[[ "${1:-}" == "--smoke" ]] && smoke=1
+if (( smoke )); then
+  RUN="${RUN:-runs/mini-smoke}"; OUT="${OUT:-$RUN/codi2-mini}"
+  # the same code paths at toy sizes
+  ENC=(steps=8 batch_size=8 pool_size=64 eval_n=16 eval_every=0 warmup_steps=2)
+  LLM=(steps=8 batch_size=2 block_size=64 n_records=300 n_val_records=20 n_captions=200 warmup_steps=2)
+  DEC=(image.vae_steps=4 image.unet_steps=6 image.pool_size=32 image.batch_size=4 image.vae_batch_size=4
+       video.unet_steps=3 video.pool_size=8 video.batch_size=2
+       audio.vae_steps=3 audio.vocoder_steps=3 audio.unet_steps=4 audio.pool_size=16 audio.batch_size=4
+       audio.vae_batch_size=4 eval_n=0)
+  N_STAGE1=48; N_TRAIN=96; N_TEST=32; JUDGES=(--n 200 --n-eval 50 --epochs 1)
+  ST1=(max_steps=6 batch_size=4 save_every=3 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
+  ST2=(max_steps=6 batch_size=4 save_every=3 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
+  EVAL=(--n 1 --steps 2)
+else
+  RUN="${RUN:-runs/mini}"; OUT="${OUT:-checkpoints/codi2-mini}"
+  ENC=(); LLM=(); DEC=(); ST1=(); ST2=(); EVAL=(--n 50)
+  N_STAGE1=4000; N_TRAIN=12000; N_TEST=800; JUDGES=()
+fi
+mkdir -p "$RUN/logs"
+RUN="$(cd "$RUN" && pwd)"  # absolute from here on (RUN may be given relative or absolute)
+log() { echo "[train_mini $(date +%H:%M:%S)] $*"; }
+# configs/model/mini.yaml reads its component paths from these
+export CODI2_MINI_ENCODER="$RUN/encoder.pth" CODI2_MINI_LLM="$RUN/llm"
+export CODI2_MINI_TOKENIZER="$RUN/llm/tokenizer.model" CODI2_MINI_DECODERS="$RUN/decoders"
+
+# ---- 1. data and judges
+STAGE1_TASKS=(caption_image caption_audio caption_video gen_image gen_audio gen_video image_to_audio audio_to_image
+              image_audio_to_video)
+build() {  # build OUT_DIR N SPLIT [--tasks ...]
+  local dir=$1 n=$2 split=$3; shift 3
+  [[ -f "$dir/manifest.jsonl" ]] && return 0
+  log "world data -> $dir ($n records, $split)"
+  codi2 build-data world --out "$dir" --n "$n" --seed 0 --split "$split" "$@" > "$RUN/logs/data_$(basename "$dir").log" 2>&1
+}
+build "$RUN/data/stage1" "$N_STAGE1" train --tasks "${STAGE1_TASKS[@]}"
+build "$RUN/data/train" "$N_TRAIN" train
+build "$RUN/data/test" "$N_TEST" test
+if [[ ! -f "$RUN/judges/judges.json" ]]; then
+  log "judges -> $RUN/judges"
+  python -m data_builders.world.judges --out "$RUN/judges" --threads 1 "${JUDGES[@]}" > "$RUN/logs/judges.log" 2>&1
+fi
+
+# ---- 2. components: two single-thread chains side by side
+chain_a() {
+  [[ -f "$RUN/encoder.pth" ]] || codi2 train-component encoder configs/train/mini-encoder.yaml \
+      out="$RUN/encoder.pth" "${ENC[@]}" > "$RUN/logs/encoder.log" 2>&1
+  for m in image video; do  # video reuses the image VAE (read from $RUN/decoders/image/vae)
+    [[ -f "$RUN/decoders/$m/model_index.json" ]] || codi2 train-component decoder configs/train/mini-decoders.yaml \
+        out="$RUN/decoders" "modalities=[$m]" "${DEC[@]}" > "$RUN/logs/decoder_$m.log" 2>&1
+  done
+}
+chain_b() {
+  [[ -f "$RUN/llm/config.json" ]] || codi2 train-component llm configs/train/mini-llm.yaml \
+      out="$RUN/llm" "${LLM[@]}" > "$RUN/logs/llm.log" 2>&1
+  [[ -f "$RUN/decoders/audio/model_index.json" ]] || codi2 train-component decoder configs/train/mini-decoders.yaml \
+      out="$RUN/decoders" "modalities=[audio]" "${DEC[@]}" > "$RUN/logs/decoder_audio.log" 2>&1
+}
+log "components (logs in $RUN/logs)"
+chain_a & pa=$!
+chain_b & pb=$!
+wait $pa || { log "chain A (encoder, image/video decoders) failed: see $RUN/logs"; exit 1; }
+wait $pb || { log "chain B (llm, audio decoder) failed: see $RUN/logs"; exit 1; }
+
+# ---- 3. LoRA + projector + head stages (the trainer of train/)
+if [[ ! -f "$RUN/stage1/final/config.yaml" ]]; then
+  log "stage 1: projector alignment"
+  codi2 train configs/train/mini-stage1.yaml output_dir="$RUN/stage1" \
+      "data.manifests=[$RUN/data/stage1/manifest.jsonl]" "${ST1[@]}" > "$RUN/logs/stage1.log" 2>&1
+fi
+if [[ ! -f "$RUN/stage2/final/config.yaml" ]]; then
+  log "stage 2: instruction tuning"
+  codi2 train configs/train/mini-stage2.yaml output_dir="$RUN/stage2" model.pipeline="$RUN/stage1/final" \
+      "data.manifests=[$RUN/data/train/manifest.jsonl]" "${ST2[@]}" > "$RUN/logs/stage2.log" 2>&1
+fi
+
+# ---- 4. bundle and evaluate
+log "bundle -> $OUT"
+python -m codi2.mini.bundle "$RUN/stage2/final" "$OUT" --judges "$RUN/judges"
+log "world evaluation -> $RUN/eval"
+codi2 eval --suite world --model "$OUT" --data "$RUN/data/test" --out "$RUN/eval" --resume "${EVAL[@]}" \
+    > "$RUN/logs/eval.log" 2>&1
+grep -A40 "Mini-world targets" "$RUN/eval/report.md" || tail -n 30 "$RUN/logs/eval.log"
+log "done: $OUT"
