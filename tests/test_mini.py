@@ -212,6 +212,20 @@ def test_bundle_ships_the_judges_and_eval_finds_them(tmp_path, tiny_pipeline_dir
     out.rename(moved)
     pipe = CoDi2Pipeline.from_pretrained(moved)  # still a strict codi2 model directory, wherever it is
     assert pipe.model.decoder(Modality.VIDEO).cfg.path.startswith(str(moved))
+    # float16 on disk, float32 in memory, and the same model up to float16 rounding
+    from safetensors import safe_open
+
+    with safe_open(str(moved / "projectors_heads.safetensors"), "pt") as h:
+        assert {h.get_tensor(k).dtype for k in h.keys()} == {torch.float16}
+    ref = CoDi2Pipeline.from_pretrained(tiny_pipeline_dir)
+    x = torch.randn(2, 3, ref.model.encoder.out_dim)
+    for m in ("image", "audio"):
+        got, want = pipe.model.projectors[m](x), ref.model.projectors[m](x)
+        assert got.dtype == torch.float32 and torch.allclose(got, want, atol=2e-2, rtol=1e-2)
+    assert all(p.dtype == torch.float32 for p in pipe.model.encoder.parameters())
+    assert {p.dtype for p in pipe.model.llm.base.parameters()} == {torch.float32}
+    dec = pipe.model.decoder(Modality.IMAGE).load()
+    assert dec.pipe.unet.dtype == torch.float32 and dec.pipe.vae.dtype == torch.float32
     moved.rename(out)
     world = build_world(tmp_path / "world", n=1, seed=0, tasks=["caption_image"], split="test")
     suite = R.build_suite(EvalConfig(suite="world", model=str(out), data=str(world)), model=object())

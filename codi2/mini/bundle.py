@@ -48,9 +48,39 @@ def component_reports(run_dir: Path) -> dict[str, Any]:
     return out
 
 
+def to_fp16_storage(directory: Path, skip: Sequence[str] = ("judges",)) -> int:
+    """Rewrites every float32 tensor in ``*.safetensors`` and ``*.pth`` files under ``directory`` (except the
+    ``skip`` subfolders) as float16, halving the bundle. Loading is unchanged: every codi2 loader asks for its
+    compute dtype (the config's ``dtype`` fields, float32 on CPU) and casts. Returns the bytes saved."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    def half(sd: dict) -> dict:
+        return {k: v.half() if torch.is_tensor(v) and v.dtype == torch.float32 else v for k, v in sd.items()}
+
+    saved = 0
+    for f in sorted(directory.rglob("*")):
+        if not f.is_file() or any(part in skip for part in f.relative_to(directory).parts):
+            continue
+        before = f.stat().st_size
+        if f.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(f), "pt") as h:
+                meta = h.metadata()
+            save_file(half(load_file(str(f))), str(f), metadata=meta)
+        elif f.suffix == ".pth":
+            torch.save(half(torch.load(f, map_location="cpu", weights_only=True)), f)
+        else:
+            continue
+        saved += before - f.stat().st_size
+    return saved
+
+
 def bundle(pipeline_dir: "str | Path", out: "str | Path", judges: "str | Path",
-           run_dir: "str | Path | None" = None) -> dict[str, Any]:
+           run_dir: "str | Path | None" = None, fp16: bool = True) -> dict[str, Any]:
     """Copies ``pipeline_dir`` + ``judges`` to ``out`` (atomically) and writes ``recipe.json``; returns it.
+    ``fp16``: store the weights as float16 (:func:`to_fp16_storage`; they still load and run in float32).
 
     Raises ``FileNotFoundError`` naming what is missing (the pipeline's ``config.yaml``, the judges' files).
     """
@@ -70,6 +100,8 @@ def bundle(pipeline_dir: "str | Path", out: "str | Path", judges: "str | Path",
 
     # the trainer's export references the component artifacts (runs/mini/...) by absolute path: write them in
     CoDi2Pipeline.from_pretrained(src, device="cpu").save_pretrained(tmp, self_contained=True)
+    if fp16:
+        to_fp16_storage(tmp)
     shutil.copytree(judges, tmp / "judges")
     sizes = {p.name: _dir_bytes(p) if p.is_dir() else p.stat().st_size for p in sorted(tmp.iterdir())}
     total = sum(sizes.values())
@@ -79,6 +111,7 @@ def bundle(pipeline_dir: "str | Path", out: "str | Path", judges: "str | Path",
         "components": component_reports(run_dir),
         "stages": {s: _read_json(run_dir / s / "train_config.json") for s in ("stage1", "stage2")
                    if (run_dir / s / "train_config.json").is_file()},
+        "storage_dtype": "float16" if fp16 else "float32",
         "bytes": sizes,
         "total_mb": round(total / 2**20, 2),
     }
@@ -97,8 +130,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--judges", required=True, help="world judges folder (runs/mini/judges)")
     p.add_argument("--run-dir", help="the recipe's run folder with the component reports (default: two levels "
                                      "above the pipeline)")
+    p.add_argument("--fp32", action="store_true", help="keep float32 weights (default: float16 storage)")
     args = p.parse_args(argv)
-    recipe = bundle(args.pipeline, args.out, args.judges, args.run_dir)
+    recipe = bundle(args.pipeline, args.out, args.judges, args.run_dir, fp16=not args.fp32)
     mb = recipe["total_mb"]
     print(f"bundled {args.out}: {mb} MB ({', '.join(f'{k} {v / 2**20:.1f}' for k, v in recipe['bytes'].items())})")
     if mb > SIZE_BUDGET_MB:
