@@ -54,7 +54,11 @@ class ImageBindConfig:
     video_clips_per_sample: int = 5
     # Spatial crops per temporal video clip (reference: 3 = left/centre/right, so 5 x 3 = 15 clips).
     video_spatial_crops: int = 3
-    # Weights: a reference-shaped checkpoint (e.g. imagebind_huge.pth); None = random init.
+    # Towers built (vision serves images and videos). codi2 itself encodes only vision and audio; the text
+    # tower is for alignment training and zero-shot scoring, and a model shipped without it is smaller.
+    towers: list[str] = field(default_factory=lambda: ["vision", "text", "audio"])
+    # Weights: a reference-shaped checkpoint (e.g. imagebind_huge.pth); None = random init. Keys of towers
+    # not built are skipped by name, like those of depth/thermal/imu.
     weights: Optional[str] = None
     dtype: str = "float32"
 

@@ -248,3 +248,21 @@ def test_video_preprocessing_clip_and_frame_sampling():
 def test_text_preprocessing():
     ids = ImageBindPreprocessor(CFG).text(["a dog", "a cat"])
     assert ids.shape == (2, CFG.text_context_length) and ids.dtype == torch.long
+
+
+def test_towers_subset_skips_their_keys_and_refuses_their_input():
+    full_cfg = tiny_imagebind_config()
+    full = ImageBindModel(full_cfg)
+    no_text = ImageBindModel(replace(full_cfg, towers=["vision", "audio"]))
+    assert no_text.towers == ("vision", "audio") and "text" not in no_text.modality_trunks
+    skipped = load_imagebind_weights(no_text, full.state_dict())  # the full checkpoint loads; text keys skipped
+    assert skipped and all(".text." in k for k in skipped)
+    with pytest.raises(ValueError, match="missing keys"):  # but a text-less checkpoint cannot fill a full model
+        load_imagebind_weights(ImageBindModel(full_cfg), no_text.state_dict())
+    with pytest.raises(ValueError, match="no text tower"):
+        no_text.embed("text", torch.zeros(1, full_cfg.text_context_length, dtype=torch.long))
+    with pytest.raises(ValueError, match="encoder.towers"):
+        ImageBindModel(replace(full_cfg, towers=["vision", "depth"]))
+    x = torch.rand(2, 3, full_cfg.image_size, full_cfg.image_size)
+    assert torch.equal(no_text.embed("vision", x), full.embed("vision", x))
+    assert isinstance(ImageBindEncoder(replace(full_cfg, towers=["vision"])), ImageBindEncoder)

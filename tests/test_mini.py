@@ -223,6 +223,14 @@ def test_bundle_ships_the_judges_and_eval_finds_them(tmp_path, tiny_pipeline_dir
         got, want = pipe.model.projectors[m](x), ref.model.projectors[m](x)
         assert got.dtype == torch.float32 and torch.allclose(got, want, atol=2e-2, rtol=1e-2)
     assert all(p.dtype == torch.float32 for p in pipe.model.encoder.parameters())
+    # the encoder's text tower is left out; vision and audio are those of the source
+    assert pipe.model.cfg.encoder.towers == ["vision", "audio"]
+    assert not any(".text." in k for k in torch.load(moved / "encoder" / "imagebind.pth", weights_only=True))
+    with pytest.raises(ValueError, match="no text tower"):
+        pipe.model.encoder.encode_text(torch.zeros(1, pipe.model.cfg.encoder.text_context_length, dtype=torch.long))
+    img = torch.rand(1, 3, ref.model.cfg.encoder.image_size, ref.model.cfg.encoder.image_size)
+    assert torch.allclose(pipe.model.encoder.encode_image(img).embed, ref.model.encoder.encode_image(img).embed,
+                          atol=2e-2, rtol=1e-2)
     assert {p.dtype for p in pipe.model.llm.base.parameters()} == {torch.float32}
     dec = pipe.model.decoder(Modality.IMAGE).load()
     assert dec.pipe.unet.dtype == torch.float32 and dec.pipe.vae.dtype == torch.float32

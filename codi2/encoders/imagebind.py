@@ -310,27 +310,35 @@ class ImageBindModel(nn.Module):
         audio_stem = PatchStem(
             nn.Conv2d(1, ad, kernel_size=cfg.audio_kernel_size, stride=cfg.audio_stride, bias=False),
             norm_layer=nn.LayerNorm(ad))
-        self.modality_preprocessors = nn.ModuleDict({
-            "vision": PatchPreprocessor(vision_stem, vision_layout, vd),
-            "text": TextPreprocessor(cfg.text_vocab_size, cfg.text_context_length, td),
-            "audio": PatchPreprocessor(audio_stem, (1,) + audio_layout, ad),
-        })
-        self.modality_trunks = nn.ModuleDict({
-            "vision": Trunk(vd, cfg.vision_num_blocks, cfg.vision_num_heads, pre_norm=True, add_bias_kv=False, drop_path=0.0),
-            "text": Trunk(td, cfg.text_num_blocks, cfg.text_num_heads, pre_norm=False, add_bias_kv=False, drop_path=0.0),
-            "audio": Trunk(ad, cfg.audio_num_blocks, cfg.audio_num_heads, pre_norm=False, add_bias_kv=True,
-                           drop_path=cfg.audio_drop_path),
-        })
-        self.modality_heads = nn.ModuleDict({
-            "vision": nn.Sequential(nn.LayerNorm(vd, eps=1e-6), SelectCLS(), nn.Linear(vd, out, bias=False)),
-            "text": TextHead(td, out),
-            "audio": nn.Sequential(nn.LayerNorm(ad, eps=1e-6), SelectCLS(), nn.Linear(ad, out, bias=False)),
-        })
-        self.modality_postprocessors = nn.ModuleDict({
-            "vision": Normalize(),
-            "text": nn.Sequential(Normalize(), LogitScale(_TEXT_LOGIT_SCALE_INIT, learnable=True)),
-            "audio": nn.Sequential(Normalize(), LogitScale(_AUDIO_LOGIT_SCALE, learnable=False)),
-        })
+        bad = [t for t in cfg.towers if t not in MODALITIES]
+        if bad or not cfg.towers:
+            raise ValueError(f"encoder.towers = {cfg.towers}: allowed (a non-empty subset of) {list(MODALITIES)}")
+        self.towers = tuple(t for t in MODALITIES if t in cfg.towers)
+        # built part by part in the reference order (all preprocessors, then trunks …), so a seeded random
+        # init of all three towers is the reference's
+        self.modality_preprocessors = nn.ModuleDict({t: f() for t, f in {
+            "vision": lambda: PatchPreprocessor(vision_stem, vision_layout, vd),
+            "text": lambda: TextPreprocessor(cfg.text_vocab_size, cfg.text_context_length, td),
+            "audio": lambda: PatchPreprocessor(audio_stem, (1,) + audio_layout, ad),
+        }.items() if t in self.towers})
+        self.modality_trunks = nn.ModuleDict({t: f() for t, f in {
+            "vision": lambda: Trunk(vd, cfg.vision_num_blocks, cfg.vision_num_heads, pre_norm=True, add_bias_kv=False,
+                                    drop_path=0.0),
+            "text": lambda: Trunk(td, cfg.text_num_blocks, cfg.text_num_heads, pre_norm=False, add_bias_kv=False,
+                                  drop_path=0.0),
+            "audio": lambda: Trunk(ad, cfg.audio_num_blocks, cfg.audio_num_heads, pre_norm=False, add_bias_kv=True,
+                                   drop_path=cfg.audio_drop_path),
+        }.items() if t in self.towers})
+        self.modality_heads = nn.ModuleDict({t: f() for t, f in {
+            "vision": lambda: nn.Sequential(nn.LayerNorm(vd, eps=1e-6), SelectCLS(), nn.Linear(vd, out, bias=False)),
+            "text": lambda: TextHead(td, out),
+            "audio": lambda: nn.Sequential(nn.LayerNorm(ad, eps=1e-6), SelectCLS(), nn.Linear(ad, out, bias=False)),
+        }.items() if t in self.towers})
+        self.modality_postprocessors = nn.ModuleDict({t: f() for t, f in {
+            "vision": lambda: Normalize(),
+            "text": lambda: nn.Sequential(Normalize(), LogitScale(_TEXT_LOGIT_SCALE_INIT, learnable=True)),
+            "audio": lambda: nn.Sequential(Normalize(), LogitScale(_AUDIO_LOGIT_SCALE, learnable=False)),
+        }.items() if t in self.towers})
         self.num_image_tokens = 1 + math.prod(vision_layout)
         if frozen:
             self.requires_grad_(False)
@@ -345,6 +353,9 @@ class ImageBindModel(nn.Module):
         """
         if modality not in MODALITIES:
             raise ValueError(f"unknown modality {modality!r}; allowed: {MODALITIES}")
+        if modality not in self.towers:
+            raise ValueError(f"this encoder has no {modality} tower (encoder.towers = {list(self.towers)}); "
+                             f"build it with {modality} in encoder.towers and weights that include it")
         trunk_inputs, head_inputs = self.modality_preprocessors[modality](x)
         return self.modality_trunks[modality](**trunk_inputs), head_inputs
 
@@ -426,8 +437,9 @@ def load_imagebind_weights(model: ImageBindModel,
         if not isinstance(state, Mapping):
             raise ValueError(f"{where}: expected a state dict (a mapping of names to tensors), got {type(state).__name__}")
     own = model.state_dict()
-    skipped = [k for k in state if k not in own and _modality_of(k) in UNUSED_MODALITIES]
-    unexpected = [k for k in state if k not in own and _modality_of(k) not in UNUSED_MODALITIES]
+    unused = tuple(UNUSED_MODALITIES) + tuple(m for m in MODALITIES if m not in model.towers)
+    skipped = [k for k in state if k not in own and _modality_of(k) in unused]
+    unexpected = [k for k in state if k not in own and _modality_of(k) not in unused]
     missing = [k for k in own if k not in state]
     mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
                   for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
@@ -435,8 +447,8 @@ def load_imagebind_weights(model: ImageBindModel,
     if missing:
         problems.append(f"{len(missing)} missing keys: {_names(missing)}")
     if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys (not vision/text/audio, not in "
-                        f"{UNUSED_MODALITIES}): {_names(unexpected)}")
+        problems.append(f"{len(unexpected)} unexpected keys (not of the towers {list(model.towers)}, not in "
+                        f"{unused}): {_names(unexpected)}")
     if mismatched:
         problems.append(f"{len(mismatched)} shape mismatches: {_names(mismatched)}")
     if problems:

@@ -77,10 +77,31 @@ def to_fp16_storage(directory: Path, skip: Sequence[str] = ("judges",)) -> int:
     return saved
 
 
+def drop_encoder_towers(model_dir: Path, towers: Sequence[str]) -> None:
+    """Removes encoder ``towers`` from a self-contained model directory: their keys leave the encoder ``.pth``
+    and ``encoder.towers`` in ``config.yaml`` no longer lists them."""
+    import dataclasses
+
+    import torch
+
+    from codi2.config import ModelConfig, load_config, to_yaml
+    from codi2.encoders.imagebind import _modality_of
+
+    cfg = load_config(ModelConfig, str(model_dir / "config.yaml"))
+    keep = [t for t in cfg.encoder.towers if t not in towers]
+    weights = model_dir / cfg.encoder.weights
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    torch.save({k: v for k, v in state.items() if _modality_of(k) not in towers}, weights)
+    cfg = dataclasses.replace(cfg, encoder=dataclasses.replace(cfg.encoder, towers=keep))
+    (model_dir / "config.yaml").write_text(to_yaml(cfg))
+
+
 def bundle(pipeline_dir: "str | Path", out: "str | Path", judges: "str | Path",
-           run_dir: "str | Path | None" = None, fp16: bool = True) -> dict[str, Any]:
+           run_dir: "str | Path | None" = None, fp16: bool = True, drop_text_tower: bool = True) -> dict[str, Any]:
     """Copies ``pipeline_dir`` + ``judges`` to ``out`` (atomically) and writes ``recipe.json``; returns it.
     ``fp16``: store the weights as float16 (:func:`to_fp16_storage`; they still load and run in float32).
+    ``drop_text_tower``: leave out the encoder's text tower (:func:`drop_encoder_towers`), which chat and the
+    world suite never run (the alignment stage used it).
 
     Raises ``FileNotFoundError`` naming what is missing (the pipeline's ``config.yaml``, the judges' files).
     """
@@ -100,6 +121,8 @@ def bundle(pipeline_dir: "str | Path", out: "str | Path", judges: "str | Path",
 
     # the trainer's export references the component artifacts (runs/mini/...) by absolute path: write them in
     CoDi2Pipeline.from_pretrained(src, device="cpu").save_pretrained(tmp, self_contained=True)
+    if drop_text_tower:
+        drop_encoder_towers(tmp, ["text"])
     if fp16:
         to_fp16_storage(tmp)
     shutil.copytree(judges, tmp / "judges")
@@ -131,8 +154,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--run-dir", help="the recipe's run folder with the component reports (default: two levels "
                                      "above the pipeline)")
     p.add_argument("--fp32", action="store_true", help="keep float32 weights (default: float16 storage)")
+    p.add_argument("--keep-text-tower", action="store_true", help="keep the encoder's text tower (default: left out)")
     args = p.parse_args(argv)
-    recipe = bundle(args.pipeline, args.out, args.judges, args.run_dir, fp16=not args.fp32)
+    recipe = bundle(args.pipeline, args.out, args.judges, args.run_dir, fp16=not args.fp32,
+                    drop_text_tower=not args.keep_text_tower)
     mb = recipe["total_mb"]
     print(f"bundled {args.out}: {mb} MB ({', '.join(f'{k} {v / 2**20:.1f}' for k, v in recipe['bytes'].items())})")
     if mb > SIZE_BUDGET_MB:
