@@ -8,7 +8,7 @@
 # 2. component pre-training, two chains side by side on one thread each (codi2/mini):
 #      A: encoder -> decoders image+video        B: llm -> decoder audio
 # 3. the LoRA + projector + head stages through the trainer: mini-stage1 (projector alignment), then
-#    mini-stage2 (instruction tuning) from stage 1's export
+#    mini-stage2 (instruction tuning) from stage 1's export; beside them, 6000 more image-UNet steps
 # 4. the bundle (the stage-2 export + the judges) and `codi2 eval --suite world` on the test split
 #
 # Every step skips itself when its artifact exists, so re-running after a crash resumes (the trainer stages
@@ -30,6 +30,7 @@ if (( smoke )); then
        video.unet_steps=3 video.pool_size=8 video.batch_size=2
        audio.vae_steps=3 audio.vocoder_steps=3 audio.unet_steps=4 audio.pool_size=16 audio.batch_size=4
        audio.vae_batch_size=4 eval_n=0)
+  IMG_MORE=(image.vae_steps=0 image.unet_steps=2 image.pool_size=32 image.batch_size=4 eval_n=0)
   N_STAGE1=48; N_TRAIN=96; N_TEST=32; JUDGES=(--n 200 --n-eval 50 --epochs 1)
   ST1=(max_steps=6 batch_size=4 save_every=3 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
   ST2=(max_steps=6 batch_size=4 save_every=3 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
@@ -37,6 +38,7 @@ if (( smoke )); then
 else
   RUN="${RUN:-runs/mini}"; OUT="${OUT:-checkpoints/codi2-mini}"
   ENC=(); LLM=(); DEC=(); ST1=(); ST2=(); EVAL=(--n 50)
+  IMG_MORE=(image.vae_steps=0 image.unet_steps=6000)
   N_STAGE1=4000; N_TRAIN=12000; N_TEST=800; JUDGES=()
 fi
 mkdir -p "$RUN/logs"
@@ -84,7 +86,17 @@ chain_b & pb=$!
 wait $pa || { log "chain A (encoder, image/video decoders) failed: see $RUN/logs"; exit 1; }
 wait $pb || { log "chain B (llm, audio decoder) failed: see $RUN/logs"; exit 1; }
 
-# ---- 3. LoRA + projector + head stages (the trainer of train/)
+# ---- 3. LoRA + projector + head stages (the trainer of train/), and beside them more image-UNet steps:
+# the trainer needs the decoders only for their frozen text encoders (head targets), never their UNets
+refine_image() {
+  [[ -f "$RUN/decoders/.image-refined" ]] && return 0
+  codi2 train-component decoder configs/train/mini-decoders.yaml init="$RUN/decoders" out="$RUN/decoders" \
+      "modalities=[image]" "${IMG_MORE[@]}" > "$RUN/logs/decoder_image_more.log" 2>&1
+  touch "$RUN/decoders/.image-refined"
+}
+log "image UNet: ${IMG_MORE[*]} (beside the trainer stages)"
+refine_image & pr=$!
+export OMP_NUM_THREADS=1  # two single-thread jobs share the two cores
 if [[ ! -f "$RUN/stage1/final/config.yaml" ]]; then
   log "stage 1: projector alignment"
   codi2 train configs/train/mini-stage1.yaml output_dir="$RUN/stage1" \
@@ -95,6 +107,8 @@ if [[ ! -f "$RUN/stage2/final/config.yaml" ]]; then
   codi2 train configs/train/mini-stage2.yaml output_dir="$RUN/stage2" model.pipeline="$RUN/stage1/final" \
       "data.manifests=[$RUN/data/train/manifest.jsonl]" "${ST2[@]}" > "$RUN/logs/stage2.log" 2>&1
 fi
+wait $pr || { log "image UNet refinement failed: see $RUN/logs/decoder_image_more.log"; exit 1; }
+unset OMP_NUM_THREADS
 
 # ---- 4. bundle and evaluate
 log "bundle -> $OUT"

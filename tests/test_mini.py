@@ -147,6 +147,17 @@ def test_decoder_stage_image_and_video_pipelines_decode(tmp_path):
     assert isinstance(vid, Video) and vid.frames.shape == (2, 64, 64, 3)
     for k, v in image.pipe.vae.state_dict().items():
         assert torch.equal(v, video.pipe.vae.state_dict()[k])
+    # continue the image UNet from the trained pipeline (init = out): the VAE stays, the UNet moves on
+    import dataclasses
+
+    vae_before = {k: v.clone() for k, v in image.pipe.vae.state_dict().items()}
+    more = dataclasses.replace(cfg, modalities=["image"], init=cfg.out,
+                               image=dataclasses.replace(cfg.image, vae_steps=0, unet_steps=3))
+    rep = train_decoders(more)["image"]
+    assert rep["unet"]["steps"] == 3 and "vae" not in rep and rep["previous"]["unet"]["steps"] == 2
+    again = build_decoder("image", DecoderConfig(path=str(out / "image"), steps=2)).load()
+    assert all(torch.equal(v, again.pipe.vae.state_dict()[k]) for k, v in vae_before.items())
+    assert any(not torch.equal(v, again.pipe.unet.state_dict()[k]) for k, v in trained.items())
 
 
 def test_decoder_stage_audio_pipeline_decodes(tmp_path):

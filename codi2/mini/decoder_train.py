@@ -111,6 +111,9 @@ class DecoderTrainConfig:
         image / audio / video: per-modality architecture and schedule.
         p_uncond: probability of replacing a sample's conditioning with the unconditional one (CFG dropout).
         max_noise_level: image only: upper bound of the ``image_embeds`` noise augmentation level.
+        init: continue from trained pipelines: ``<init>/<modality>`` (e.g. ``runs/mini/decoders``) instead of
+            fresh ones; phases with 0 steps are skipped, so ``image.vae_steps=0 image.unet_steps=N`` trains the
+            image UNet N more steps (a new warm-up + cosine schedule). ``init`` may equal ``out``.
         judges: a ``data_builders.world.judges.Judges`` folder; when set, the report gives judge accuracy
             on VAE reconstructions and on ``eval_n`` decoded held-out (test-split) conditions.
         eval_n / eval_steps: held-out decodes per modality and their sampling steps (0 = the model config's).
@@ -126,6 +129,7 @@ class DecoderTrainConfig:
                                                                      vocoder_steps=1000))
     video: DecoderArch = field(default_factory=lambda: DecoderArch(block_out_channels=[32, 64, 64], batch_size=4,
                                                                      pool_size=1000))
+    init: Optional[str] = None
     p_uncond: float = 0.1
     max_noise_level: int = 250
     kl_weight: float = 1e-6
@@ -658,8 +662,19 @@ def train_decoder(cfg: DecoderTrainConfig, modality: str, mcfg: ModelConfig, jud
     held = world_batch(modality, 0, cfg.eval_n, cfg.world_seed, "test", canonical=True) if cfg.eval_n > 0 else []
     report["render_seconds"] = round(time.time() - t_render, 1)
     with atomic_dir(Path(cfg.out) / modality) as tmp:
-        pipe = build_pipeline(modality, arch, mcfg, seed=cfg.seed)
-        if modality == "video" and arch.share_image_vae:
+        if cfg.init is not None:
+            import shutil
+
+            src = resolve_path(str(Path(cfg.init) / modality), "init", expect="a pipeline written by this stage")
+            shutil.rmtree(tmp)
+            shutil.copytree(src, tmp)
+            report["init"] = str(src)
+            if (src / REPORT_FILE).is_file():
+                report["previous"] = json.loads((src / REPORT_FILE).read_text())
+            pipe = None
+        else:
+            pipe = build_pipeline(modality, arch, mcfg, seed=cfg.seed)
+        if pipe is not None and modality == "video" and arch.share_image_vae:
             if image_vae is None:
                 from diffusers import AutoencoderKL
 
@@ -673,8 +688,9 @@ def train_decoder(cfg: DecoderTrainConfig, modality: str, mcfg: ModelConfig, jud
                                  f"video.vae_block_out_channels {pipe.vae.config.block_out_channels}")
             pipe.vae.load_state_dict(image_vae.state_dict())
             pipe.vae.register_to_config(scaling_factor=image_vae.config.scaling_factor)
-        pipe.save_pretrained(str(tmp))
-        del pipe
+        if pipe is not None:
+            pipe.save_pretrained(str(tmp))
+            del pipe
         dec = build_decoder(modality, _decoder_config(mcfg, modality, tmp), device="cpu").load()
         logger.info("%s decoder: unet %s params, vae %s params", modality,
                     f"{sum(p.numel() for p in dec.pipe.unet.parameters()):,}",
