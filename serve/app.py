@@ -107,6 +107,15 @@ def render(state: Optional[ChatState]) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- the app
+
+def app_theme() -> Any:
+    """The app's theme. Font objects, not strings: a blocking ``launch`` compares the theme with gradio's
+    built-in ones, and gradio 6's ``Font.__eq__`` fails on a plain string (it crashed ``scripts/chat.sh``)."""
+    font = gr.themes.Font
+    return gr.themes.Soft(primary_hue="indigo", secondary_hue="slate", neutral_hue="slate",
+                          font=[font("Inter"), font("ui-sans-serif"), font("system-ui"), font("sans-serif")],
+                          font_mono=[font("ui-monospace"), font("SFMono-Regular"), font("monospace")])
+
 class ChatApp:
     """The Gradio Blocks app around a :class:`SessionManager` (``.blocks`` is the ``gr.Blocks``)."""
 
@@ -333,9 +342,7 @@ class ChatApp:
     def launch(self, host: str = "127.0.0.1", port: int = 7860, auth: Optional[tuple[str, str]] = None,
                share: bool = False, block: bool = True, quiet: bool = False) -> Any:
         """Starts the server (``block=False`` returns at once; call :meth:`close` to stop it)."""
-        theme = gr.themes.Soft(primary_hue="indigo", secondary_hue="slate", neutral_hue="slate",
-                               font=["Inter", "ui-sans-serif", "system-ui", "sans-serif"],
-                               font_mono=["ui-monospace", "SFMono-Regular", "monospace"])
+        theme = app_theme()
         return self.blocks.launch(server_name=host, server_port=port, auth=auth, share=share,
                                   prevent_thread_lock=not block, quiet=quiet, show_error=True,
                                   allowed_paths=[str(self.manager.workdir)],

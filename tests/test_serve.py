@@ -267,3 +267,14 @@ def test_command_line(tmp_path, monkeypatch, capsys):
     app_mod.register(p.add_subparsers(dest="cmd"))
     args = p.parse_args(["serve", "--model", "m", "--port", "9", "--set", "max_sessions=2"])
     assert args.func is app_mod.run and args.port == 9 and args.host == "127.0.0.1" and not args.share
+
+
+def test_theme_survives_gradios_builtin_theme_comparison():
+    """A blocking launch compares the theme with every built-in one; string fonts made that raise."""
+    import gradio as gr
+
+    from serve.app import app_theme
+
+    theme = app_theme()
+    for builtin in (gr.themes.Default(), gr.themes.Soft(), gr.themes.Base()):
+        assert theme.to_dict() != builtin.to_dict()
