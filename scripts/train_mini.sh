@@ -8,7 +8,7 @@
 # 2. component pre-training, two chains side by side on one thread each (codi2/mini):
 #      A: encoder -> decoders image+video        B: llm -> decoder audio
 # 3. the LoRA + projector + head stages through the trainer: mini-stage1 (projector alignment), then
-#    mini-stage2 (instruction tuning) from stage 1's export; beside them, 4000 more image-UNet steps
+#    mini-stage2 (instruction tuning) from stage 1's export; beside them, 6000 more image-UNet steps
 # 4. the bundle (the stage-2 export + the judges) and `codi2 eval --suite world` on the test split
 #
 # Every step skips itself when its artifact exists, so re-running after a crash resumes (the trainer stages
@@ -39,7 +39,7 @@ if (( smoke )); then
 else
   RUN="${RUN:-runs/mini}"; OUT="${OUT:-checkpoints/codi2-mini}"
   ENC=(); LLM=(); DEC=(); ST1=(); ST2=(); EVAL=(--n "${EVAL_N:-30}")
-  IMG_MORE=(image.vae_steps=0 image.unet_steps=4000)
+  IMG_MORE=(image.vae_steps=0 image.unet_steps=6000)
   N_STAGE1=4000; N_TRAIN=12000; N_TEST=800; JUDGES=()
 fi
 mkdir -p "$RUN/logs"

@@ -110,7 +110,8 @@ def save_tiny_unclip(path: "str | Path", image_embed_dim: int = 32, text_dim: in
         image_noising_scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2"),
         tokenizer=tokenizer, text_encoder=text_encoder.eval(), unet=unet.eval(),
         scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                prediction_type="v_prediction", set_alpha_to_one=False, steps_offset=1),
+                                prediction_type="v_prediction", set_alpha_to_one=False, steps_offset=1,
+                                clip_sample=False),  # as SD-2.1 unCLIP: clipping x0 to [-1, 1] ruins latents
         vae=vae.eval(),
     )
     return _save(pipe, path)

@@ -218,7 +218,8 @@ def build_unclip(arch: DecoderArch, image_embed_dim: int, image_size: int = 64, 
         image_noising_scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2"),
         tokenizer=tokenizer, text_encoder=text_encoder.eval(), unet=unet,
         scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                prediction_type="v_prediction", set_alpha_to_one=False, steps_offset=1),
+                                prediction_type="v_prediction", set_alpha_to_one=False, steps_offset=1,
+                                clip_sample=False),  # as SD-2.1 unCLIP: clipping x0 to [-1, 1] ruins latents
         vae=vae)
 
 
