@@ -39,8 +39,8 @@ def test_mini_model_captions_generates_and_edits(mini, tmp_path):
     from codi2.eval import EvalConfig, run_eval
     from data_builders.world import build_world
 
-    tasks = ["caption_image", "caption_audio", "gen_image", "gen_audio", "edit_image"]
-    world = build_world(tmp_path / "world", n=3 * len(tasks), seed=7, tasks=tasks, split="test")
+    tasks = ["caption_image", "caption_audio", "gen_image", "edit_image"]
+    world = build_world(tmp_path / "world", n=6 * len(tasks), seed=7, tasks=tasks, split="test")
     cfg = EvalConfig(suite="world", model=str(BUNDLE), data=str(world), seed=0, n_boot=50)
     r = run_eval(cfg, tmp_path / "out", pipeline=mini)
     by_task = r["metrics"]["by_task"]
@@ -48,7 +48,7 @@ def test_mini_model_captions_generates_and_edits(mini, tmp_path):
     def mean(task: str, metric: str) -> float:
         return by_task[task][metric]["mean"]
 
-    # 3 held-out records per task; allow one miss in each
-    assert mean("caption_image", "acc") >= 2 / 3 and mean("caption_audio", "acc") >= 2 / 3
-    assert mean("gen_image", "key") >= 2 / 3 and mean("gen_audio", "exact") >= 2 / 3
-    assert mean("edit_image", "edit_acc") >= 2 / 3
+    # 6 held-out records per task (the eval on 30 per task: README "The mini model"); chance is 1/6 or less
+    assert mean("caption_image", "acc") >= 5 / 6 and mean("caption_audio", "acc") >= 5 / 6
+    assert mean("gen_image", "key") >= 4 / 6  # shape and colour of the picture right
+    assert mean("edit_image", "edit_acc") >= 3 / 6  # the asked-for attribute changed
