@@ -14,17 +14,13 @@ Ratios reported per modality: accuracy and seconds per sample of every setting r
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def run(model_dir: str, n: int, steps: Sequence[int], schedulers: Sequence[str], modalities: Sequence[str],
