@@ -8,8 +8,10 @@
 # 2. component pre-training, two chains side by side on one thread each (codi2/mini):
 #      A: encoder -> decoders image+video        B: llm -> decoder audio
 # 3. the LoRA + projector + head stages through the trainer: mini-stage1 (projector alignment), then
-#    mini-stage2 (instruction tuning) from stage 1's export; beside them, 6000 more image-UNet steps
-# 4. the bundle (the stage-2 export + the judges) and `codi2 eval --suite world` on the test split
+#    mini-stage2 (instruction tuning) from stage 1's export, mini-stage3 (a second pass weighted to the
+#    image and sound phases) from stage 2's, mini-stage4 (+ 6000 in-context editing records) from stage 3's;
+#    beside them, 6000 more image-UNet steps
+# 4. the bundle (the stage-4 export + the judges) and `codi2 eval --suite world` on the test split
 #
 # Every step skips itself when its artifact exists, so re-running after a crash resumes (the trainer stages
 # also resume from their own checkpoints). RUN=DIR and OUT=DIR move the work and bundle folders; EVAL_N=N sets
@@ -32,15 +34,17 @@ if (( smoke )); then
        audio.vae_steps=3 audio.vocoder_steps=3 audio.unet_steps=4 audio.pool_size=16 audio.batch_size=4
        audio.vae_batch_size=4 eval_n=0)
   IMG_MORE=(image.vae_steps=0 image.unet_steps=2 image.pool_size=32 image.batch_size=4 eval_n=0)
-  N_STAGE1=48; N_TRAIN=96; N_TEST=32; JUDGES=(--n 200 --n-eval 50 --epochs 1)
+  N_STAGE1=48; N_TRAIN=96; N_ICL=16; N_TEST=32; JUDGES=(--n 200 --n-eval 50 --epochs 1)
   ST1=(max_steps=6 batch_size=4 save_every=3 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
   ST2=(max_steps=6 batch_size=4 save_every=3 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
+  ST3=(max_steps=4 batch_size=4 save_every=2 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
+  ST4=(max_steps=4 batch_size=4 save_every=2 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
   EVAL=(--n 1 --steps 2)
 else
   RUN="${RUN:-runs/mini}"; OUT="${OUT:-checkpoints/codi2-mini}"
-  ENC=(); LLM=(); DEC=(); ST1=(); ST2=(); EVAL=(--n "${EVAL_N:-30}")
+  ENC=(); LLM=(); DEC=(); ST1=(); ST2=(); ST3=(); ST4=(); EVAL=(--n "${EVAL_N:-30}")
   IMG_MORE=(image.vae_steps=0 image.unet_steps=6000)
-  N_STAGE1=4000; N_TRAIN=12000; N_TEST=800; JUDGES=()
+  N_STAGE1=4000; N_TRAIN=12000; N_ICL=6000; N_TEST=800; JUDGES=()
 fi
 mkdir -p "$RUN/logs"
 RUN="$(cd "$RUN" && pwd)"  # absolute from here on (RUN may be given relative or absolute)
@@ -52,15 +56,17 @@ export CODI2_MINI_TOKENIZER="$RUN/llm/tokenizer.model" CODI2_MINI_DECODERS="$RUN
 # ---- 1. data and judges
 STAGE1_TASKS=(caption_image caption_audio caption_video gen_image gen_audio gen_video image_to_audio audio_to_image
               image_audio_to_video)
-build() {  # build OUT_DIR N SPLIT [--tasks ...]
-  local dir=$1 n=$2 split=$3; shift 3
+build() {  # build OUT_DIR N SPLIT WORLD_SEED [--tasks ...]
+  local dir=$1 n=$2 split=$3 seed=$4; shift 4
   [[ -f "$dir/manifest.jsonl" ]] && return 0
-  log "world data -> $dir ($n records, $split)"
-  codi2 build-data world --out "$dir" --n "$n" --seed 0 --split "$split" "$@" > "$RUN/logs/data_$(basename "$dir").log" 2>&1
+  log "world data -> $dir ($n records, $split, world seed $seed)"
+  codi2 build-data world --out "$dir" --n "$n" --seed "$seed" --split "$split" "$@" \
+      > "$RUN/logs/data_$(basename "$dir").log" 2>&1
 }
-build "$RUN/data/stage1" "$N_STAGE1" train --tasks "${STAGE1_TASKS[@]}"
-build "$RUN/data/train" "$N_TRAIN" train
-build "$RUN/data/test" "$N_TEST" test
+build "$RUN/data/stage1" "$N_STAGE1" train 0 --tasks "${STAGE1_TASKS[@]}"
+build "$RUN/data/train" "$N_TRAIN" train 0
+build "$RUN/data/icl" "$N_ICL" train 1 --tasks icl_edit_image icl_edit_audio  # stage 4's extra exemplar edits
+build "$RUN/data/test" "$N_TEST" test 0
 if [[ ! -f "$RUN/judges/judges.json" ]]; then
   log "judges -> $RUN/judges"
   python -m data_builders.world.judges --out "$RUN/judges" --threads 1 "${JUDGES[@]}" > "$RUN/logs/judges.log" 2>&1
@@ -108,12 +114,23 @@ if [[ ! -f "$RUN/stage2/final/config.yaml" ]]; then
   codi2 train configs/train/mini-stage2.yaml output_dir="$RUN/stage2" model.pipeline="$RUN/stage1/final" \
       "data.manifests=[$RUN/data/train/manifest.jsonl]" "${ST2[@]}" > "$RUN/logs/stage2.log" 2>&1
 fi
+if [[ ! -f "$RUN/stage3/final/config.yaml" ]]; then
+  log "stage 3: instruction tuning, image and sound phases weighted up"
+  codi2 train configs/train/mini-stage3.yaml output_dir="$RUN/stage3" model.pipeline="$RUN/stage2/final" \
+      "data.manifests=[$RUN/data/train/manifest.jsonl]" "${ST3[@]}" > "$RUN/logs/stage3.log" 2>&1
+fi
+if [[ ! -f "$RUN/stage4/final/config.yaml" ]]; then
+  log "stage 4: in-context editing pass (+ $RUN/data/icl)"
+  codi2 train configs/train/mini-stage4.yaml output_dir="$RUN/stage4" model.pipeline="$RUN/stage3/final" \
+      "data.manifests=[$RUN/data/train/manifest.jsonl,$RUN/data/icl/manifest.jsonl]" "${ST4[@]}" \
+      > "$RUN/logs/stage4.log" 2>&1
+fi
 wait $pr || { log "image UNet refinement failed: see $RUN/logs/decoder_image_more.log"; exit 1; }
 unset OMP_NUM_THREADS
 
 # ---- 4. bundle and evaluate
 log "bundle -> $OUT"
-python -m codi2.mini.bundle "$RUN/stage2/final" "$OUT" --judges "$RUN/judges"
+python -m codi2.mini.bundle "$RUN/stage4/final" "$OUT" --judges "$RUN/judges"
 log "world evaluation -> $RUN/eval"
 codi2 eval --suite world --model "$OUT" --data "$RUN/data/test" --out "$RUN/eval" --resume "${EVAL[@]}" \
     > "$RUN/logs/eval.log" 2>&1

@@ -39,7 +39,7 @@ def test_mini_model_captions_generates_and_edits(mini, tmp_path):
     from codi2.eval import EvalConfig, run_eval
     from data_builders.world import build_world
 
-    tasks = ["caption_image", "caption_audio", "gen_image", "edit_image"]
+    tasks = ["caption_image", "caption_audio", "gen_image", "edit_image", "gen_audio"]
     world = build_world(tmp_path / "world", n=6 * len(tasks), seed=7, tasks=tasks, split="test")
     cfg = EvalConfig(suite="world", model=str(BUNDLE), data=str(world), seed=0, n_boot=50)
     r = run_eval(cfg, tmp_path / "out", pipeline=mini)
@@ -52,3 +52,4 @@ def test_mini_model_captions_generates_and_edits(mini, tmp_path):
     assert mean("caption_image", "acc") >= 5 / 6 and mean("caption_audio", "acc") >= 5 / 6
     assert mean("gen_image", "key") >= 4 / 6  # shape and colour of the picture right
     assert mean("edit_image", "edit_acc") >= 3 / 6  # the asked-for attribute changed
+    assert mean("gen_audio", "exact") >= 2 / 6  # pitch, timbre and length of the sound all right (chance 1/48)

@@ -30,6 +30,15 @@ def test_stage_configs_and_mini_model_config_load():
         assert type(cfg).__name__.endswith("Config")
     with pytest.raises(ValueError, match="steps"):
         load_stage_config("encoder", None, ["stepz=3"])
+    from train.loop import load_train_config
+
+    stages = {n: load_train_config(str(REPO / "configs" / "train" / f"{n}.yaml"))
+              for n in ("mini-stage1", "mini-stage2", "mini-stage3", "mini-stage4")}
+    assert stages["mini-stage1"].stage == "projector_alignment"
+    for n in (2, 3, 4):  # the recipe's chain of exports
+        assert stages[f"mini-stage{n}"].model.pipeline.endswith(f"stage{n - 1}/final")
+    assert any(m.endswith("icl/manifest.jsonl") for m in stages["mini-stage4"].data.manifests)
+    assert stages["mini-stage3"].phases.weights["image"] > stages["mini-stage2"].phases.weights["image"]
     mini = load_model_config("mini")
     assert mini.modalities["image"].head.targets["image_embeds"] == [mini.encoder.out_embed_dim]
     assert mini.modalities["audio"].head.targets["prompt_embeds"][0] == mini.modalities["audio"].decoder.prompt_len
@@ -174,6 +183,40 @@ def test_decoder_stage_audio_pipeline_decodes(tmp_path):
     assert isinstance(audio, Audio) and audio.sample_rate == 16000 and audio.samples.shape[-1] == 8000
     x = torch.randn(2, 4000)
     assert float(stft_loss(x, x)) == pytest.approx(0.0, abs=1e-5) and float(stft_loss(x, -0.5 * x)) > 0.1
+    # log_mel: normalise=False keeps the level (the vocoder's mel loss on segments), True does not
+    w = torch.sin(torch.arange(4000) / 5.0)[None]
+    assert torch.allclose(dec.log_mel(w), dec.log_mel(3 * w), atol=1e-2)
+    assert float((dec.log_mel(3 * w, normalise=False) - dec.log_mel(w, normalise=False)).mean()) > 0.5
+
+
+def test_vocoder_continues_or_is_rebuilt_when_its_architecture_changes(tmp_path):
+    import dataclasses
+
+    from codi2.decoders import build_decoder
+    from codi2.mini.decoder_train import train_decoders, vocoder_matches
+    from data_builders.world.judges import JudgeConfig, Judges
+
+    cfg = _decoder_cfg(tmp_path, ["audio"])
+    train_decoders(cfg)
+    first = build_decoder("audio", DecoderConfig(path=str(Path(cfg.out) / "audio"))).load()
+    assert vocoder_matches(first.pipe.vocoder, cfg.audio)
+    # same architecture: the vocoder continues; a wider one is trained anew (and probed with the judges)
+    Judges(JudgeConfig(width=4, hidden=8, modalities=("audio",))).save(tmp_path / "judges")
+    wider = dataclasses.replace(cfg.audio, vae_steps=0, unet_steps=0, vocoder_steps=2, vocoder_channels=16,
+                                vocoder_segment_frames=8)
+    more = dataclasses.replace(cfg, init=cfg.out, out=str(tmp_path / "more"), audio=wider,
+                               judges=str(tmp_path / "judges"), eval_n=2)
+    rep = train_decoders(more)["audio"]
+    assert rep["vocoder_rebuilt"] and rep["vocoder"]["segment_frames"] == 8
+    assert [p["step"] for p in rep["vocoder"]["probes"]] == [1, 2] and "all" in rep["vocoder"]["probes"][0]
+    second = build_decoder("audio", DecoderConfig(path=str(tmp_path / "more" / "audio"))).load()
+    assert second.pipe.vocoder.config.upsample_initial_channel == 16 and vocoder_matches(second.pipe.vocoder, wider)
+    same = dataclasses.replace(cfg, init=cfg.out, out=str(tmp_path / "same"),
+                               audio=dataclasses.replace(cfg.audio, vae_steps=0, unet_steps=0))
+    assert "vocoder_rebuilt" not in train_decoders(same)["audio"]
+    bad = dataclasses.replace(more, out=str(tmp_path / "bad"), audio=dataclasses.replace(wider, mel_bins=32))
+    with pytest.raises(ValueError, match="mel_bins"):
+        train_decoders(bad)
 
 
 def test_decoder_stage_rejects_mismatched_head_targets(tmp_path):

@@ -189,11 +189,14 @@ def test_in_context_edits_never_name_the_edit(tmp_path):
     for r in _records(m):
         shots.add(r["meta"]["shots"])
         user, assistant = r["messages"]
-        for msg in r["messages"]:
-            for p in msg["content"]:
-                if p["type"] == "text":
-                    assert parse_caption(p["text"]) == {} and not _EDIT_WORDS.search(p["text"]), p["text"]
+        for p in user["content"]:
+            if p["type"] == "text":
+                assert parse_caption(p["text"]) == {} and not _EDIT_WORDS.search(p["text"]), p["text"]
         assert all("caption" not in p for p in user["content"])
+        # the assistant states the change it read off the exemplars, then shows it
+        edit = r["meta"]["edits"][0]
+        said = " ".join(p["text"] for p in assistant["content"] if p["type"] == "text")
+        assert said.startswith(wb.change_words(edit["attr"], edit["value"])), said
         media = [p for p in user["content"] if p["type"] != "text"]
         assert len(media) == 2 * r["meta"]["shots"] + 1
         # each exemplar pair differs exactly in the edited attribute, to the edited value

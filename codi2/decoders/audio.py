@@ -134,7 +134,7 @@ class AudioDecoder(Decoder):
             self._offload_hooks.append(hook)
 
     # ------------------------------------------------------------------ training
-    def log_mel(self, wave: torch.Tensor) -> torch.Tensor:
+    def log_mel(self, wave: torch.Tensor, normalise: bool = True) -> torch.Tensor:
         """Waveform -> the log-mel the AudioLDM2 VAE encodes (the vocoder's input space).
 
         AudioLDM2's training mel (AudioLDM ``TacotronSTFT``; not part of diffusers), in torch:
@@ -144,6 +144,8 @@ class AudioDecoder(Decoder):
 
         Args:
             wave: (B, n) at ``sample_rate``.
+            normalise: remove the mean and peak-normalise first (False: the vocoder's spectral loss on
+                segments of an already normalised waveform). Differentiable either way.
 
         Returns:
             (B, n // hop, n_mels).
@@ -155,8 +157,9 @@ class AudioDecoder(Decoder):
         n_mels = int(voc.model_in_dim)
         n_fft = max(2 ** math.ceil(math.log2(6.4 * hop)), 2 ** math.ceil(math.log2(4 * n_mels)))
         wave = wave.float()
-        wave = wave - wave.mean(dim=1, keepdim=True)
-        wave = 0.5 * wave / (wave.abs().amax(dim=1, keepdim=True) + 1e-8)
+        if normalise:
+            wave = wave - wave.mean(dim=1, keepdim=True)
+            wave = 0.5 * wave / (wave.abs().amax(dim=1, keepdim=True) + 1e-8)
         pad = (n_fft - hop) // 2
         wave = F.pad(wave[:, None], (pad, pad), mode="reflect")[:, 0]
         window = torch.hann_window(n_fft, device=wave.device)

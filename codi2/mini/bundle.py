@@ -1,6 +1,6 @@
 """The last step of the mini recipe: the bundled checkpoint (``checkpoints/codi2-mini``).
 
-A self-contained ``CoDi2Pipeline`` directory (the stage-2 trainer export with the component artifacts it
+A self-contained ``CoDi2Pipeline`` directory (the last trainer stage's export with the component artifacts it
 references — the mini LLM, the aligned encoder, the decoders — written in, so the folder can move) plus
 
 * ``judges/``: the world judges (``data_builders.world.judges``), so ``codi2 eval --suite world`` and the tests can
@@ -8,7 +8,7 @@ references — the mini LLM, the aligned encoder, the decoders — written in, s
 * ``recipe.json``: where every part came from: the component reports (encoder retrieval, LLM validation loss,
   decoder losses), the trainer stages' configs, and the byte size of each part.
 
-    python -m codi2.mini.bundle runs/mini/stage2/final checkpoints/codi2-mini --judges runs/mini/judges
+    python -m codi2.mini.bundle runs/mini/stage4/final checkpoints/codi2-mini --judges runs/mini/judges
 
 Written to ``OUT.tmp`` and renamed, so an interrupted bundle never leaves a half model where the chat looks.
 """
@@ -108,12 +108,12 @@ def bundle(pipeline_dir: "str | Path", out: "str | Path", judges: "str | Path",
     src, out, judges = Path(pipeline_dir), Path(out), Path(judges)
     if not (src / "config.yaml").is_file():
         raise FileNotFoundError(f"{src} is not a codi2 model directory (no config.yaml); give the trainer's "
-                                f"export, e.g. runs/mini/stage2/final")
+                                f"export, e.g. runs/mini/stage4/final")
     for f in ("judges.json", "judges.safetensors"):
         if not (judges / f).is_file():
             raise FileNotFoundError(f"{judges / f} missing; train the judges with "
                                     f"`python -m data_builders.world.judges --out {judges}`")
-    run_dir = Path(run_dir) if run_dir is not None else src.parent.parent  # runs/mini/stage2/final -> runs/mini
+    run_dir = Path(run_dir) if run_dir is not None else src.parent.parent  # runs/mini/stage4/final -> runs/mini
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -132,8 +132,8 @@ def bundle(pipeline_dir: "str | Path", out: "str | Path", judges: "str | Path",
         "recipe": "bash scripts/train_mini.sh",
         "source": str(src),
         "components": component_reports(run_dir),
-        "stages": {s: _read_json(run_dir / s / "train_config.json") for s in ("stage1", "stage2")
-                   if (run_dir / s / "train_config.json").is_file()},
+        "stages": {s: _read_json(run_dir / s / "train_config.json")
+                   for s in ("stage1", "stage2", "stage3", "stage4") if (run_dir / s / "train_config.json").is_file()},
         "storage_dtype": "float16" if fp16 else "float32",
         "bytes": sizes,
         "total_mb": round(total / 2**20, 2),
@@ -148,7 +148,7 @@ def bundle(pipeline_dir: "str | Path", out: "str | Path", judges: "str | Path",
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m codi2.mini.bundle", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("pipeline", help="the trainer's exported model directory (runs/mini/stage2/final)")
+    p.add_argument("pipeline", help="the trainer's exported model directory (runs/mini/stage4/final)")
     p.add_argument("out", help="bundle folder (checkpoints/codi2-mini)")
     p.add_argument("--judges", required=True, help="world judges folder (runs/mini/judges)")
     p.add_argument("--run-dir", help="the recipe's run folder with the component reports (default: two levels "

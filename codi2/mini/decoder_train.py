@@ -17,9 +17,10 @@ The text encoders inside the pipelines (CLIP, CLAP, T5, GPT-2) stay frozen at th
 they are deterministic functions of the caption, so the heads can regress their outputs and the UNet
 learns to read them. Trained per modality, in order: the VAE (reconstruction MSE + a small KL; the
 latent ``scaling_factor`` is then set to 1 / std of the latents, as SD's 0.18215 was), the vocoder
-(audio only: log-mel -> waveform, multi-resolution STFT loss, no discriminator), then the UNet with the
-decoder's own denoising objective (``Decoder.diffusion_loss``: epsilon or v-prediction from the
-scheduler config) and classifier-free-guidance dropout to the decoder's own unconditional conditioning.
+(audio only: log-mel -> waveform on random 32-frame crops, HiFi-GAN's mel L1 + a multi-resolution STFT loss,
+no discriminator; a vocoder whose architecture differs from the config is rebuilt when continuing with
+``init=``), then the UNet with the decoder's own denoising objective (``Decoder.diffusion_loss``: epsilon
+or v-prediction from the scheduler config) and classifier-free-guidance dropout to the decoder's own unconditional conditioning.
 The video pipeline reuses the image VAE (same frames) unless ``video.share_image_vae`` is false.
 
 Every pipeline is written with ``save_pretrained`` to ``<out>/<modality>`` (atomically) and loads with
@@ -38,7 +39,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -65,10 +66,14 @@ class DecoderArch:
         latent_channels: VAE latent channels (= UNet in/out channels).
         text_dim: image only: the (unused, empty-prompt) CLIP text width = UNet cross-attention dim.
         vocoder_channels / vocoder_upsample_rates: audio only: HiFi-GAN width and upsampling (hop = product).
+        vocoder_resblock_kernel_sizes / vocoder_resblock_dilations: audio only: HiFi-GAN's multi-receptive-field
+            residual blocks (one per kernel size, each with these dilations; HiFi-GAN V1/V2: 3, 7, 11 / 1, 3, 5).
         mel_bins: audio only: vocoder mel bins.
         share_image_vae: video only: reuse the image decoder's VAE (trained in this run or read from
             ``<out>/image/vae``) instead of training one.
         vae_steps / vocoder_steps / unet_steps: optimiser steps of each phase (0 skips the phase).
+        vocoder_lr / vocoder_mel_weight / vocoder_segment_frames: audio only: the vocoder's AdamW rate, the
+            weight of its log-mel L1 term (HiFi-GAN's 45) and the mel frames of each training crop.
         batch_size / vae_batch_size: samples per step.
         lr / vae_lr: AdamW learning rates (cosine decay after a short warm-up).
         pool_size: training renders per modality, rendered once (held in memory).
@@ -87,6 +92,11 @@ class DecoderArch:
     share_image_vae: bool = True
     vae_steps: int = 1000
     vocoder_steps: int = 0
+    vocoder_lr: float = 1e-3
+    vocoder_mel_weight: float = 45.0
+    vocoder_segment_frames: int = 32
+    vocoder_resblock_kernel_sizes: list[int] = field(default_factory=lambda: [3, 7, 11])
+    vocoder_resblock_dilations: list[int] = field(default_factory=lambda: [1, 3, 5])
     unet_steps: int = 3000
     batch_size: int = 16
     vae_batch_size: int = 16
@@ -126,7 +136,7 @@ class DecoderTrainConfig:
     modalities: list[str] = field(default_factory=lambda: list(WORLD_MODALITIES))
     image: DecoderArch = field(default_factory=lambda: DecoderArch(vocoder_steps=0))
     audio: DecoderArch = field(default_factory=lambda: DecoderArch(vae_block_out_channels=[32, 64, 64],
-                                                                     vocoder_steps=1000))
+                                                                     vocoder_channels=128, vocoder_steps=3500))
     video: DecoderArch = field(default_factory=lambda: DecoderArch(block_out_channels=[32, 64, 64], batch_size=4,
                                                                      pool_size=1000))
     init: Optional[str] = None
@@ -223,6 +233,33 @@ def build_unclip(arch: DecoderArch, image_embed_dim: int, image_size: int = 64, 
         vae=vae)
 
 
+def _vocoder_config(arch: DecoderArch, sampling_rate: int) -> dict:
+    rates = list(arch.vocoder_upsample_rates)
+    return {"model_in_dim": arch.mel_bins, "sampling_rate": sampling_rate,
+            "upsample_initial_channel": arch.vocoder_channels, "upsample_rates": rates,
+            "upsample_kernel_sizes": [2 * r for r in rates],
+            "resblock_kernel_sizes": list(arch.vocoder_resblock_kernel_sizes),
+            "resblock_dilation_sizes": [list(arch.vocoder_resblock_dilations)] * len(arch.vocoder_resblock_kernel_sizes),
+            "normalize_before": False}
+
+
+def build_vocoder(arch: DecoderArch, sampling_rate: int = 16000):
+    """The HiFi-GAN generator AudioLDM2 uses (``SpeechT5HifiGan``), sized by ``arch``."""
+    from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
+
+    return SpeechT5HifiGan(SpeechT5HifiGanConfig(**_vocoder_config(arch, sampling_rate)))
+
+
+def vocoder_matches(vocoder, arch: DecoderArch) -> bool:
+    """Whether a loaded vocoder has the architecture ``arch`` asks for."""
+    want = _vocoder_config(arch, int(vocoder.config.sampling_rate))
+    return all(_plain(getattr(vocoder.config, k)) == _plain(v) for k, v in want.items())
+
+
+def _plain(v: Any) -> Any:
+    return [_plain(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+
 def build_audioldm2(arch: DecoderArch, gen_len: int, gen_dim: int, t5_dim: int, prompt_len: int,
                     sampling_rate: int = 16000, seed: int = 0):
     """A small ``AudioLDM2Pipeline``: mel hop = prod(vocoder_upsample_rates) (125 -> 128 frames a second).
@@ -232,8 +269,7 @@ def build_audioldm2(arch: DecoderArch, gen_len: int, gen_dim: int, t5_dim: int, 
     """
     from diffusers import AudioLDM2Pipeline, AudioLDM2ProjectionModel, AudioLDM2UNet2DConditionModel, DDIMScheduler
     from transformers import (ClapAudioConfig, ClapConfig, ClapFeatureExtractor, ClapModel, ClapTextConfig,
-                              GPT2Config, GPT2Model, SpeechT5HifiGan, SpeechT5HifiGanConfig, T5Config,
-                              T5EncoderModel)
+                              GPT2Config, GPT2Model, T5Config, T5EncoderModel)
 
     from codi2.decoders.tiny import tiny_roberta_tokenizer
 
@@ -266,11 +302,7 @@ def build_audioldm2(arch: DecoderArch, gen_len: int, gen_dim: int, t5_dim: int, 
     language_model.config.max_new_tokens = gen_len
     projection_model = AudioLDM2ProjectionModel(text_encoder_dim=clap_dim, text_encoder_1_dim=t5_dim,
                                                 langauge_model_dim=gen_dim)
-    rates = list(arch.vocoder_upsample_rates)
-    vocoder = SpeechT5HifiGan(SpeechT5HifiGanConfig(
-        model_in_dim=arch.mel_bins, sampling_rate=sampling_rate, upsample_initial_channel=arch.vocoder_channels,
-        upsample_rates=rates, upsample_kernel_sizes=[2 * r for r in rates], resblock_kernel_sizes=[3, 7],
-        resblock_dilation_sizes=[[1, 3], [1, 3]], normalize_before=False))
+    vocoder = build_vocoder(arch, sampling_rate)
     return AudioLDM2Pipeline(
         vae=vae, text_encoder=text_encoder.eval(), text_encoder_2=text_encoder_2.eval(),
         projection_model=projection_model.eval(), language_model=language_model.eval(), tokenizer=tokenizer,
@@ -453,40 +485,76 @@ def train_vae(dec, modality: str, samples: list[WorldSample], arch: DecoderArch,
             "scaling_factor": scale}
 
 
-def train_vocoder(dec, samples: list[WorldSample], arch: DecoderArch, seed: int, log_every: int) -> dict:
-    """Trains ``dec.pipe.vocoder`` (HiFi-GAN generator) to invert the decoder's log-mel: multi-resolution
-    STFT loss against the normalised waveform the mel was computed from."""
+def train_vocoder(dec, samples: list[WorldSample], arch: DecoderArch, seed: int, log_every: int,
+                  probe: Optional[Callable[[], dict]] = None, probe_every: int = 0) -> dict:
+    """Trains ``dec.pipe.vocoder`` (HiFi-GAN generator) to invert the decoder's log-mel, as HiFi-GAN's
+    generator loss without the discriminator: ``45 · L1(log-mel)`` of the output against the input mel
+    plus the multi-resolution STFT loss against the normalised waveform the mel was computed from.
+    Each step sees random ``vocoder_segment_frames``-frame crops (HiFi-GAN's segment training).
+
+    Args:
+        probe: optional () -> metrics (e.g. judge accuracy of clean sounds through the vocoder), logged
+            and kept in the report every ``probe_every`` steps.
+    """
     voc = dec.pipe.vocoder
     with torch.no_grad():
         waves = _normalised(_waves(dec, [s.media for s in samples]))
-        mels = dec.log_mel(waves)  # (N, frames, mels)
+        mels = dec.log_mel(waves, normalise=False)  # (N, frames, mels)
     hop = int(np.prod(voc.config.upsample_rates))
+    frames = mels.shape[1]
+    seg = min(int(arch.vocoder_segment_frames), frames) if arch.vocoder_segment_frames > 0 else frames
     voc.train().requires_grad_(True)
-    opt = torch.optim.AdamW(voc.parameters(), lr=2e-3, betas=(0.8, 0.99))
+    opt = torch.optim.AdamW(voc.parameters(), lr=arch.vocoder_lr, betas=(0.8, 0.99))
     g = torch.Generator().manual_seed(seed)
     losses: list[float] = []
+    probes: list[dict] = []
     t0, c0 = time.time(), time.process_time()
     bar = tqdm(range(arch.vocoder_steps), desc="audio vocoder", unit="step")
     for step in bar:
         for group in opt.param_groups:
-            group["lr"] = _lr(step, arch.vocoder_steps, 2e-3)
+            group["lr"] = _lr(step, arch.vocoder_steps, arch.vocoder_lr)
         idx = torch.randint(len(mels), (arch.batch_size,), generator=g)
-        pred = voc(mels[idx])  # (B, frames·hop)
-        n = min(pred.shape[1], mels.shape[1] * hop, waves.shape[1])
-        loss = stft_loss(pred[:, :n], waves[idx, :n])
+        start = torch.randint(frames - seg + 1, (arch.batch_size,), generator=g)
+        mel = torch.stack([mels[i, s:s + seg] for i, s in zip(idx.tolist(), start.tolist())])  # (B, seg, mels)
+        target = torch.stack([F.pad(waves[i, s * hop:(s + seg) * hop], (0, max(0, (s + seg) * hop - waves.shape[1])))
+                              for i, s in zip(idx.tolist(), start.tolist())])  # (B, seg·hop)
+        pred = voc(mel)[:, :seg * hop]  # (B, seg·hop)
+        pred_mel = dec.log_mel(pred, normalise=False)  # (B, <= seg, mels): same frame grid as ``mel``
+        mel_loss = F.l1_loss(pred_mel, mel[:, :pred_mel.shape[1]])
+        loss = stft_loss(pred, target) + arch.vocoder_mel_weight * mel_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(voc.parameters(), 1.0)
         opt.step()
         losses.append(float(loss.detach()))
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", mel=f"{float(mel_loss):.3f}")
         if log_every and (step + 1) % log_every == 0:
-            logger.info("vocoder step %d: stft loss %.4f", step + 1, float(np.mean(losses[-log_every:])))
+            logger.info("vocoder step %d: loss %.4f (mel L1 %.4f)", step + 1, float(np.mean(losses[-log_every:])),
+                        float(mel_loss))
+        if probe is not None and probe_every and (step + 1) % probe_every == 0:
+            voc.eval()
+            with torch.no_grad():
+                probes.append({"step": step + 1, **probe()})
+            voc.train()
+            logger.info("vocoder step %d: %s", step + 1, probes[-1])
     seconds, cpu = time.time() - t0, time.process_time() - c0
     voc.eval().requires_grad_(False)
     steps = max(1, arch.vocoder_steps)
-    return {"steps": arch.vocoder_steps, "seconds": round(seconds, 1), "seconds_per_step": round(seconds / steps, 4),
-            "cpu_seconds_per_step": round(cpu / steps, 4), "final_loss": float(np.mean(losses[-20:])) if losses else None}
+    return {"steps": arch.vocoder_steps, "segment_frames": seg, "lr": arch.vocoder_lr,
+            "mel_weight": arch.vocoder_mel_weight, "seconds": round(seconds, 1),
+            "seconds_per_step": round(seconds / steps, 4), "cpu_seconds_per_step": round(cpu / steps, 4),
+            "final_loss": float(np.mean(losses[-20:])) if losses else None, "probes": probes}
+
+
+@torch.no_grad()
+def judge_vocoder(dec, samples: list[WorldSample], judges) -> dict[str, float]:
+    """Judge accuracy of clean renders through log-mel -> vocoder alone (no VAE, no UNet)."""
+    from codi2.media import Audio
+
+    waves = dec.pipe.vocoder(dec.log_mel(_waves(dec, [s.media for s in samples]))).numpy()
+    scores = [_score(judges, "audio", Audio(samples=w[None].astype(np.float32), sample_rate=dec.sample_rate))
+              for w in waves]
+    return _accuracy(scores, [s.attrs for s in samples])
 
 
 def image_condition(encoder, preprocess, images: list) -> torch.Tensor:
@@ -700,7 +768,16 @@ def train_decoder(cfg: DecoderTrainConfig, modality: str, mcfg: ModelConfig, jud
         if not (modality == "video" and arch.share_image_vae) and arch.vae_steps > 0:
             report["vae"] = train_vae(dec, modality, train, arch, cfg.kl_weight, cfg.seed, cfg.log_every)
         if modality == "audio" and arch.vocoder_steps > 0:
-            report["vocoder"] = train_vocoder(dec, train, arch, cfg.seed, cfg.log_every)
+            if not vocoder_matches(dec.pipe.vocoder, arch):
+                if int(dec.pipe.vocoder.config.model_in_dim) != arch.mel_bins:
+                    raise ValueError(f"audio.mel_bins = {arch.mel_bins} but the pipeline's VAE works on "
+                                     f"{dec.pipe.vocoder.config.model_in_dim} mel bins; keep mel_bins or train from scratch")
+                logger.info("audio vocoder architecture differs from the config: training a new one")
+                dec.pipe.vocoder = build_vocoder(arch, dec.sample_rate)
+                report["vocoder_rebuilt"] = True
+            probe = (lambda: judge_vocoder(dec, held, judges)) if judges is not None and held else None
+            report["vocoder"] = train_vocoder(dec, train, arch, cfg.seed, cfg.log_every, probe,
+                                              probe_every=max(1, arch.vocoder_steps // 8))
         if judges is not None and held:
             report["judge_reconstruction"] = judge_reconstructions(dec, modality, held, judges)
             logger.info("%s judge accuracy of VAE reconstructions: %s", modality, report["judge_reconstruction"])

@@ -352,7 +352,9 @@ ICL_QUERIES = ("Now do the same to this one:", "Apply the same change to this:",
 
 
 def _icl_task(modality: str) -> Callable[[_Task], None]:
-    """A : A' :: B : ?, 1-4 shots. Only neutral words; no captions on inputs (they would name the edit)."""
+    """A : A' :: B : ?, 1-4 shots. The user's words are neutral and inputs carry no captions (they would name
+    the edit); the assistant first states the change it read off the exemplars (:func:`change_words`), then
+    shows B edited, so the inference gets a text loss of its own and the image follows from it."""
 
     def run(t: _Task) -> None:
         t.shots = int(t.rng.integers(1, 5))
@@ -370,9 +372,25 @@ def _icl_task(modality: str) -> Callable[[_Task], None]:
         seed = t.seed()
         parts += [_text(_choice(t.rng, ICL_QUERIES)), t.media(modality, query, seed, with_caption=False)]
         t.conv.say("user", *parts)
-        t.conv.say("assistant", t.reply(), t.media(modality, query.with_(**{attr: value}), seed))
+        reply = t.reply()
+        reply["text"] = f"{change_words(attr, value)} {reply['text']}"  # says the change it inferred
+        t.conv.say("assistant", reply, t.media(modality, query.with_(**{attr: value}), seed))
 
     return run
+
+
+def change_words(attr: str, value: str) -> str:
+    """How the assistant states the change it read off in-context exemplars (one fixed wording per edit, so
+    the words are a plain readout of the inferred edit), e.g. ``The change makes it green.``"""
+    if attr == "shape":
+        return f"The change makes it {article(value)} {value}."
+    if attr == "position":
+        to = {"left": "to the left", "right": "to the right", "top": "to the top", "bottom": "to the bottom",
+              "center": "to the middle"}[value]
+        return f"The change moves it {to}."
+    if attr in ("colour", "size"):
+        return f"The change makes it {value}."
+    raise ValueError(f"cannot name a change of {attr!r}; allowed: shape, colour, size, position")
 
 
 def _subject_image(t: _Task) -> None:
