@@ -527,10 +527,11 @@ def train_vocoder(dec, samples: list[WorldSample], arch: DecoderArch, seed: int,
         torch.nn.utils.clip_grad_norm_(voc.parameters(), 1.0)
         opt.step()
         losses.append(float(loss.detach()))
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", mel=f"{float(mel_loss):.3f}")
+        mel_l1 = float(mel_loss.detach())
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", mel=f"{mel_l1:.3f}")
         if log_every and (step + 1) % log_every == 0:
             logger.info("vocoder step %d: loss %.4f (mel L1 %.4f)", step + 1, float(np.mean(losses[-log_every:])),
-                        float(mel_loss))
+                        mel_l1)
         if probe is not None and probe_every and (step + 1) % probe_every == 0:
             voc.eval()
             with torch.no_grad():
