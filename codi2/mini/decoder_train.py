@@ -20,7 +20,8 @@ latent ``scaling_factor`` is then set to 1 / std of the latents, as SD's 0.18215
 (audio only: log-mel -> waveform on random 32-frame crops, HiFi-GAN's mel L1 + a multi-resolution STFT loss,
 no discriminator; a vocoder whose architecture differs from the config is rebuilt when continuing with
 ``init=``), then the UNet with the decoder's own denoising objective (``Decoder.diffusion_loss``: epsilon
-or v-prediction from the scheduler config) and classifier-free-guidance dropout to the decoder's own unconditional conditioning.
+or v-prediction from the scheduler config) and classifier-free-guidance dropout to the decoder's own
+unconditional conditioning.
 The video pipeline reuses the image VAE (same frames) unless ``video.share_image_vae`` is false.
 
 Every pipeline is written with ``save_pretrained`` to ``<out>/<modality>`` (atomically) and loads with
@@ -547,17 +548,6 @@ def train_vocoder(dec, samples: list[WorldSample], arch: DecoderArch, seed: int,
             "final_loss": float(np.mean(losses[-20:])) if losses else None, "probes": probes}
 
 
-@torch.no_grad()
-def judge_vocoder(dec, samples: list[WorldSample], judges) -> dict[str, float]:
-    """Judge accuracy of clean renders through log-mel -> vocoder alone (no VAE, no UNet)."""
-    from codi2.media import Audio
-
-    waves = dec.pipe.vocoder(dec.log_mel(_waves(dec, [s.media for s in samples]))).numpy()
-    scores = [_score(judges, "audio", Audio(samples=w[None].astype(np.float32), sample_rate=dec.sample_rate))
-              for w in waves]
-    return _accuracy(scores, [s.attrs for s in samples])
-
-
 def image_condition(encoder, preprocess, images: list) -> torch.Tensor:
     """The unCLIP conditioning the image head is trained to produce: the encoder's vision embedding (B, D)."""
     return encoder.encode_image(preprocess.images(images)).embed.float()
@@ -653,8 +643,10 @@ def _accuracy(scores: list[dict], attrs: list[dict]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def judge_reconstructions(dec, modality: str, samples: list[WorldSample], judges) -> dict[str, float]:
-    """Judge accuracy of VAE (+ vocoder) round trips of held-out renders: the ceiling the UNet can reach."""
+def judge_reconstructions(dec, modality: str, samples: list[WorldSample], judges,
+                          through_vae: bool = True) -> dict[str, float]:
+    """Judge accuracy of VAE (+ vocoder) round trips of held-out renders: the ceiling the UNet can reach.
+    ``through_vae=False`` (audio): log-mel -> vocoder alone, the vocoder's own ceiling."""
     from PIL import Image
 
     from codi2.media import Audio, Video
@@ -673,7 +665,7 @@ def judge_reconstructions(dec, modality: str, samples: list[WorldSample], judges
                   for i in range(len(samples))]
     else:
         mel = _mels(dec, _waves(dec, [s.media for s in samples]))
-        rec = vae.decode(vae.encode(mel).latent_dist.mode()).sample[:, 0]
+        rec = vae.decode(vae.encode(mel).latent_dist.mode()).sample[:, 0] if through_vae else mel[:, 0]
         waves = dec.pipe.vocoder(rec).numpy()
         scores = [_score(judges, modality, Audio(samples=w[None].astype(np.float32), sample_rate=dec.sample_rate))
                   for w in waves]
@@ -776,7 +768,8 @@ def train_decoder(cfg: DecoderTrainConfig, modality: str, mcfg: ModelConfig, jud
                 logger.info("audio vocoder architecture differs from the config: training a new one")
                 dec.pipe.vocoder = build_vocoder(arch, dec.sample_rate)
                 report["vocoder_rebuilt"] = True
-            probe = (lambda: judge_vocoder(dec, held, judges)) if judges is not None and held else None
+            probe = ((lambda: judge_reconstructions(dec, "audio", held, judges, through_vae=False))
+                     if judges is not None and held else None)
             report["vocoder"] = train_vocoder(dec, train, arch, cfg.seed, cfg.log_every, probe,
                                               probe_every=max(1, arch.vocoder_steps // 8))
         if judges is not None and held:
