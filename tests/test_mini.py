@@ -167,6 +167,19 @@ def test_decoder_stage_image_and_video_pipelines_decode(tmp_path):
     again = build_decoder("image", DecoderConfig(path=str(out / "image"), steps=2)).load()
     assert all(torch.equal(v, again.pipe.vae.state_dict()[k]) for k, v in vae_before.items())
     assert any(not torch.equal(v, again.pipe.unet.state_dict()[k]) for k, v in trained.items())
+    # video: single-frame steps first, then clip steps with every 2nd a frame batch
+    video_before = {k: v.clone() for k, v in video.pipe.unet.state_dict().items()}
+    frames = dataclasses.replace(cfg, modalities=["video"], init=cfg.out, video=dataclasses.replace(
+        cfg.video, frame_steps=2, frame_every=2, frame_batch_size=3, unet_steps=2))
+    rep = train_decoders(frames)["video"]
+    assert rep["unet_frames"]["steps"] == 2 and rep["unet_frames"]["batch_size"] == 3
+    assert rep["unet"]["frame_every"] == 2 and rep["unet"]["final_frame_loss"] > 0
+    moved = build_decoder("video", DecoderConfig(path=str(out / "video"), num_frames=2)).load()
+    assert any(not torch.equal(v, moved.pipe.unet.state_dict()[k]) for k, v in video_before.items())
+    with pytest.raises(ValueError, match="image.frame_steps"):
+        train_decoders(dataclasses.replace(cfg, image=dataclasses.replace(cfg.image, frame_steps=1)))
+    with pytest.raises(ValueError, match="video.frame_batch_size"):
+        train_decoders(dataclasses.replace(cfg, video=dataclasses.replace(cfg.video, frame_batch_size=0)))
 
 
 def test_decoder_stage_audio_pipeline_decodes(tmp_path):
@@ -208,6 +221,7 @@ def test_vocoder_continues_or_is_rebuilt_when_its_architecture_changes(tmp_path)
                                judges=str(tmp_path / "judges"), eval_n=2)
     rep = train_decoders(more)["audio"]
     assert rep["vocoder_rebuilt"] and rep["vocoder"]["segment_frames"] == 8
+    assert "unet" not in rep and "precompute_seconds" not in rep  # no UNet steps: no latents precomputed
     assert [p["step"] for p in rep["vocoder"]["probes"]] == [1, 2] and "all" in rep["vocoder"]["probes"][0]
     second = build_decoder("audio", DecoderConfig(path=str(tmp_path / "more" / "audio"))).load()
     assert second.pipe.vocoder.config.upsample_initial_channel == 16 and vocoder_matches(second.pipe.vocoder, wider)

@@ -76,6 +76,9 @@ class DecoderArch:
         vocoder_lr / vocoder_mel_weight / vocoder_segment_frames: audio only: the vocoder's AdamW rate, the
             weight of its log-mel L1 term (HiFi-GAN's 45) and the mel frames of each training crop.
         batch_size / vae_batch_size: samples per step.
+        frame_steps / frame_every / frame_batch_size: video only: UNet steps on ``frame_batch_size`` single
+            frames (one-frame clips) before the clip steps, and every ``frame_every``-th clip step a frame
+            batch too (0: none); see :func:`train_unet`.
         lr / vae_lr: AdamW learning rates (cosine decay after a short warm-up).
         pool_size: training renders per modality, rendered once (held in memory).
     """
@@ -100,6 +103,9 @@ class DecoderArch:
     vocoder_resblock_dilations: list[int] = field(default_factory=lambda: [1, 3, 5])
     unet_steps: int = 3000
     batch_size: int = 16
+    frame_steps: int = 0
+    frame_every: int = 0
+    frame_batch_size: int = 32
     vae_batch_size: int = 16
     lr: float = 5e-4
     vae_lr: float = 1e-3
@@ -580,50 +586,69 @@ def _null_cond(dec, modality: str, cond: dict[str, torch.Tensor]) -> dict[str, t
 
 
 def train_unet(dec, modality: str, latents: torch.Tensor, cond: dict[str, torch.Tensor], arch: DecoderArch,
-               cfg: DecoderTrainConfig, log_every: int) -> dict:
+               cfg: DecoderTrainConfig, log_every: int, frames: bool = False) -> dict:
     """Trains ``dec.pipe.unet`` with the decoder's own denoising loss (``Decoder.diffusion_loss``).
 
+    Video has two kinds of step: a clip batch (``batch_size`` clips of all their frames) and a frame batch
+    (``frame_batch_size`` single frames, each a one-frame clip: the 3-D UNet's spatial layers and cross-attention
+    learn the picture from many more conditions per step; Make-A-Video and Zeroscope start from an image model
+    the same way). ``frames=True`` runs the ``frame_steps`` phase (frame batches only); otherwise the
+    ``unet_steps`` phase, in which every ``frame_every``-th step is a frame batch (0: none).
+
     Args:
-        latents: (N, ...) scaled VAE latents of the training pool.
+        latents: (N, ...) scaled VAE latents of the training pool; video (N, C, F, h, w).
         cond: name -> (N, ...) conditioning (the heads' targets).
     """
+    total = arch.frame_steps if frames else arch.unet_steps
     unet = dec.pipe.unet
     unet.train().requires_grad_(True)
     opt = torch.optim.AdamW(unet.parameters(), lr=arch.lr, weight_decay=0.01)
-    g = torch.Generator().manual_seed(cfg.seed)
-    losses: list[float] = []
+    g = torch.Generator().manual_seed(cfg.seed + (1 if frames else 0))
+    losses: dict[str, list[float]] = {"clip": [], "frame": []}
     t0, c0 = time.time(), time.process_time()
-    bar = tqdm(range(arch.unet_steps), desc=f"{modality} unet", unit="step")
+    name = f"{modality} unet" + (" (frames)" if frames else "")
+    bar = tqdm(range(total), desc=name, unit="step")
     for step in bar:
         for group in opt.param_groups:
-            group["lr"] = _lr(step, arch.unet_steps, arch.lr)
-        idx = torch.randint(len(latents), (arch.batch_size,), generator=g)
+            group["lr"] = _lr(step, total, arch.lr)
+        frame_batch = modality == "video" and (frames or (arch.frame_every > 0 and (step + 1) % arch.frame_every == 0))
+        b = arch.frame_batch_size if frame_batch else arch.batch_size
+        idx = torch.randint(len(latents), (b,), generator=g)
+        x = latents[idx]
+        if frame_batch:  # one random frame of each clip, as a one-frame clip (B, C, 1, h, w)
+            x = x[torch.arange(b), :, torch.randint(x.shape[2], (b,), generator=g)][:, :, None]
         c = {k: v[idx] for k, v in cond.items()}
         if modality == "audio":
             c["attention_mask"] = torch.ones(c["prompt_embeds"].shape[:2], dtype=torch.long)
-        drop = torch.rand(arch.batch_size, generator=g) < cfg.p_uncond
+        drop = torch.rand(b, generator=g) < cfg.p_uncond
         if drop.any():
             null = _null_cond(dec, modality, c)
             c = {k: torch.where(drop.view(-1, *([1] * (v.ndim - 1))), null[k].to(v.dtype), v) for k, v in c.items()}
         if modality == "image":  # unCLIP noise augmentation of image_embeds, one level per step
             dec.cfg.loss_noise_level = int(torch.randint(cfg.max_noise_level + 1, (1,), generator=g))
-        loss = dec.diffusion_loss(c, latents[idx], target_is_latents=True,
-                                  seed=int(torch.randint(2**31, (1,), generator=g)))
+        loss = dec.diffusion_loss(c, x, target_is_latents=True, seed=int(torch.randint(2**31, (1,), generator=g)))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
-        losses.append(float(loss.detach()))
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        losses["frame" if frame_batch else "clip"].append(float(loss.detach()))
+        bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
         if log_every and (step + 1) % log_every == 0:
-            logger.info("%s unet step %d: loss %.5f", modality, step + 1, float(np.mean(losses[-log_every:])))
+            logger.info("%s step %d: %s", name, step + 1, ", ".join(
+                f"{k} loss {np.mean(v[-log_every:]):.5f}" for k, v in losses.items() if v))
     seconds, cpu = time.time() - t0, time.process_time() - c0
     unet.eval().requires_grad_(False)
-    steps = max(1, arch.unet_steps)
-    return {"steps": arch.unet_steps, "batch_size": arch.batch_size, "seconds": round(seconds, 1),
-            "seconds_per_step": round(seconds / steps, 4), "cpu_seconds_per_step": round(cpu / steps, 4),
-            "final_loss": float(np.mean(losses[-50:])) if losses else None,
-            "loss_first_50": float(np.mean(losses[:50])) if losses else None}
+    steps = max(1, total)
+    main = losses["frame" if frames else "clip"]
+    report = {"steps": total, "batch_size": arch.frame_batch_size if frames else arch.batch_size,
+              "seconds": round(seconds, 1), "seconds_per_step": round(seconds / steps, 4),
+              "cpu_seconds_per_step": round(cpu / steps, 4),
+              "final_loss": float(np.mean(main[-50:])) if main else None,
+              "loss_first_50": float(np.mean(main[:50])) if main else None}
+    if not frames and losses["frame"]:
+        report.update(frame_every=arch.frame_every, frame_batch_size=arch.frame_batch_size,
+                      final_frame_loss=float(np.mean(losses["frame"][-50:])))
+    return report
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -779,14 +804,20 @@ def train_decoder(cfg: DecoderTrainConfig, modality: str, mcfg: ModelConfig, jud
         encoder = preprocess = None
         if modality == "image":
             encoder, preprocess = _encoder(cfg, mcfg)
-        t_pre = time.time()
-        g = torch.Generator().manual_seed(cfg.seed)
-        latents = torch.cat([dec.encode_target([s.media for s in train[i:i + 64]], generator=g)
-                             for i in range(0, len(train), 64)])  # (N, C, ...) with the trained VAE
-        cond = conditions(dec, modality, train, encoder, preprocess)
-        report["precompute_seconds"] = round(time.time() - t_pre, 1)
-        if arch.unet_steps > 0:
-            report["unet"] = train_unet(dec, modality, latents, cond, arch, cfg, cfg.log_every)
+        frame_steps = arch.frame_steps if modality == "video" else 0
+        if arch.unet_steps > 0 or frame_steps > 0:
+            t_pre = time.time()
+            g = torch.Generator().manual_seed(cfg.seed)
+            latents = torch.cat([dec.encode_target([s.media for s in train[i:i + 64]], generator=g)
+                                 for i in range(0, len(train), 64)])  # (N, C, ...) with the trained VAE
+            cond = conditions(dec, modality, train, encoder, preprocess)
+            report["precompute_seconds"] = round(time.time() - t_pre, 1)
+            if frame_steps > 0:
+                report["unet_frames"] = train_unet(dec, modality, latents, cond, arch, cfg, cfg.log_every,
+                                                   frames=True)
+            if arch.unet_steps > 0:
+                report["unet"] = train_unet(dec, modality, latents, cond, arch, cfg, cfg.log_every)
+            del latents, cond
         dec.cfg.loss_noise_level = mcfg.modalities[modality].decoder.loss_noise_level
         # 4. save the trained components into the pipeline directory
         dec.pipe.unet.save_pretrained(str(tmp / "unet"))
@@ -814,6 +845,17 @@ def train_decoders(cfg: DecoderTrainConfig) -> dict[str, dict]:
         raise ValueError(f"p_uncond = {cfg.p_uncond}; must be in [0, 1)")
     if not 0 <= cfg.max_noise_level < 1000:
         raise ValueError(f"max_noise_level = {cfg.max_noise_level}; must be in [0, 999]")
+    for m in cfg.modalities:
+        arch = getattr(cfg, m)
+        for name in ("vae_steps", "vocoder_steps", "unet_steps", "frame_steps", "frame_every"):
+            if getattr(arch, name) < 0:
+                raise ValueError(f"{m}.{name} = {getattr(arch, name)}; must be >= 0 (0 skips it)")
+        for name in ("batch_size", "vae_batch_size", "frame_batch_size"):
+            if getattr(arch, name) < 1:
+                raise ValueError(f"{m}.{name} = {getattr(arch, name)}; must be >= 1")
+        if m != "video" and (arch.frame_steps or arch.frame_every):
+            raise ValueError(f"{m}.frame_steps / {m}.frame_every are for video only (single frames of clips); "
+                             "set them to 0")
     set_threads(cfg.num_threads)
     mcfg = load_model_config(cfg.model, cfg.model_overrides)
     judges = None
