@@ -30,7 +30,7 @@ if (( smoke )); then
   ENC=(steps=8 batch_size=8 pool_size=64 eval_n=16 eval_every=0 warmup_steps=2)
   LLM=(steps=8 batch_size=2 block_size=64 n_records=300 n_val_records=20 n_captions=200 warmup_steps=2)
   DEC=(image.vae_steps=4 image.unet_steps=6 image.pool_size=32 image.batch_size=4 image.vae_batch_size=4
-       video.unet_steps=3 video.pool_size=8 video.batch_size=2
+       video.unet_steps=3 video.pool_size=8 video.batch_size=2 video.frame_batch_size=2
        audio.vae_steps=3 audio.vocoder_steps=3 audio.unet_steps=4 audio.pool_size=16 audio.batch_size=4
        audio.vae_batch_size=4 eval_n=0)
   IMG_MORE=(image.vae_steps=0 image.unet_steps=2 image.pool_size=32 image.batch_size=4 eval_n=0)

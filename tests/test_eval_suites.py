@@ -206,3 +206,22 @@ def test_edit_manifest_reader(tmp_path):
         {"role": "assistant", "content": [{"type": "audio", "path": "media/0-be.wav"}]}]}) + "\n")
     with pytest.raises(ValueError, match="odd number, got 2"):
         read_edit_manifest(bad, "audio")
+
+
+def test_dir_fingerprint_follows_symlinked_parts(tmp_path):
+    """A model folder built from links to shared weights fingerprints like a copy (and does not crash)."""
+    from codi2.eval.runner import dir_fingerprint
+
+    shared = tmp_path / "shared"
+    (shared / "llm").mkdir(parents=True)
+    (shared / "llm" / "w.bin").write_bytes(b"weights")
+    copy, linked = tmp_path / "copy", tmp_path / "linked"
+    (copy / "llm").mkdir(parents=True)
+    (copy / "llm" / "w.bin").write_bytes(b"weights")
+    (copy / "config.yaml").write_text("a: 1\n")
+    linked.mkdir()
+    (linked / "llm").symlink_to(shared / "llm", target_is_directory=True)
+    (linked / "config.yaml").symlink_to(copy / "config.yaml")
+    assert dir_fingerprint(linked) == dir_fingerprint(copy)
+    (shared / "llm" / "w.bin").write_bytes(b"other")
+    assert dir_fingerprint(linked) != dir_fingerprint(copy)

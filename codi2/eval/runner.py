@@ -110,20 +110,24 @@ def _file_digest(p: Path) -> str:
 
 
 def fingerprint(files: Iterable[Path], root: Optional[Path] = None) -> str:
-    """sha256 over (name relative to ``root`` or to the files' common folder, content digest) of the files."""
-    files = sorted({Path(f).resolve() for f in files})
+    """sha256 over (name relative to ``root`` or to the files' common folder, content digest) of the files.
+
+    Names are taken before symlinks are followed, so a model folder whose parts are links (to shared weights)
+    fingerprints like a copy of it."""
+    files = sorted({Path(os.path.abspath(f)) for f in files})
     if not files:
         return "empty"
-    base = Path(root).resolve() if root is not None else Path(os.path.commonpath([str(f.parent) for f in files]))
+    base = Path(os.path.abspath(root)) if root is not None else Path(os.path.commonpath([str(f.parent) for f in files]))
     h = hashlib.sha256()
     for f in files:
-        h.update(f"{f.relative_to(base).as_posix()}\0{_file_digest(f)}\n".encode())
+        h.update(f"{Path(os.path.relpath(f, base)).as_posix()}\0{_file_digest(f)}\n".encode())
     return h.hexdigest()
 
 
 def dir_fingerprint(d: "str | Path") -> str:
     d = Path(d)
-    return fingerprint([p for p in d.rglob("*") if p.is_file()], d)
+    files = [Path(top) / n for top, _, names in os.walk(d, followlinks=True) for n in names]  # rglob skips linked dirs
+    return fingerprint([p for p in files if p.is_file()], d)
 
 
 def versions() -> dict[str, str]:

@@ -79,6 +79,14 @@ class DecoderArch:
         frame_steps / frame_every / frame_batch_size: video only: UNet steps on ``frame_batch_size`` single
             frames (one-frame clips) before the clip steps, and every ``frame_every``-th clip step a frame
             batch too (0: none); see :func:`train_unet`.
+        prediction_type: the UNet's target, ``epsilon`` or ``v_prediction`` ("" keeps the pipeline's own:
+            v-prediction for image, epsilon for audio and video).
+        zero_snr: rescale the noise schedule to zero terminal SNR and sample from the last timestep
+            (``rescale_betas_zero_snr``, ``timestep_spacing: trailing``; Lin et al. 2024, "Common Diffusion
+            Noise Schedules and Sample Steps are Flawed"); needs v-prediction. SD's schedule keeps
+            ``sqrt(alpha_bar_T) = 0.068`` of the signal at its last step: summed over 8 × 16 × 16 video
+            latents that tells the UNet the clip's colour and motion without the text, which pure-noise
+            sampling then cannot give it (see :func:`set_schedule`).
         lr / vae_lr: AdamW learning rates (cosine decay after a short warm-up).
         pool_size: training renders per modality, rendered once (held in memory).
     """
@@ -106,6 +114,8 @@ class DecoderArch:
     frame_steps: int = 0
     frame_every: int = 0
     frame_batch_size: int = 32
+    prediction_type: str = ""
+    zero_snr: bool = False
     vae_batch_size: int = 16
     lr: float = 5e-4
     vae_lr: float = 1e-3
@@ -374,6 +384,25 @@ def build_pipeline(modality: str, arch: DecoderArch, mcfg: ModelConfig, seed: in
     return build_text_to_video(arch, tl, td, seed=seed)
 
 
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def set_schedule(pipe_dir: Path, arch: DecoderArch) -> dict[str, Any]:
+    """Applies ``arch.prediction_type`` / ``arch.zero_snr`` to the sampling scheduler saved in ``pipe_dir``
+    (``scheduler/scheduler_config.json``; training and decoding both read it). Returns the keys it changed."""
+    path = pipe_dir / "scheduler" / "scheduler_config.json"
+    config = json.loads(path.read_text())
+    want: dict[str, Any] = {}
+    if arch.prediction_type:
+        want["prediction_type"] = arch.prediction_type
+    if arch.zero_snr:
+        want.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    changed = {k: v for k, v in want.items() if config.get(k) != v}
+    if changed:
+        path.write_text(json.dumps({**config, **changed}, indent=2, sort_keys=True) + "\n")
+    return changed
+
+
 # ----------------------------------------------------------------------------- losses / schedules
 def _lr(step: int, total: int, base: float, warmup: int = 50) -> float:
     if step < warmup:
@@ -635,7 +664,8 @@ def train_unet(dec, modality: str, latents: torch.Tensor, cond: dict[str, torch.
         bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
         if log_every and (step + 1) % log_every == 0:
             logger.info("%s step %d: %s", name, step + 1, ", ".join(
-                f"{k} loss {np.mean(v[-log_every:]):.5f}" for k, v in losses.items() if v))
+                f"{k + ' ' if modality == 'video' else ''}loss {np.mean(v[-log_every:]):.5f}"
+                for k, v in losses.items() if v))
     seconds, cpu = time.time() - t0, time.process_time() - c0
     unet.eval().requires_grad_(False)
     steps = max(1, total)
@@ -778,6 +808,12 @@ def train_decoder(cfg: DecoderTrainConfig, modality: str, mcfg: ModelConfig, jud
         if pipe is not None:
             pipe.save_pretrained(str(tmp))
             del pipe
+        changed = set_schedule(tmp, arch)
+        if changed:
+            report["schedule_changed"] = changed
+            if cfg.init is not None and arch.unet_steps + (arch.frame_steps if modality == "video" else 0) == 0:
+                logger.warning("%s: the scheduler changed (%s) but no UNet step runs: the UNet was trained for the "
+                               "old one", modality, changed)
         dec = build_decoder(modality, _decoder_config(mcfg, modality, tmp), device="cpu").load()
         logger.info("%s decoder: unet %s params, vae %s params", modality,
                     f"{sum(p.numel() for p in dec.pipe.unet.parameters()):,}",
@@ -853,6 +889,11 @@ def train_decoders(cfg: DecoderTrainConfig) -> dict[str, dict]:
         for name in ("batch_size", "vae_batch_size", "frame_batch_size"):
             if getattr(arch, name) < 1:
                 raise ValueError(f"{m}.{name} = {getattr(arch, name)}; must be >= 1")
+        if arch.prediction_type:
+            check_choice(f"{m}.prediction_type", arch.prediction_type, PREDICTION_TYPES)
+        if arch.zero_snr and arch.prediction_type != "v_prediction":
+            raise ValueError(f"{m}.zero_snr needs {m}.prediction_type: v_prediction (epsilon is undefined at zero "
+                             f"SNR); got {arch.prediction_type or 'the pipeline default'!r}")
         if m != "video" and (arch.frame_steps or arch.frame_every):
             raise ValueError(f"{m}.frame_steps / {m}.frame_every are for video only (single frames of clips); "
                              "set them to 0")
