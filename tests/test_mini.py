@@ -167,20 +167,20 @@ def test_decoder_stage_image_and_video_pipelines_decode(tmp_path):
     again = build_decoder("image", DecoderConfig(path=str(out / "image"), steps=2)).load()
     assert all(torch.equal(v, again.pipe.vae.state_dict()[k]) for k, v in vae_before.items())
     assert any(not torch.equal(v, again.pipe.unet.state_dict()[k]) for k, v in trained.items())
-    # video: single-frame steps first, then clip steps with every 2nd a frame batch, switching to a
+    # video: clip steps with every 2nd a frame batch, switching to a
     # zero-terminal-SNR v-prediction schedule that training (DDPM) and both samplers then use
     video_before = {k: v.clone() for k, v in video.pipe.unet.state_dict().items()}
     assert video.pipe.scheduler.config.prediction_type == "epsilon"
     frames = dataclasses.replace(cfg, modalities=["video"], init=cfg.out, video=dataclasses.replace(
-        cfg.video, frame_steps=2, frame_every=2, frame_batch_size=3, unet_steps=2, prediction_type="v_prediction",
+        cfg.video, frame_every=2, frame_batch_size=3, unet_steps=2, prediction_type="v_prediction",
         zero_snr=True))
     rep = train_decoders(frames)["video"]
-    assert rep["unet_frames"]["steps"] == 2 and rep["unet_frames"]["batch_size"] == 3
+    assert rep["unet"]["steps"] == 2 and rep["unet"]["frame_batch_size"] == 3
     assert rep["unet"]["frame_every"] == 2 and rep["unet"]["final_frame_loss"] > 0
     assert rep["schedule_changed"] == {"prediction_type": "v_prediction", "rescale_betas_zero_snr": True,
                                        "timestep_spacing": "trailing"}
     assert "schedule_changed" not in train_decoders(dataclasses.replace(  # already set: nothing to change
-        frames, video=dataclasses.replace(frames.video, frame_steps=0, unet_steps=1)))["video"]
+        frames, video=dataclasses.replace(frames.video, unet_steps=1)))["video"]
     moved = build_decoder("video", DecoderConfig(path=str(out / "video"), steps=2, guidance=2.0, num_frames=2)).load()
     assert any(not torch.equal(v, moved.pipe.unet.state_dict()[k]) for k, v in video_before.items())
     for name in ("dpm++", "ddim"):
@@ -209,8 +209,8 @@ def test_decoder_stage_image_and_video_pipelines_decode(tmp_path):
         assert torch.allclose(leak.x0_estimate(v, x_t, ab, "v_prediction"), x0, atol=1e-5)
     with pytest.raises(ValueError, match="prediction_type"):
         leak.x0_estimate(eps, x0, torch.tensor(0.5), "sample")
-    with pytest.raises(ValueError, match="image.frame_steps"):
-        train_decoders(dataclasses.replace(cfg, image=dataclasses.replace(cfg.image, frame_steps=1)))
+    with pytest.raises(ValueError, match="image.frame_every"):
+        train_decoders(dataclasses.replace(cfg, image=dataclasses.replace(cfg.image, frame_every=1)))
     with pytest.raises(ValueError, match="video.frame_batch_size"):
         train_decoders(dataclasses.replace(cfg, video=dataclasses.replace(cfg.video, frame_batch_size=0)))
     with pytest.raises(ValueError, match="video.zero_snr needs video.prediction_type: v_prediction"):

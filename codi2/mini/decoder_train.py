@@ -76,9 +76,8 @@ class DecoderArch:
         vocoder_lr / vocoder_mel_weight / vocoder_segment_frames: audio only: the vocoder's AdamW rate, the
             weight of its log-mel L1 term (HiFi-GAN's 45) and the mel frames of each training crop.
         batch_size / vae_batch_size: samples per step.
-        frame_steps / frame_every / frame_batch_size: video only: UNet steps on ``frame_batch_size`` single
-            frames (one-frame clips) before the clip steps, and every ``frame_every``-th clip step a frame
-            batch too (0: none); see :func:`train_unet`.
+        frame_every / frame_batch_size: video only: every ``frame_every``-th UNet step is a batch of
+            ``frame_batch_size`` single frames (one-frame clips) instead of clips (0: none); see :func:`train_unet`.
         prediction_type: the UNet's target, ``epsilon`` or ``v_prediction`` ("" keeps the pipeline's own:
             v-prediction for image, epsilon for audio and video).
         zero_snr: rescale the noise schedule to zero terminal SNR and sample from the last timestep
@@ -111,7 +110,6 @@ class DecoderArch:
     vocoder_resblock_dilations: list[int] = field(default_factory=lambda: [1, 3, 5])
     unet_steps: int = 3000
     batch_size: int = 16
-    frame_steps: int = 0
     frame_every: int = 0
     frame_batch_size: int = 32
     prediction_type: str = ""
@@ -615,32 +613,31 @@ def _null_cond(dec, modality: str, cond: dict[str, torch.Tensor]) -> dict[str, t
 
 
 def train_unet(dec, modality: str, latents: torch.Tensor, cond: dict[str, torch.Tensor], arch: DecoderArch,
-               cfg: DecoderTrainConfig, log_every: int, frames: bool = False) -> dict:
+               cfg: DecoderTrainConfig, log_every: int) -> dict:
     """Trains ``dec.pipe.unet`` with the decoder's own denoising loss (``Decoder.diffusion_loss``).
 
     Video has two kinds of step: a clip batch (``batch_size`` clips of all their frames) and a frame batch
     (``frame_batch_size`` single frames, each a one-frame clip: the 3-D UNet's spatial layers and cross-attention
     learn the picture from many more conditions per step; Make-A-Video and Zeroscope start from an image model
-    the same way). ``frames=True`` runs the ``frame_steps`` phase (frame batches only); otherwise the
-    ``unet_steps`` phase, in which every ``frame_every``-th step is a frame batch (0: none).
+    the same way). Every ``frame_every``-th step is a frame batch (0: none).
 
     Args:
         latents: (N, ...) scaled VAE latents of the training pool; video (N, C, F, h, w).
         cond: name -> (N, ...) conditioning (the heads' targets).
     """
-    total = arch.frame_steps if frames else arch.unet_steps
+    total = arch.unet_steps
     unet = dec.pipe.unet
     unet.train().requires_grad_(True)
     opt = torch.optim.AdamW(unet.parameters(), lr=arch.lr, weight_decay=0.01)
-    g = torch.Generator().manual_seed(cfg.seed + (1 if frames else 0))
+    g = torch.Generator().manual_seed(cfg.seed)
     losses: dict[str, list[float]] = {"clip": [], "frame": []}
     t0, c0 = time.time(), time.process_time()
-    name = f"{modality} unet" + (" (frames)" if frames else "")
+    name = f"{modality} unet"
     bar = tqdm(range(total), desc=name, unit="step")
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = _lr(step, total, arch.lr)
-        frame_batch = modality == "video" and (frames or (arch.frame_every > 0 and (step + 1) % arch.frame_every == 0))
+        frame_batch = modality == "video" and arch.frame_every > 0 and (step + 1) % arch.frame_every == 0
         b = arch.frame_batch_size if frame_batch else arch.batch_size
         idx = torch.randint(len(latents), (b,), generator=g)
         x = latents[idx]
@@ -669,13 +666,13 @@ def train_unet(dec, modality: str, latents: torch.Tensor, cond: dict[str, torch.
     seconds, cpu = time.time() - t0, time.process_time() - c0
     unet.eval().requires_grad_(False)
     steps = max(1, total)
-    main = losses["frame" if frames else "clip"]
-    report = {"steps": total, "batch_size": arch.frame_batch_size if frames else arch.batch_size,
+    main = losses["clip"]
+    report = {"steps": total, "batch_size": arch.batch_size,
               "seconds": round(seconds, 1), "seconds_per_step": round(seconds / steps, 4),
               "cpu_seconds_per_step": round(cpu / steps, 4),
               "final_loss": float(np.mean(main[-50:])) if main else None,
               "loss_first_50": float(np.mean(main[:50])) if main else None}
-    if not frames and losses["frame"]:
+    if losses["frame"]:
         report.update(frame_every=arch.frame_every, frame_batch_size=arch.frame_batch_size,
                       final_frame_loss=float(np.mean(losses["frame"][-50:])))
     return report
@@ -811,7 +808,7 @@ def train_decoder(cfg: DecoderTrainConfig, modality: str, mcfg: ModelConfig, jud
         changed = set_schedule(tmp, arch)
         if changed:
             report["schedule_changed"] = changed
-            if cfg.init is not None and arch.unet_steps + (arch.frame_steps if modality == "video" else 0) == 0:
+            if cfg.init is not None and arch.unet_steps == 0:
                 logger.warning("%s: the scheduler changed (%s) but no UNet step runs: the UNet was trained for the "
                                "old one", modality, changed)
         dec = build_decoder(modality, _decoder_config(mcfg, modality, tmp), device="cpu").load()
@@ -840,19 +837,14 @@ def train_decoder(cfg: DecoderTrainConfig, modality: str, mcfg: ModelConfig, jud
         encoder = preprocess = None
         if modality == "image":
             encoder, preprocess = _encoder(cfg, mcfg)
-        frame_steps = arch.frame_steps if modality == "video" else 0
-        if arch.unet_steps > 0 or frame_steps > 0:
+        if arch.unet_steps > 0:
             t_pre = time.time()
             g = torch.Generator().manual_seed(cfg.seed)
             latents = torch.cat([dec.encode_target([s.media for s in train[i:i + 64]], generator=g)
                                  for i in range(0, len(train), 64)])  # (N, C, ...) with the trained VAE
             cond = conditions(dec, modality, train, encoder, preprocess)
             report["precompute_seconds"] = round(time.time() - t_pre, 1)
-            if frame_steps > 0:
-                report["unet_frames"] = train_unet(dec, modality, latents, cond, arch, cfg, cfg.log_every,
-                                                   frames=True)
-            if arch.unet_steps > 0:
-                report["unet"] = train_unet(dec, modality, latents, cond, arch, cfg, cfg.log_every)
+            report["unet"] = train_unet(dec, modality, latents, cond, arch, cfg, cfg.log_every)
             del latents, cond
         dec.cfg.loss_noise_level = mcfg.modalities[modality].decoder.loss_noise_level
         # 4. save the trained components into the pipeline directory
@@ -883,7 +875,7 @@ def train_decoders(cfg: DecoderTrainConfig) -> dict[str, dict]:
         raise ValueError(f"max_noise_level = {cfg.max_noise_level}; must be in [0, 999]")
     for m in cfg.modalities:
         arch = getattr(cfg, m)
-        for name in ("vae_steps", "vocoder_steps", "unet_steps", "frame_steps", "frame_every"):
+        for name in ("vae_steps", "vocoder_steps", "unet_steps", "frame_every"):
             if getattr(arch, name) < 0:
                 raise ValueError(f"{m}.{name} = {getattr(arch, name)}; must be >= 0 (0 skips it)")
         for name in ("batch_size", "vae_batch_size", "frame_batch_size"):
@@ -894,9 +886,8 @@ def train_decoders(cfg: DecoderTrainConfig) -> dict[str, dict]:
         if arch.zero_snr and arch.prediction_type != "v_prediction":
             raise ValueError(f"{m}.zero_snr needs {m}.prediction_type: v_prediction (epsilon is undefined at zero "
                              f"SNR); got {arch.prediction_type or 'the pipeline default'!r}")
-        if m != "video" and (arch.frame_steps or arch.frame_every):
-            raise ValueError(f"{m}.frame_steps / {m}.frame_every are for video only (single frames of clips); "
-                             "set them to 0")
+        if m != "video" and arch.frame_every:
+            raise ValueError(f"{m}.frame_every is for video only (single frames of clips); set it to 0")
     set_threads(cfg.num_threads)
     mcfg = load_model_config(cfg.model, cfg.model_overrides)
     judges = None
