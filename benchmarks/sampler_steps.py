@@ -48,7 +48,8 @@ def run(model_dir: str, n: int, steps: Sequence[int], schedulers: Sequence[str],
                 r = judge_generations(dec, m, held, judges, cond, k, seed, scheduler=sched)
                 r.update(scheduler=sched, steps=k, wall_seconds=round(time.perf_counter() - t, 2))
                 rows.append(r)
-                print(f"{m:5s} {sched:5s} {k:3d} steps: shape+colour {r['shape+colour']:.3f} all {r['all']:.3f} "
+                extra = f" colour+direction {r['colour+direction']:.3f}" if "colour+direction" in r else ""
+                print(f"{m:5s} {sched:5s} {k:3d} steps: shape+colour {r['shape+colour']:.3f}{extra} all {r['all']:.3f} "
                       f"{r['seconds_per_sample']:.3f} s/sample", flush=True)
         ref = next((r for r in rows if r["scheduler"] == "dpm++" and r["steps"] == 20), rows[0])
         for r in rows:

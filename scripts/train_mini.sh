@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The mini model's whole recipe (issue 5), from a clean checkout to checkpoints/codi2-mini:
 #
-#   bash scripts/train_mini.sh            # full size: about 2 h on an idle 2-core CPU
+#   bash scripts/train_mini.sh            # full size: about 4 h 10 min on an idle 2-core CPU (README: stage times)
 #   bash scripts/train_mini.sh --smoke    # the same stages at toy sizes, a few minutes (CI runs it)
 #
 # 1. world data (runs/mini/data/{stage1,train,test}) and the world judges (runs/mini/judges)
 # 2. component pre-training, two chains side by side on one thread each (codi2/mini):
-#      A: encoder -> decoders image+video        B: llm -> decoder audio
+#      A: encoder -> decoders image+video -> 1400 more video-UNet steps        B: llm -> decoder audio
 # 3. the LoRA + projector + head stages through the trainer: mini-stage1 (projector alignment), then
 #    mini-stage2 (instruction tuning) from stage 1's export, mini-stage3 (a second pass weighted to the
 #    image and sound phases) from stage 2's, mini-stage4 (+ 6000 in-context editing records) from stage 3's;
@@ -34,6 +34,8 @@ if (( smoke )); then
        audio.vae_steps=3 audio.vocoder_steps=3 audio.unet_steps=4 audio.pool_size=16 audio.batch_size=4
        audio.vae_batch_size=4 eval_n=0)
   IMG_MORE=(image.vae_steps=0 image.unet_steps=2 image.pool_size=32 image.batch_size=4 eval_n=0)
+  VID_MORE=(video.unet_steps=2 video.frame_every=0 video.batch_size=2 video.pool_size=8 video.high_noise_fraction=0.5
+            video.high_noise_from=850 eval_n=0)
   N_STAGE1=48; N_TRAIN=96; N_ICL=16; N_TEST=32; JUDGES=(--n 200 --n-eval 50 --epochs 1)
   ST1=(max_steps=6 batch_size=4 save_every=3 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
   ST2=(max_steps=6 batch_size=4 save_every=3 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
@@ -44,6 +46,9 @@ else
   RUN="${RUN:-runs/mini}"; OUT="${OUT:-checkpoints/codi2-mini}"
   ENC=(); LLM=(); DEC=(); ST1=(); ST2=(); ST3=(); ST4=(); EVAL=(--n "${EVAL_N:-30}")
   IMG_MORE=(image.vae_steps=0 image.unet_steps=6000)
+  # clips only, half of them at t >= 850, where the direction of motion is set (README: Video)
+  VID_MORE=(video.unet_steps=1400 video.frame_every=0 video.batch_size=8 video.high_noise_fraction=0.5
+            video.high_noise_from=850 video.lr=5.0e-4)
   N_STAGE1=4000; N_TRAIN=12000; N_ICL=6000; N_TEST=800; JUDGES=()
 fi
 mkdir -p "$RUN/logs"
@@ -80,6 +85,11 @@ chain_a() {
     [[ -f "$RUN/decoders/$m/model_index.json" ]] || codi2 train-component decoder configs/train/mini-decoders.yaml \
         out="$RUN/decoders" "modalities=[$m]" "${DEC[@]}" > "$RUN/logs/decoder_$m.log" 2>&1
   done
+  if [[ ! -f "$RUN/decoders/.video-refined" ]]; then
+    codi2 train-component decoder configs/train/mini-decoders.yaml init="$RUN/decoders" out="$RUN/decoders" \
+        "modalities=[video]" "${VID_MORE[@]}" > "$RUN/logs/decoder_video_more.log" 2>&1
+    touch "$RUN/decoders/.video-refined"
+  fi
 }
 chain_b() {
   [[ -f "$RUN/llm/config.json" ]] || codi2 train-component llm configs/train/mini-llm.yaml \

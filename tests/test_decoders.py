@@ -151,6 +151,14 @@ def test_diffusion_loss_gradients(decoders, m):
     assert torch.equal(dec.diffusion_loss(detached, target, seed=0), loss.detach())
     from_latents = dec.diffusion_loss(detached, latents, target_is_latents=True, seed=0)
     assert torch.equal(from_latents, dec.diffusion_loss(detached, latents, target_is_latents=True, seed=0))
+    # chosen timesteps: the loss depends on them, and out-of-range ones are refused with the allowed range
+    early, late = (dec.diffusion_loss(detached, latents, target_is_latents=True, seed=0, timesteps=torch.tensor([t, t]))
+                   for t in (0, 999))
+    assert torch.isfinite(early) and torch.isfinite(late) and not torch.equal(early, late)
+    with pytest.raises(ValueError, match=r"timesteps must be 2 integers in \[0, 1000\)"):
+        dec.diffusion_loss(detached, latents, target_is_latents=True, timesteps=torch.tensor([0, 1000]))
+    with pytest.raises(ValueError, match="got shape"):
+        dec.diffusion_loss(detached, latents, target_is_latents=True, timesteps=torch.tensor([5]))
 
 
 @pytest.mark.parametrize("m", ["audio", "video"])

@@ -81,6 +81,35 @@ def test_contrastive_loss_counts_equal_attributes_as_positives():
     assert acc2 == 1.0
 
 
+def test_train_timesteps_over_sample_high_noise():
+    from codi2.mini.decoder_train import DecoderArch, train_timesteps
+
+    def draw(fraction):
+        return train_timesteps(4000, DecoderArch(high_noise_fraction=fraction, high_noise_from=900),
+                               torch.Generator().manual_seed(0))
+
+    uniform, half, high = draw(0.0), draw(0.5), draw(1.0)
+    assert int(uniform.min()) >= 0 and int(uniform.max()) <= 999
+    assert 0.07 < float((uniform >= 900).float().mean()) < 0.13  # a tenth of uniform draws
+    assert 0.5 < float((half >= 900).float().mean()) < 0.6  # half, plus a tenth of the other half
+    assert int(high.min()) >= 900 and int(high.max()) <= 999
+    assert torch.equal(draw(0.5), half)  # seeded
+
+
+def test_judge_accuracy_keys():
+    from codi2.mini.decoder_train import _accuracy
+
+    truth = [{"shape": "star", "colour": "red", "size": "small", "direction": "up"},
+             {"shape": "circle", "colour": "blue", "size": "large", "direction": "left"}]
+    said = [{"shape": ("star", 0.9), "colour": ("red", 0.8), "size": ("large", 0.7), "direction": ("up", 0.9)},
+            {"shape": ("star", 0.9), "colour": ("blue", 0.8), "size": ("large", 0.7), "direction": ("right", 0.6)}]
+    acc = _accuracy(said, truth)
+    assert acc["colour"] == 1.0 and acc["direction"] == 0.5 and acc["shape+colour"] == 0.5 and acc["all"] == 0.0
+    assert acc["colour+direction"] == 0.5
+    still = [{k: v for k, v in t.items() if k != "direction"} for t in truth]
+    assert "colour+direction" not in _accuracy(said, still)  # images and sounds have no direction
+
+
 def test_encoder_stage_writes_a_strictly_loadable_checkpoint(tmp_path):
     from codi2.encoders import ImageBindModel, load_imagebind_weights
     from codi2.mini.encoder_align import EncoderAlignConfig, train_encoder
@@ -173,8 +202,9 @@ def test_decoder_stage_image_and_video_pipelines_decode(tmp_path):
     assert video.pipe.scheduler.config.prediction_type == "epsilon"
     frames = dataclasses.replace(cfg, modalities=["video"], init=cfg.out, video=dataclasses.replace(
         cfg.video, frame_every=2, frame_batch_size=3, unet_steps=2, prediction_type="v_prediction",
-        zero_snr=True))
+        zero_snr=True, high_noise_fraction=0.5, high_noise_from=900))
     rep = train_decoders(frames)["video"]
+    assert rep["unet"]["high_noise_fraction"] == 0.5 and rep["unet"]["high_noise_from"] == 900
     assert rep["unet"]["steps"] == 2 and rep["unet"]["frame_batch_size"] == 3
     assert rep["unet"]["frame_every"] == 2 and rep["unet"]["final_frame_loss"] > 0
     assert rep["schedule_changed"] == {"prediction_type": "v_prediction", "rescale_betas_zero_snr": True,
@@ -201,6 +231,11 @@ def test_decoder_stage_image_and_video_pipelines_decode(tmp_path):
     res = leak.probe(str(out / "video"), Judges(JudgeConfig(width=4, hidden=8, modalities=("video",))), 2, [999, 500])
     assert res["prediction_type"] == "v_prediction" and res["rescale_betas_zero_snr"]
     assert [r["t"] for r in res["rows"]] == [999, 500] and res["rows"][0]["sqrt_alpha_bar"] < 1e-3
+    captioned = leak.probe(str(out / "video"), Judges(JudgeConfig(width=4, hidden=8, modalities=("video",))), 2,
+                           [999], conditioning="caption")
+    assert captioned["conditioning"] == "caption" and captioned["rows"][0]["conditioning"] == "caption"
+    with pytest.raises(ValueError, match="conditioning 'none'; allowed: empty, caption"):
+        leak.probe(str(out / "video"), None, 2, [999], conditioning="none")
     x0, eps = torch.randn(2, 4), torch.randn(2, 4)
     for ab in (torch.tensor(0.3), torch.tensor(0.9)):
         x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
@@ -213,6 +248,10 @@ def test_decoder_stage_image_and_video_pipelines_decode(tmp_path):
         train_decoders(dataclasses.replace(cfg, image=dataclasses.replace(cfg.image, frame_every=1)))
     with pytest.raises(ValueError, match="video.frame_batch_size"):
         train_decoders(dataclasses.replace(cfg, video=dataclasses.replace(cfg.video, frame_batch_size=0)))
+    with pytest.raises(ValueError, match=r"video.high_noise_fraction = 1.5; must be in \[0, 1\]"):
+        train_decoders(dataclasses.replace(cfg, video=dataclasses.replace(cfg.video, high_noise_fraction=1.5)))
+    with pytest.raises(ValueError, match="video.high_noise_from = 1000"):
+        train_decoders(dataclasses.replace(cfg, video=dataclasses.replace(cfg.video, high_noise_from=1000)))
     with pytest.raises(ValueError, match="video.zero_snr needs video.prediction_type: v_prediction"):
         train_decoders(dataclasses.replace(cfg, video=dataclasses.replace(cfg.video, zero_snr=True)))
     with pytest.raises(ValueError, match="video.prediction_type"):

@@ -352,13 +352,14 @@ class Decoder:
         raise NotImplementedError
 
     def diffusion_loss(self, cond: dict[str, torch.Tensor], target: Any, *, target_is_latents: bool = False,
-                       seed: Optional[int] = None) -> torch.Tensor:
+                       seed: Optional[int] = None, timesteps: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The decoder's own denoising loss through the frozen UNet; gradients flow into ``cond``.
 
         Args:
             cond: conditioning tensors as for :meth:`decode` (may require grad).
             target: target media (see :meth:`encode_target`), or latents when ``target_is_latents``.
             seed: makes timesteps and noise reproducible.
+            timesteps: (B,) integer training timesteps in [0, num_train_timesteps); default uniform.
 
         Returns:
             Scalar MSE between the UNet output and its training target (noise for ``epsilon``,
@@ -377,7 +378,15 @@ class Decoder:
             raise ValueError(f"target batch {b} != cond batch {next(iter(cond.values())).shape[0]}")
         sched = DDPMScheduler.from_config(self._scheduler_config or pipe.scheduler.config)
         noise = randn_tensor(latents.shape, generator=g, device=self.device, dtype=self.dtype)
-        t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=g).to(self.device)
+        n_t = sched.config.num_train_timesteps
+        if timesteps is None:
+            t = torch.randint(0, n_t, (b,), generator=g)
+        else:
+            t = torch.as_tensor(timesteps).long()
+            if t.shape != (b,) or int(t.min()) < 0 or int(t.max()) >= n_t:
+                raise ValueError(f"timesteps must be {b} integers in [0, {n_t}); got shape {tuple(t.shape)}, "
+                                 f"range [{int(t.min())}, {int(t.max())}]")
+        t = t.to(self.device)
         noisy = sched.add_noise(latents, noise, t)
         kind = sched.config.prediction_type
         if kind == "epsilon":

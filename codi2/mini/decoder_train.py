@@ -86,6 +86,10 @@ class DecoderArch:
             ``sqrt(alpha_bar_T) = 0.068`` of the signal at its last step: summed over 8 × 16 × 16 video
             latents that tells the UNet the clip's colour and motion without the text, which pure-noise
             sampling then cannot give it (see :func:`set_schedule`).
+        high_noise_fraction / high_noise_from: the share of UNet training samples whose timestep is drawn from
+            ``[high_noise_from, 1000)`` instead of ``[0, 1000)`` (0: uniform). A clip's direction is set in the
+            first sampling steps, from noise that holds none: the UNet must learn it there from the text alone,
+            and uniform timesteps give those steps a tenth of the loss (``benchmarks/terminal_leak.py`` probes it).
         lr / vae_lr: AdamW learning rates (cosine decay after a short warm-up).
         pool_size: training renders per modality, rendered once (held in memory).
     """
@@ -114,6 +118,8 @@ class DecoderArch:
     frame_batch_size: int = 32
     prediction_type: str = ""
     zero_snr: bool = False
+    high_noise_fraction: float = 0.0
+    high_noise_from: int = 800
     vae_batch_size: int = 16
     lr: float = 5e-4
     vae_lr: float = 1e-3
@@ -612,6 +618,16 @@ def _null_cond(dec, modality: str, cond: dict[str, torch.Tensor]) -> dict[str, t
     return {k: null[k].expand(b, *null[k].shape[1:]).to(cond[k].dtype).cpu() for k in cond}
 
 
+def train_timesteps(b: int, arch: DecoderArch, g: torch.Generator, num_train_timesteps: int = 1000) -> torch.Tensor:
+    """(b,) training timesteps: uniform, except a ``high_noise_fraction`` share drawn from
+    ``[high_noise_from, num_train_timesteps)``."""
+    t = torch.randint(num_train_timesteps, (b,), generator=g)
+    if arch.high_noise_fraction > 0:
+        high = torch.randint(arch.high_noise_from, num_train_timesteps, (b,), generator=g)
+        t = torch.where(torch.rand(b, generator=g) < arch.high_noise_fraction, high, t)
+    return t
+
+
 def train_unet(dec, modality: str, latents: torch.Tensor, cond: dict[str, torch.Tensor], arch: DecoderArch,
                cfg: DecoderTrainConfig, log_every: int) -> dict:
     """Trains ``dec.pipe.unet`` with the decoder's own denoising loss (``Decoder.diffusion_loss``).
@@ -652,7 +668,8 @@ def train_unet(dec, modality: str, latents: torch.Tensor, cond: dict[str, torch.
             c = {k: torch.where(drop.view(-1, *([1] * (v.ndim - 1))), null[k].to(v.dtype), v) for k, v in c.items()}
         if modality == "image":  # unCLIP noise augmentation of image_embeds, one level per step
             dec.cfg.loss_noise_level = int(torch.randint(cfg.max_noise_level + 1, (1,), generator=g))
-        loss = dec.diffusion_loss(c, x, target_is_latents=True, seed=int(torch.randint(2**31, (1,), generator=g)))
+        loss = dec.diffusion_loss(c, x, target_is_latents=True, seed=int(torch.randint(2**31, (1,), generator=g)),
+                                  timesteps=train_timesteps(b, arch, g))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -672,6 +689,8 @@ def train_unet(dec, modality: str, latents: torch.Tensor, cond: dict[str, torch.
               "cpu_seconds_per_step": round(cpu / steps, 4),
               "final_loss": float(np.mean(main[-50:])) if main else None,
               "loss_first_50": float(np.mean(main[:50])) if main else None}
+    if arch.high_noise_fraction > 0:
+        report.update(high_noise_fraction=arch.high_noise_fraction, high_noise_from=arch.high_noise_from)
     if losses["frame"]:
         report.update(frame_every=arch.frame_every, frame_batch_size=arch.frame_batch_size,
                       final_frame_loss=float(np.mean(losses["frame"][-50:])))
@@ -684,13 +703,17 @@ def _score(judges, modality: str, media: Any) -> dict:
 
 
 def _accuracy(scores: list[dict], attrs: list[dict]) -> dict[str, float]:
-    """Per-attribute accuracy, ``all`` (every attribute right) and ``shape+colour``."""
+    """Per-attribute accuracy, ``all`` (every attribute right), ``shape+colour`` and, for clips,
+    ``colour+direction`` (the text -> video target)."""
     out: dict[str, float] = {}
     for a in attrs[0]:
         out[a] = float(np.mean([s[a][0] == t[a] for s, t in zip(scores, attrs)]))
     out["all"] = float(np.mean([all(s[a][0] == t[a] for a in t) for s, t in zip(scores, attrs)]))
     out["shape+colour"] = float(np.mean([s["shape"][0] == t["shape"] and s["colour"][0] == t["colour"]
                                          for s, t in zip(scores, attrs)]))
+    if "direction" in attrs[0]:
+        out["colour+direction"] = float(np.mean([s["colour"][0] == t["colour"] and s["direction"][0] == t["direction"]
+                                                 for s, t in zip(scores, attrs)]))
     return out
 
 
@@ -886,6 +909,10 @@ def train_decoders(cfg: DecoderTrainConfig) -> dict[str, dict]:
         if arch.zero_snr and arch.prediction_type != "v_prediction":
             raise ValueError(f"{m}.zero_snr needs {m}.prediction_type: v_prediction (epsilon is undefined at zero "
                              f"SNR); got {arch.prediction_type or 'the pipeline default'!r}")
+        if not 0.0 <= arch.high_noise_fraction <= 1.0:
+            raise ValueError(f"{m}.high_noise_fraction = {arch.high_noise_fraction}; must be in [0, 1]")
+        if not 0 <= arch.high_noise_from < 1000:
+            raise ValueError(f"{m}.high_noise_from = {arch.high_noise_from}; must be in [0, 999]")
         if m != "video" and arch.frame_every:
             raise ValueError(f"{m}.frame_every is for video only (single frames of clips); set it to 0")
     set_threads(cfg.num_threads)
