@@ -77,7 +77,8 @@ def probe(decoder_dir: str, judges, n: int, timesteps: Sequence[int], seed: int 
         frames = ((frames.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 4, 1).numpy()
         scores = [judges.score_video(Video(frames=f, fps=float(dec.cfg.fps))) for f in frames]
         acc = _accuracy(scores, [s.attrs for s in held])
-        rows.append({"conditioning": conditioning, "t": int(t), "sqrt_alpha_bar": round(float(sched.alphas_cumprod[int(t)].sqrt()), 4),
+        rows.append({"conditioning": conditioning, "t": int(t),
+                     "sqrt_alpha_bar": round(float(sched.alphas_cumprod[int(t)].sqrt()), 4),
                      **{k: round(v, 3) for k, v in acc.items()}})
         print(f"{decoder_dir}: {conditioning} t={t} " + " ".join(f"{k} {v:.2f}" for k, v in acc.items()), flush=True)
     dec.unload()

@@ -668,8 +668,10 @@ def train_unet(dec, modality: str, latents: torch.Tensor, cond: dict[str, torch.
             c = {k: torch.where(drop.view(-1, *([1] * (v.ndim - 1))), null[k].to(v.dtype), v) for k, v in c.items()}
         if modality == "image":  # unCLIP noise augmentation of image_embeds, one level per step
             dec.cfg.loss_noise_level = int(torch.randint(cfg.max_noise_level + 1, (1,), generator=g))
-        loss = dec.diffusion_loss(c, x, target_is_latents=True, seed=int(torch.randint(2**31, (1,), generator=g)),
-                                  timesteps=train_timesteps(b, arch, g))
+        seed = int(torch.randint(2**31, (1,), generator=g))
+        # uniform timesteps are drawn inside the loss from its seed (as before high_noise_fraction existed)
+        t = train_timesteps(b, arch, g) if arch.high_noise_fraction > 0 else None
+        loss = dec.diffusion_loss(c, x, target_is_latents=True, seed=seed, timesteps=t)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
