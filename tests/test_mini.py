@@ -33,12 +33,14 @@ def test_stage_configs_and_mini_model_config_load():
     from train.loop import load_train_config
 
     stages = {n: load_train_config(str(REPO / "configs" / "train" / f"{n}.yaml"))
-              for n in ("mini-stage1", "mini-stage2", "mini-stage3", "mini-stage4")}
+              for n in ("mini-stage1", "mini-stage2", "mini-stage3", "mini-stage4", "mini-stage5")}
     assert stages["mini-stage1"].stage == "projector_alignment"
-    for n in (2, 3, 4):  # the recipe's chain of exports
+    for n in (2, 3, 4, 5):  # the recipe's chain of exports
         assert stages[f"mini-stage{n}"].model.pipeline.endswith(f"stage{n - 1}/final")
     assert any(m.endswith("icl/manifest.jsonl") for m in stages["mini-stage4"].data.manifests)
     assert stages["mini-stage3"].phases.weights["image"] > stages["mini-stage2"].phases.weights["image"]
+    assert any(m.endswith("vidx/manifest.jsonl") for m in stages["mini-stage5"].data.manifests)
+    assert stages["mini-stage5"].phases.weights["video"] > stages["mini-stage4"].phases.weights["video"]
     mini = load_model_config("mini")
     assert mini.modalities["image"].head.targets["image_embeds"] == [mini.encoder.out_embed_dim]
     assert mini.modalities["audio"].head.targets["prompt_embeds"][0] == mini.modalities["audio"].decoder.prompt_len
@@ -330,6 +332,9 @@ def test_bundle_ships_the_judges_and_eval_finds_them(tmp_path, tiny_pipeline_dir
     run = tmp_path / "run"
     run.mkdir()
     (run / "encoder.pth.json").write_text(json.dumps({"retrieval": {"image": {"top1": 0.5}}}))
+    for stage in ("stage10", "stage2", "stage5b", "stage1"):  # numeric order; a probe folder (stage5b) is no stage
+        (run / stage).mkdir()
+        (run / stage / "train_config.json").write_text(json.dumps({"max_steps": len(stage)}))
     with pytest.raises(FileNotFoundError, match="judges.json"):
         bundle(tiny_pipeline_dir, tmp_path / "b", tmp_path / "no-judges", run_dir=run)
     with pytest.raises(FileNotFoundError, match="config.yaml"):
@@ -349,6 +354,7 @@ def test_bundle_ships_the_judges_and_eval_finds_them(tmp_path, tiny_pipeline_dir
     assert not (out / "stale.txt").exists() and not (tmp_path / "codi2-mini.tmp").exists()
     assert (out / "judges" / "judges.safetensors").is_file()
     assert recipe["components"] == {"encoder": {"retrieval": {"image": {"top1": 0.5}}}}
+    assert list(recipe["stages"]) == ["stage1", "stage2", "stage10"] and recipe["stages"]["stage10"]["max_steps"] == 7
     on_disk = json.loads((out / "recipe.json").read_text())
     assert on_disk["total_mb"] == recipe["total_mb"] > 0 and "judges" in on_disk["bytes"]
     assert str(tmp_path) not in (out / "config.yaml").read_text()  # self-contained: every path relative

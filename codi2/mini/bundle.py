@@ -8,7 +8,7 @@ references — the mini LLM, the aligned encoder, the decoders — written in, s
 * ``recipe.json``: where every part came from: the component reports (encoder retrieval, LLM validation loss,
   decoder losses), the trainer stages' configs, and the byte size of each part.
 
-    python -m codi2.mini.bundle runs/mini/stage4/final checkpoints/codi2-mini --judges runs/mini/judges
+    python -m codi2.mini.bundle runs/mini/stage5/final checkpoints/codi2-mini --judges runs/mini/judges
 
 Written to ``OUT.tmp`` and renamed, so an interrupted bundle never leaves a half model where the chat looks.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -46,6 +47,14 @@ def component_reports(run_dir: Path) -> dict[str, Any]:
         if rep is not None:
             out[f"decoder_{m}"] = rep
     return out
+
+
+def trainer_stages(run_dir: Path) -> dict[str, Any]:
+    """The trainer stages' configs (``stage1``, ``stage2``, … ``/train_config.json``) under a recipe run folder, in
+    stage order."""
+    found = [d for d in run_dir.glob("stage*")
+             if re.fullmatch(r"stage\d+", d.name) and (d / "train_config.json").is_file()]
+    return {d.name: _read_json(d / "train_config.json") for d in sorted(found, key=lambda d: int(d.name[5:]))}
 
 
 def to_fp16_storage(directory: Path, skip: Sequence[str] = ("judges",)) -> int:
@@ -108,12 +117,12 @@ def bundle(pipeline_dir: "str | Path", out: "str | Path", judges: "str | Path",
     src, out, judges = Path(pipeline_dir), Path(out), Path(judges)
     if not (src / "config.yaml").is_file():
         raise FileNotFoundError(f"{src} is not a codi2 model directory (no config.yaml); give the trainer's "
-                                f"export, e.g. runs/mini/stage4/final")
+                                f"export, e.g. runs/mini/stage5/final")
     for f in ("judges.json", "judges.safetensors"):
         if not (judges / f).is_file():
             raise FileNotFoundError(f"{judges / f} missing; train the judges with "
                                     f"`python -m data_builders.world.judges --out {judges}`")
-    run_dir = Path(run_dir) if run_dir is not None else src.parent.parent  # runs/mini/stage4/final -> runs/mini
+    run_dir = Path(run_dir) if run_dir is not None else src.parent.parent  # runs/mini/stage5/final -> runs/mini
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -132,8 +141,7 @@ def bundle(pipeline_dir: "str | Path", out: "str | Path", judges: "str | Path",
         "recipe": "bash scripts/train_mini.sh",
         "source": str(src),
         "components": component_reports(run_dir),
-        "stages": {s: _read_json(run_dir / s / "train_config.json")
-                   for s in ("stage1", "stage2", "stage3", "stage4") if (run_dir / s / "train_config.json").is_file()},
+        "stages": trainer_stages(run_dir),
         "storage_dtype": "float16" if fp16 else "float32",
         "bytes": sizes,
         "total_mb": round(total / 2**20, 2),
@@ -148,7 +156,7 @@ def bundle(pipeline_dir: "str | Path", out: "str | Path", judges: "str | Path",
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m codi2.mini.bundle", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("pipeline", help="the trainer's exported model directory (runs/mini/stage4/final)")
+    p.add_argument("pipeline", help="the trainer's exported model directory (runs/mini/stage5/final)")
     p.add_argument("out", help="bundle folder (checkpoints/codi2-mini)")
     p.add_argument("--judges", required=True, help="world judges folder (runs/mini/judges)")
     p.add_argument("--run-dir", help="the recipe's run folder with the component reports (default: two levels "
