@@ -7,13 +7,19 @@ checkpoint silently lacked its projectors; here that cannot happen).
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Mapping
 
 import torch
 import torch.nn as nn
 
+logger = logging.getLogger(__name__)
+
 PROJECTORS_HEADS_FILE = "projectors_heads.safetensors"
+# Statistics a head learns while it trains (not weights): a checkpoint saved before they existed may
+# lack them; they then keep the model's initial value (``target_norm`` 0: outputs are not rescaled).
+OPTIONAL_SUFFIXES = (".target_norm",)
 
 
 class CheckpointError(RuntimeError):
@@ -70,7 +76,13 @@ def load_trainable(model: nn.Module, path: "str | Path") -> None:
         sd = load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
-    check_keys(trainable_state_dict(model), sd, str(path))
+    expected = trainable_state_dict(model)
+    absent = sorted(k for k in expected if k.endswith(OPTIONAL_SUFFIXES) and k not in sd)
+    sd = {**{k: expected[k] for k in absent}, **sd}
+    check_keys(expected, sd, str(path))
+    if absent:
+        logger.info("%s has no %s (saved before codi2 tracked them): kept at their initial values",
+                    path, ", ".join(absent))
     proj = {k[len("projectors."):]: v for k, v in sd.items() if k.startswith("projectors.")}
     heads = {k[len("heads."):]: v for k, v in sd.items() if k.startswith("heads.")}
     model.projectors.load_state_dict(proj, strict=True)

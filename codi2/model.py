@@ -288,6 +288,8 @@ class CoDi2Model(nn.Module):
         head = self.heads[m.value]
         rows, cols = _span_positions(s, self.n_out[m])
         preds = head(hidden[rows, cols].to(head.trunk[0].weight.dtype))  # name -> (N, *shape)
+        if head.training:  # the head's own flag: the trainer trains the heads, not this (encoder-holding) module
+            head.observe_targets(s.targets)
         fl = sum(feature_loss(preds[k], s.targets[k].to(preds[k].device), hcfg.loss) for k in preds) / len(preds)
         parts[f"feature/{m.value}"] = float(fl.detach())
         loss = hcfg.loss_weight * fl

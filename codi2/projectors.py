@@ -50,7 +50,14 @@ class OutputHead(nn.Module):
 
     ``forward(h)`` with ``h`` of shape ``(N, n_out, d_llm)`` returns
     ``{name: (N, *shape)}``.
+
+    The buffer ``target_norm`` (one entry per target, in ``cfg.targets`` order; 0 = not yet seen) is an
+    exponential moving average of the training targets' mean L2 norm along the last dim, updated by
+    :meth:`observe_targets` in training. With ``cfg.loss == "cosine"`` and ``cfg.match_target_norm``,
+    outputs are rescaled to it: the cosine loss learns only their direction, the decoder needs their scale.
     """
+
+    NORM_MOMENTUM = 0.01
 
     def __init__(self, d_llm: int, n_out: int, cfg: OutputHeadConfig):
         super().__init__()
@@ -63,6 +70,8 @@ class OutputHead(nn.Module):
         for name, shape in self.shapes.items():
             if len(shape) not in (1, 2) or min(shape) <= 0:
                 raise ValueError(f"head target {name!r} has shape {list(shape)}; allowed: [D] or [L, D] with positive sizes")
+        self.match_norm = cfg.loss == "cosine" and cfg.match_target_norm
+        self.register_buffer("target_norm", torch.zeros(len(self.shapes)))
         h = cfg.hidden
         # Shared trunk: per-slot MLP (CoDi-2's Linear → GELU → LayerNorm).
         self.trunk = nn.Sequential(nn.Linear(d_llm, h), nn.GELU(), nn.LayerNorm(h))
@@ -87,16 +96,30 @@ class OutputHead(nn.Module):
         x = self.trunk(h)  # (N, n_out, hidden)
         if self.kind == "mlp":
             pooled = x.mean(dim=1)  # (N, hidden)
-            return {k: lin(pooled).view(h.shape[0], *self.shapes[k]) for k, lin in self.out.items()}
-        q = self.queries.unsqueeze(0).expand(h.shape[0], -1, -1)  # (N, Q, hidden)
-        y = self.norm(self.decoder(q, x + self.slot_pos))  # (N, Q, hidden)
-        outs, i = {}, 0
-        for k, lin in self.out.items():
-            n = self.n_queries[k]
-            o = lin(y[:, i:i + n])  # (N, n, D)
-            outs[k] = o.view(h.shape[0], *self.shapes[k])
-            i += n
+            outs = {k: lin(pooled).view(h.shape[0], *self.shapes[k]) for k, lin in self.out.items()}
+        else:
+            q = self.queries.unsqueeze(0).expand(h.shape[0], -1, -1)  # (N, Q, hidden)
+            y = self.norm(self.decoder(q, x + self.slot_pos))  # (N, Q, hidden)
+            outs, i = {}, 0
+            for k, lin in self.out.items():
+                n = self.n_queries[k]
+                o = lin(y[:, i:i + n])  # (N, n, D)
+                outs[k] = o.view(h.shape[0], *self.shapes[k])
+                i += n
+        if self.match_norm:
+            for j, k in enumerate(self.shapes):
+                norm = float(self.target_norm[j])  # a number: observe_targets updates the buffer in place
+                if norm > 0:  # the cosine loss is scale-invariant, so this changes no training gradient
+                    outs[k] = F.normalize(outs[k], dim=-1) * norm
         return outs
+
+    @torch.no_grad()
+    def observe_targets(self, targets: Mapping[str, torch.Tensor]) -> None:
+        """Updates ``target_norm`` with a batch of training targets ``{name: (N, *shape)}``."""
+        for j, k in enumerate(self.shapes):
+            n = targets[k].float().norm(dim=-1).mean().to(self.target_norm.device, self.target_norm.dtype)
+            cur = self.target_norm[j]
+            self.target_norm[j] = n if cur <= 0 else cur + self.NORM_MOMENTUM * (n - cur)
 
 
 def pool_tokens(x: torch.Tensor, n: int) -> torch.Tensor:

@@ -4,13 +4,14 @@
 #   bash scripts/train_mini.sh            # full size: about 4 h 25 min on an idle 2-core CPU (README: stage times)
 #   bash scripts/train_mini.sh --smoke    # the same stages at toy sizes, a few minutes (CI runs it)
 #
-# 1. world data (runs/mini/data/{stage1,train,test}) and the world judges (runs/mini/judges)
+# 1. world data (runs/mini/data/{stage1,train,icl,vidx,mrx,test}) and the world judges (runs/mini/judges)
 # 2. component pre-training, two chains side by side on one thread each (codi2/mini):
 #      A: encoder -> decoders image+video -> 1400 more video-UNet steps        B: llm -> decoder audio
 # 3. the LoRA + projector + head stages through the trainer: mini-stage1 (projector alignment), then
 #    mini-stage2 (instruction tuning) from stage 1's export, mini-stage3 (a second pass weighted to the
 #    image and sound phases) from stage 2's, mini-stage4 (+ 6000 in-context editing records) from stage 3's,
-#    mini-stage5 (+ 3000 video records, the text and video phases weighted up) from stage 4's;
+#    mini-stage5 (+ 3000 video records and 2000 three-round editing records, the text and video phases weighted
+#    up) from stage 4's;
 #    beside them, 6000 more image-UNet steps
 # 4. the bundle (the stage-5 export + the judges) and `codi2 eval --suite world` on the test split
 #
@@ -37,7 +38,7 @@ if (( smoke )); then
   IMG_MORE=(image.vae_steps=0 image.unet_steps=2 image.pool_size=32 image.batch_size=4 eval_n=0)
   VID_MORE=(video.unet_steps=2 video.frame_every=0 video.batch_size=2 video.pool_size=8 video.high_noise_fraction=0.5
             video.high_noise_from=850 eval_n=0)
-  N_STAGE1=48; N_TRAIN=96; N_ICL=16; N_VID=12; N_TEST=32; JUDGES=(--n 200 --n-eval 50 --epochs 1)
+  N_STAGE1=48; N_TRAIN=96; N_ICL=16; N_VID=12; N_MRX=8; N_TEST=32; JUDGES=(--n 200 --n-eval 50 --epochs 1)
   ST1=(max_steps=6 batch_size=4 save_every=3 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
   ST2=(max_steps=6 batch_size=4 save_every=3 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
   ST3=(max_steps=4 batch_size=4 save_every=2 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
@@ -51,7 +52,7 @@ else
   # clips only, half of them at t >= 850, where the direction of motion is set (README: Video)
   VID_MORE=(video.unet_steps=1400 video.frame_every=0 video.batch_size=8 video.high_noise_fraction=0.5
             video.high_noise_from=850 video.lr=5.0e-4)
-  N_STAGE1=4000; N_TRAIN=12000; N_ICL=6000; N_VID=3000; N_TEST=800; JUDGES=()
+  N_STAGE1=4000; N_TRAIN=12000; N_ICL=6000; N_VID=3000; N_MRX=2000; N_TEST=800; JUDGES=()
 fi
 mkdir -p "$RUN/logs"
 RUN="$(cd "$RUN" && pwd)"  # absolute from here on (RUN may be given relative or absolute)
@@ -74,6 +75,7 @@ build "$RUN/data/stage1" "$N_STAGE1" train 0 --tasks "${STAGE1_TASKS[@]}"
 build "$RUN/data/train" "$N_TRAIN" train 0
 build "$RUN/data/icl" "$N_ICL" train 1 --tasks icl_edit_image icl_edit_audio  # stage 4's extra exemplar edits
 build "$RUN/data/vidx" "$N_VID" train 2 --tasks caption_video gen_video image_audio_to_video  # stage 5's
+build "$RUN/data/mrx" "$N_MRX" train 3 --tasks multi_round_edit  # stage 5's three-round editing dialogues
 build "$RUN/data/test" "$N_TEST" test 0
 if [[ ! -f "$RUN/judges/judges.json" ]]; then
   log "judges -> $RUN/judges"
@@ -139,9 +141,9 @@ if [[ ! -f "$RUN/stage4/final/config.yaml" ]]; then
       > "$RUN/logs/stage4.log" 2>&1
 fi
 if [[ ! -f "$RUN/stage5/final/config.yaml" ]]; then
-  log "stage 5: video pass (+ $RUN/data/vidx)"
+  log "stage 5: video and multi-round pass (+ $RUN/data/vidx, $RUN/data/mrx)"
   codi2 train configs/train/mini-stage5.yaml output_dir="$RUN/stage5" model.pipeline="$RUN/stage4/final" \
-      "data.manifests=[$RUN/data/train/manifest.jsonl,$RUN/data/icl/manifest.jsonl,$RUN/data/vidx/manifest.jsonl]" \
+      "data.manifests=[$RUN/data/train/manifest.jsonl,$RUN/data/icl/manifest.jsonl,$RUN/data/vidx/manifest.jsonl,$RUN/data/mrx/manifest.jsonl]" \
       "${ST5[@]}" > "$RUN/logs/stage5.log" 2>&1
 fi
 wait $pr || { log "image UNet refinement failed: see $RUN/logs/decoder_image_more.log"; exit 1; }

@@ -1,6 +1,7 @@
 """Every eval suite end to end with the tiny model and tiny metric backbones; determinism; resume; folder scoring."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -142,6 +143,32 @@ def test_world_suite(ws, pipe, tmp_path):
     assert "joint coherence > separate coherence" in targets
     assert "Mini-world targets" in (tmp_path / "out" / "report.md").read_text()
     assert set(r["metrics"]["by_task"]) == set(tasks)
+
+
+def test_world_suite_evaluates_in_context_records_at_each_shot_count(ws, tmp_path):
+    from data_builders.world import build_world
+    from data_builders.world.judges import JudgeConfig, Judges
+
+    world = build_world(tmp_path / "world", n=3, seed=0, tasks=["icl_edit_image", "icl_edit_audio", "gen_image"],
+                        split="test", icl_shots=4)
+    Judges(JudgeConfig(width=4, hidden=8)).save(tmp_path / "judges")
+    cfg = EvalConfig(suite="world", model=ws["model"], data=str(world), judges=str(tmp_path / "judges"),
+                     shots=[0, 1, 2, 4], **FAST)
+    samples = R.build_suite(cfg, model=object()).samples()
+    by_id = {s.id: s for s in samples}
+    icl = [r for r in map(json.loads, world.read_text().splitlines()) if r["meta"]["shots"]]
+    assert len(samples) == 3 * len(icl) + 1 and "world-test-0-000002" in by_id  # gen_image: once, as it is
+    for r in icl:
+        media = [p["path"] for p in r["messages"][0]["content"] if p["type"] != "text"]
+        for k in (1, 2, 4):
+            s = by_id[f"k{k}/{r['id']}"]
+            kept = [Path(p.path).name for p in s.user.content if p.type != "text"]
+            assert s.shots == k and kept == [Path(p).name for p in media[:2 * k] + media[-1:]]
+            assert [p.text for p in s.user.content if p.type == "text"] == \
+                [p["text"] for p in r["messages"][0]["content"] if p["type"] == "text"]
+            assert s.ref["targets"] == r["meta"]["targets"]  # the same query and target at every k
+    with pytest.raises(ValueError, match="no count >= 1"):
+        R.build_suite(dataclasses.replace(cfg, shots=[0]), model=object())
 
 
 def test_world_suite_needs_judges(ws, tmp_path):

@@ -68,6 +68,15 @@ def test_training_forward_gradients_only_on_trainable_parts(tiny_cfg):
     assert all(p.grad is not None for p in model.heads["image"].parameters())
     assert all(p.grad is None for p in model.heads["audio"].parameters())  # no audio output in this batch
     assert not any(p.requires_grad for p in model.encoder.parameters())
+    # training keeps the mean norm of the image targets (the cosine loss leaves the outputs' scale free)
+    target = model.collate(_convs()).outputs[Modality.IMAGE].targets["image_embeds"]
+    assert float(model.heads["image"].target_norm[0]) == pytest.approx(float(target.norm(dim=-1).mean()), rel=1e-4)
+    assert float(model.heads["audio"].target_norm[0]) == 0.0  # no audio output seen
+    model(model.collate(_convs())).loss.backward()  # with the statistic set: rescaled outputs still train
+    model.eval()
+    with torch.no_grad():
+        model(model.collate([_convs()[0]]))
+    assert float(model.heads["image"].target_norm[0]) == pytest.approx(float(target.norm(dim=-1).mean()), rel=1e-4)
 
 
 def test_encode_media_uses_the_cache(tiny_model):

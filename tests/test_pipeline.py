@@ -71,11 +71,27 @@ def test_checkpoint_missing_a_head_weight_fails_naming_it(tiny_pipeline_dir, tmp
     d = tmp_path / "broken"
     shutil.copytree(tiny_pipeline_dir, d)
     sd = load_file(str(d / "projectors_heads.safetensors"))
-    victim = next(k for k in sd if k.startswith("heads.audio"))
+    victim = next(k for k in sd if k.startswith("heads.audio") and not k.endswith(".target_norm"))  # a weight
     del sd[victim]
     save_file(sd, str(d / "projectors_heads.safetensors"))
     with pytest.raises(CheckpointError, match=victim.replace(".", r"\.")):
         CoDi2Pipeline.from_pretrained(d)
+
+
+def test_checkpoint_saved_before_target_norms_loads_without_rescaling(tiny_pipeline_dir, tmp_path):
+    import shutil
+
+    d = tmp_path / "old"
+    shutil.copytree(tiny_pipeline_dir, d)
+    sd = load_file(str(d / "projectors_heads.safetensors"))
+    stats = [k for k in sd if k.endswith(".target_norm")]
+    assert stats and all(k.startswith("heads.") for k in stats)
+    save_file({**sd, **{k: torch.full_like(sd[k], 3.0) for k in stats}}, str(d / "projectors_heads.safetensors"))
+    model = CoDi2Pipeline.from_pretrained(d).model  # saved with the statistic: read back
+    assert all(h.target_norm.tolist() == [3.0] * len(h.shapes) for h in model.heads.values())
+    save_file({k: v for k, v in sd.items() if k not in stats}, str(d / "projectors_heads.safetensors"))
+    model = CoDi2Pipeline.from_pretrained(d).model  # saved before it existed: loads, outputs not rescaled
+    assert all(float(h.target_norm.abs().sum()) == 0.0 for h in model.heads.values())
 
 
 def test_checkpoint_missing_adapter_or_lora_key_fails(tiny_pipeline_dir, tmp_path):

@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from codi2.config import InputProjectorConfig, OutputHeadConfig
 from codi2.losses import IGNORE_INDEX, feature_loss, text_loss
@@ -38,6 +39,34 @@ def test_output_head_slots_matter():
     head = OutputHead(8, 2, OutputHeadConfig(kind="transformer", hidden=8, num_heads=2, targets={"x": [3, 4]}))
     h = torch.randn(1, 2, 8)
     assert not torch.allclose(head(h)["x"], head(h.flip(1) * 2)["x"])
+
+
+@pytest.mark.parametrize("kind", ["mlp", "transformer"])
+def test_cosine_head_takes_the_norm_of_its_training_targets(kind):
+    torch.manual_seed(0)
+    cfg = OutputHeadConfig(kind=kind, hidden=16, num_layers=1, num_heads=2, targets={"e": [8], "seq": [3, 8]})
+    head, h = OutputHead(12, 2, cfg), torch.randn(4, 2, 12)
+    raw = head(h)
+    assert head.target_norm.tolist() == [0.0, 0.0]  # nothing seen yet: outputs as they are
+    head.observe_targets({"e": torch.full((6, 8), 2.0), "seq": torch.full((6, 3, 8), 0.5)})  # norms 5.657, 1.414
+    assert head.target_norm.tolist() == pytest.approx([8 ** 0.5 * 2, 8 ** 0.5 * 0.5], rel=1e-5)
+    out = head(h)
+    assert out["e"].norm(dim=-1).tolist() == pytest.approx([8 ** 0.5 * 2] * 4, rel=1e-5)
+    assert out["seq"].norm(dim=-1).flatten().tolist() == pytest.approx([8 ** 0.5 * 0.5] * 12, rel=1e-5)
+    for k in out:  # the direction, all the cosine loss trains, is unchanged
+        assert torch.allclose(F.cosine_similarity(out[k], raw[k], dim=-1), torch.ones(()), atol=1e-5)
+        assert float(feature_loss(out[k], raw[k])) == pytest.approx(0.0, abs=1e-6)
+    # later batches move it slowly (a moving average), never to zero
+    head.observe_targets({"e": torch.zeros(6, 8), "seq": torch.zeros(6, 3, 8)})
+    assert head.target_norm[0] == pytest.approx(0.99 * 8 ** 0.5 * 2, rel=1e-5)
+    # an mse head, or match_target_norm: false, leaves outputs as they are (the statistic is still kept)
+    for other in (OutputHeadConfig(**{**cfg.__dict__, "loss": "mse"}),
+                  OutputHeadConfig(**{**cfg.__dict__, "match_target_norm": False})):
+        torch.manual_seed(0)
+        plain = OutputHead(12, 2, other)
+        before = plain(h)["e"]
+        plain.observe_targets({"e": torch.full((6, 8), 2.0), "seq": torch.full((6, 3, 8), 0.5)})
+        assert plain.target_norm[0] > 0 and torch.equal(plain(h)["e"], before)
 
 
 def test_pool_tokens():

@@ -101,6 +101,8 @@ def test_exported_model_loads_and_chats(plain_run, tiny_pipeline_dir, tmp_path):
     start = CoDi2Pipeline.from_pretrained(tiny_pipeline_dir).model
     a, b = pipe.model.heads["image"].trunk[0].weight, start.heads["image"].trunk[0].weight
     assert not torch.allclose(a, b)
+    # and the image head's target-norm statistic, kept by the trainer (the tiny start never trained: 0)
+    assert float(start.heads["image"].target_norm[0]) == 0.0 and float(pipe.model.heads["image"].target_norm[0]) > 0
     assert codi2_main(["chat", "--model", str(final), "hello", "--out", str(tmp_path / "o"), "--max-new-tokens", "3"]) == 0
 
 
@@ -256,7 +258,10 @@ def test_deepspeed_zero2_two_processes_and_resume(tmp_path, manifest, tiny_pipel
     out = _deepspeed(tmp_path, manifest, tiny_pipeline_dir, "zero2.json", 29581)
     _check_ds_run(out, 24)
     # resume from the DeepSpeed checkpoint at step 12: the same per-rank losses as the first run
+    from codi2.pipeline import CoDi2Pipeline
+
     first = [step_losses(read_log(out, r)) for r in (0, 1)]
+    norm = float(CoDi2Pipeline.from_pretrained(out / "final").model.heads["image"].target_norm[0])
     shutil.rmtree(out / "checkpoints" / "step-000024")
     shutil.rmtree(out / "final")
     _deepspeed(tmp_path, manifest, tiny_pipeline_dir, "zero2.json", 29583)
@@ -264,6 +269,9 @@ def test_deepspeed_zero2_two_processes_and_resume(tmp_path, manifest, tiny_pipel
         again = step_losses(read_log(out, r))
         assert sorted(again) == sorted(first[r])
         assert all(again[s] == pytest.approx(first[r][s], abs=1e-6, rel=0) for s in again)
+    # the heads' target-norm statistic was restored with the weights and continued the same way
+    resumed = CoDi2Pipeline.from_pretrained(out / "final").model.heads["image"].target_norm[0]
+    assert norm > 0 and float(resumed) == pytest.approx(norm, rel=1e-6)
 
 
 @pytest.mark.slow

@@ -209,6 +209,21 @@ def test_in_context_edits_never_name_the_edit(tmp_path):
     assert shots <= {1, 2, 3, 4} and len(shots) > 1
 
 
+def test_icl_shots_fixes_the_exemplar_count_and_nothing_else(tmp_path):
+    tasks = ["icl_edit_image", "caption_image", "icl_edit_audio"]
+    fixed = _records(wb.build_world(tmp_path / "fixed", n=6, seed=5, tasks=tasks, split="test", icl_shots=4))
+    drawn = _records(wb.build_world(tmp_path / "drawn", n=6, seed=5, tasks=tasks, split="test"))
+    assert [r["meta"]["shots"] for r in fixed if r["meta"]["task"].startswith("icl_")] == [4, 4, 4, 4]
+    for a, b in zip(fixed, drawn):
+        if a["meta"]["task"] == "caption_image":  # other tasks draw from their own record's generator
+            assert a == b
+        else:
+            assert len([p for p in a["messages"][0]["content"] if p["type"] != "text"]) == 9
+    for bad in (0, 5):
+        with pytest.raises(ValueError, match=r"icl_shots must be in \[1, 4\]"):
+            wb.build_world(tmp_path / "bad", n=1, seed=0, icl_shots=bad)
+
+
 def test_edits_keep_other_attributes(tmp_path):
     m = wb.build_world(tmp_path, n=30, seed=6, tasks=["edit_image", "edit_audio", "multi_round_edit"])
     for r in _records(m):

@@ -155,6 +155,10 @@ class PlainEngine:
     def save(self, tmp: Path) -> None:
         named = {n: p.detach().cpu().clone() for n, p in self.module.named_parameters() if p.requires_grad}
         torch.save(named, tmp / "trainable.pt")
+        # statistics the heads keep while training (target_norm), so a resumed run continues them exactly
+        persistent = set(self.module.state_dict(keep_vars=True))
+        torch.save({n: b.detach().cpu().clone() for n, b in self.module.named_buffers() if n in persistent},
+                   tmp / "buffers.pt")
         torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save({"scheduler": self.scheduler.state_dict(), "micro": self.micro}, tmp / "scheduler.pt")
 
@@ -170,6 +174,11 @@ class PlainEngine:
                 if p.shape != named[n].shape:
                     raise ckpt_error(path, f"{n}: checkpoint shape {tuple(named[n].shape)}, model {tuple(p.shape)}")
                 p.copy_(named[n])
+            if (path / "buffers.pt").is_file():  # checkpoints written before it existed have none
+                buffers = dict(self.module.named_buffers())
+                for n, b in torch.load(path / "buffers.pt", weights_only=True).items():
+                    if n in buffers and buffers[n].shape == b.shape:
+                        buffers[n].copy_(b)
         self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
         s = torch.load(path / "scheduler.pt", weights_only=False)
         self.scheduler.load_state_dict(s["scheduler"])

@@ -218,7 +218,7 @@ def build_suite(cfg: EvalConfig, model: Any = None) -> Suite:
     judges = cfg.judges
     if judges is None and cfg.model and (Path(cfg.model) / "judges" / "judges.json").is_file():
         judges = str(Path(cfg.model) / "judges")  # the bundled mini model ships its world judges
-    return WorldSuite(cfg.data, judges, model, cfg.n, cfg.seed)
+    return WorldSuite(cfg.data, judges, model, cfg.n, cfg.seed, cfg.shots)
 
 
 def backbone_fingerprints(cfg: EvalConfig) -> dict[str, str]:

@@ -519,13 +519,19 @@ class WorldSuite(Suite):
     Joint image + sound records add ``coherence`` (the judged image and sound agree on shape, colour
     and size) and ``sim`` (cosine of the encoder embeddings of the two outputs) for the joint reply, and
     ``coherence_separate`` / ``sim_separate`` for two separate generations from the same prompt (one allowed
-    only an image, the other only a sound). Shots are the records' own (``meta.shots``), not ``--shots``.
+    only an image, the other only a sound).
+
+    In-context records (``meta.shots`` > 0 exemplar pairs) are evaluated at every ``--shots`` count k with
+    1 <= k <= their pairs, keeping the first k pairs of the user turn (the same query and target at each k;
+    sample id ``k<k>/<record id>``): on records built with ``--icl-shots 4`` the shots curve compares the same
+    queries at 1, 2 and 4 shots. Other records are evaluated once, as they are.
     """
 
     name = "world"
-    by_shots_in_context_only = True  # the shots curve = the in-context tasks (records' own meta.shots)
+    by_shots_in_context_only = True  # the shots curve = the in-context tasks
 
-    def __init__(self, data: "str | Path", judges_dir: "str | Path", model: Any, n: Optional[int], seed: int):
+    def __init__(self, data: "str | Path", judges_dir: "str | Path", model: Any, n: Optional[int], seed: int,
+                 shots: Sequence[int] = (1, 2, 4)):
         try:
             from data_builders.world import judges as J
             from data_builders.world.world import parse_caption
@@ -540,6 +546,21 @@ class WorldSuite(Suite):
         self.manifest = manifest_path(data)
         self.records = read_manifest(self.manifest)
         self.model, self.n, self.seed = model, n, seed
+        self.shots = sorted({int(k) for k in shots if int(k) >= 1})
+        if not self.shots and any(int(r.get("meta", {}).get("shots", 0)) > 0 for r in self.records):
+            raise ValueError(f"{self.manifest} has in-context records but --shots {list(shots)} has no count >= 1; "
+                             "give e.g. --shots 1,2,4")
+
+    @staticmethod
+    def _first_pairs(user: Message, own: int, k: int, rid: str) -> Message:
+        """The user turn of an in-context record with only its first ``k`` of ``own`` exemplar pairs (the
+        first ``2 * own`` media parts; the query is the last media part)."""
+        media = [i for i, p in enumerate(user.content) if p.type != "text"]
+        if len(media) != 2 * own + 1:
+            raise ValueError(f"{rid}: meta.shots = {own} but its user turn has {len(media)} media parts "
+                             f"(an in-context record has 2 per exemplar pair + the query)")
+        drop = set(media[2 * k:2 * own])
+        return Message(user.role, [p for i, p in enumerate(user.content) if i not in drop])
 
     def samples(self) -> list[Sample]:
         root = self.manifest.parent
@@ -565,9 +586,16 @@ class WorldSuite(Suite):
                 runs = [Run("main", outputs)]
                 if task == "joint_image_audio":
                     runs += [Run("image", ("image",), ("image",)), Run("audio", ("audio",), ("audio",))]
-                out.append(Sample(id=r["id"], task=task, shots=int(r["meta"].get("shots", 0)), user=msgs[last - 1],
-                                  history=msgs[:last - 1], runs=runs,
-                                  ref={"targets": targets, "edits": r["meta"].get("edits", [])}))
+                ref = {"targets": targets, "edits": r["meta"].get("edits", [])}
+                own = int(r["meta"].get("shots", 0))
+                if own == 0:
+                    out.append(Sample(id=r["id"], task=task, shots=0, user=msgs[last - 1], history=msgs[:last - 1],
+                                      runs=runs, ref=ref))
+                    continue
+                for k in (k for k in self.shots if k <= own):
+                    out.append(Sample(id=f"k{k}/{r['id']}", task=task, shots=k,
+                                      user=self._first_pairs(msgs[last - 1], own, k, r["id"]),
+                                      history=msgs[:last - 1], runs=runs, ref=ref))
         return out
 
     def _judge(self, modality: str, path: Path) -> dict:

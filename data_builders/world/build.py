@@ -185,8 +185,9 @@ def _choice(rng: np.random.Generator, options: Sequence[str]) -> str:
 class _Task:
     """What one record's generator can use: its rng, render seeds of its split, the media store."""
 
-    def __init__(self, rng: np.random.Generator, store: MediaStore, world_seed: int, stream: int, variations: int):
-        self.rng, self.store = rng, store
+    def __init__(self, rng: np.random.Generator, store: MediaStore, world_seed: int, stream: int, variations: int,
+                 icl_shots: Optional[int] = None):
+        self.rng, self.store, self.icl_shots = rng, store, icl_shots
         self.world_seed, self.stream, self.variations = world_seed, stream, variations
         self.conv = _Conv()
         self.shots = 0
@@ -347,17 +348,18 @@ def _edit_task(modality: str) -> Callable[[_Task], None]:
     return run
 
 
+MAX_SHOTS = 4  # exemplar pairs of an in-context record: 1 … MAX_SHOTS
 ICL_INTROS = ("Look at these examples.", "Here are some examples.", "Study these pairs.", "Each pair shows a change.")
 ICL_QUERIES = ("Now do the same to this one:", "Apply the same change to this:", "Do the same here:", "And this one?")
 
 
 def _icl_task(modality: str) -> Callable[[_Task], None]:
-    """A : A' :: B : ?, 1-4 shots. The user's words are neutral and inputs carry no captions (they would name
+    """A : A' :: B : ?, 1-4 shots (or ``icl_shots``). The user's words are neutral and inputs carry no captions (they would name
     the edit); the assistant first states the change it read off the exemplars (:func:`change_words`), then
     shows B edited, so the inference gets a text loss of its own and the image follows from it."""
 
     def run(t: _Task) -> None:
-        t.shots = int(t.rng.integers(1, 5))
+        t.shots = t.icl_shots if t.icl_shots else int(t.rng.integers(1, MAX_SHOTS + 1))
         query = t.obj()
         attr, value = _pick_edit(t, query, modality)
         t.edits.append({"attr": attr, "value": value})
@@ -455,12 +457,14 @@ TASK_FNS: dict[str, Callable[[_Task], None]] = {
 assert tuple(TASK_FNS) == TASKS
 
 
-def make_record(i: int, task: str, store: MediaStore, seed: int, split: str, variations: int = 16) -> dict:
-    """Record ``i`` of the split: a conversation for ``task`` with its ``meta``."""
+def make_record(i: int, task: str, store: MediaStore, seed: int, split: str, variations: int = 16,
+                icl_shots: Optional[int] = None) -> dict:
+    """Record ``i`` of the split: a conversation for ``task`` with its ``meta`` (``icl_shots``: see
+    :func:`build_world`)."""
     if task not in TASK_FNS:
         raise ValueError(f"unknown task {task!r}; allowed: {', '.join(TASKS)}")
     stream = split_index(split)
-    t = _Task(np.random.default_rng([seed, stream, i]), store, seed, stream, variations)
+    t = _Task(np.random.default_rng([seed, stream, i]), store, seed, stream, variations, icl_shots)
     TASK_FNS[task](t)
     meta = {"task": task, "split": split, "shots": t.shots, "inputs": t.conv.inputs, "targets": t.conv.targets}
     if t.edits:
@@ -470,7 +474,7 @@ def make_record(i: int, task: str, store: MediaStore, seed: int, split: str, var
 
 
 def build_world(out_dir: "str | Path", n: int, seed: int, tasks: Optional[Sequence[str]] = None,
-                split: str = "train", variations: int = 16) -> Path:
+                split: str = "train", variations: int = 16, icl_shots: Optional[int] = None) -> Path:
     """Writes ``n`` mini-world conversations to ``out_dir/manifest.jsonl`` (+ ``out_dir/media/``).
 
     Args:
@@ -480,6 +484,9 @@ def build_world(out_dir: "str | Path", n: int, seed: int, tasks: Optional[Sequen
         tasks: task names (default: all of ``TASKS``).
         split: train / val / test; each renders from its own disjoint seed stream.
         variations: render variations per world seed and split (more = more distinct files).
+        icl_shots: exemplar pairs of every in-context record (1-4; default: drawn from 1-4 per record).
+            ``--icl-shots 4`` test data lets ``codi2 eval --suite world --shots 1,2,4`` compare the same
+            queries at 1, 2 and 4 shots (the suite keeps the first k pairs).
 
     Returns:
         The manifest path.
@@ -492,6 +499,8 @@ def build_world(out_dir: "str | Path", n: int, seed: int, tasks: Optional[Sequen
         raise ValueError(f"n must be >= 1, got {n}")
     if variations < 1:
         raise ValueError(f"variations must be >= 1, got {variations}")
+    if icl_shots is not None and not 1 <= icl_shots <= MAX_SHOTS:
+        raise ValueError(f"icl_shots must be in [1, {MAX_SHOTS}], got {icl_shots}")
     split_index(split)
     out = Path(out_dir)
     for kind in ("image", "audio", "video"):
@@ -501,7 +510,7 @@ def build_world(out_dir: "str | Path", n: int, seed: int, tasks: Optional[Sequen
     tmp = manifest.with_name(".manifest.jsonl.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for i in tqdm(range(n), desc=f"world {split}", unit="rec", disable=n < 50):
-            record = make_record(i, tasks[i % len(tasks)], store, seed, split, variations)
+            record = make_record(i, tasks[i % len(tasks)], store, seed, split, variations, icl_shots)
             f.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
     tmp.replace(manifest)
     log.info("wrote %d records to %s (%d media files written, %d reused)", n, manifest, store.n_written, store.n_reused)
@@ -519,10 +528,12 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"tasks to include (default: all): {', '.join(TASKS)}")
     p.add_argument("--split", choices=SPLITS, default="train", help="seed stream: train / val / test")
     p.add_argument("--variations", type=int, default=16, help="render variations per split")
+    p.add_argument("--icl-shots", type=int, default=None, metavar="K",
+                   help=f"exemplar pairs of every in-context record, 1-{MAX_SHOTS} (default: drawn per record)")
 
 
 def _run(args: argparse.Namespace) -> int:
-    path = build_world(args.out, args.n, args.seed, args.tasks, args.split, args.variations)
+    path = build_world(args.out, args.n, args.seed, args.tasks, args.split, args.variations, args.icl_shots)
     log.info("manifest: %s", path)
     return 0
 
