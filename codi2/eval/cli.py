@@ -86,8 +86,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="dreambench: the DreamBench root; image-edit/audio-edit/world: a manifest.jsonl "
                    "(or its folder)")
     p.add_argument("--out", help="output folder")
-    p.add_argument("--shots", type=parse_shots, default=[0, 1, 2, 4], help="comma-separated shot counts (default 0,1,2,4); world: "
-                   "ignored, its in-context records carry their own 1-4 shots")
+    p.add_argument("--shots", type=parse_shots, default=[0, 1, 2, 4], help="comma-separated shot counts (default 0,1,2,4); world: each "
+                   "in-context record runs at every count k >= 1 it has exemplar pairs for, with its first k pairs")
     p.add_argument("--n", type=int, help="items per shot count (world: per task); default all")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
