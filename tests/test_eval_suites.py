@@ -171,6 +171,21 @@ def test_world_suite_evaluates_in_context_records_at_each_shot_count(ws, tmp_pat
         R.build_suite(dataclasses.replace(cfg, shots=[0]), model=object())
 
 
+def test_paired_shots_compares_the_same_items():
+    recs = [{"id": f"k{k}/q{i}", "task": "t", "shots": k, "metrics": {"exact": v, "acc": 0.5}}
+            for i, row in enumerate([(0, 1, 1), (0, 0, 1), (1, 0, 1), (1, 1, 1)]) for k, v in zip((1, 2, 4), row)]
+    recs.append({"id": "k4/only-at-4", "task": "t", "shots": 4, "metrics": {"exact": 0.0, "acc": 0.5}})
+    recs.append({"id": "no-shots", "task": "u", "shots": 0, "metrics": {"exact": 1.0}})
+    p = R.paired_shots(recs, n_boot=200, seed=0)
+    # 0 shots is not an in-context count here: "no-shots" has no k prefix, so it pairs with nothing
+    assert set(p) == {"1->2", "1->4"}
+    assert p["1->4"]["exact"]["n"] == 4 and p["1->4"]["exact"]["mean"] == 0.5  # only-at-4 is left out
+    assert (p["1->4"]["exact"]["better"], p["1->4"]["exact"]["worse"]) == (2, 0)
+    assert (p["1->2"]["exact"]["better"], p["1->2"]["exact"]["worse"], p["1->2"]["exact"]["mean"]) == (1, 1, 0.0)
+    assert p["1->2"]["acc"]["mean"] == 0.0 and p["1->2"]["acc"]["better"] == 0
+    assert R.paired_shots([r for r in recs if r["shots"] == 4], 200, 0) == {}
+
+
 def test_world_suite_needs_judges(ws, tmp_path):
     cfg = EvalConfig(suite="world", model=ws["model"], data=str(tmp_path), **FAST)
     with pytest.raises(ValueError, match="--judges"):

@@ -113,6 +113,15 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
     lines += _table({"all": m["overall"]}, "samples")
     if len(m["by_shots"]) > 1 or cfg.get("mode") != "score":
         lines += ["", "## By shots", ""] + _table(m["by_shots"], "shots")
+    if m.get("paired_shots"):
+        lines += ["", "## Paired shots", "",
+                  "The same items at more shots minus at the fewest: mean difference [95% CI] (items), and how many "
+                  "items rose / fell.", ""]
+        names = sorted({n for g in m["paired_shots"].values() for n in g})
+        lines += ["| shots | " + " | ".join(_label(n) for n in names) + " |", "|---|" + "---|" * len(names)]
+        for pair, g in m["paired_shots"].items():
+            lines.append(f"| {pair} | " + " | ".join(
+                f"{_cell(g[n])}, +{g[n]['better']} / −{g[n]['worse']}" if n in g else "–" for n in names) + " |")
     if len(m["by_task"]) > 1:
         lines += ["", "## By task", ""] + _table(m["by_task"], "task")
     if m.get("targets"):

@@ -166,8 +166,40 @@ def group_metrics(records: Sequence[dict], n_boot: int, seed: int) -> dict[str, 
     return {k: summarize([r["metrics"][k] for r in records if k in r["metrics"]], n_boot, seed) for k in names}
 
 
+_SHOT_ID = re.compile(r"^k(\d+)/(.+)$")
+
+
+def paired_shots(records: Sequence[dict], n_boot: int, seed: int) -> dict[str, dict]:
+    """The same items at more shots against the fewest: ``{"<k0>-><k>": {metric: {mean, ci_low, ci_high, n, better,
+    worse}}}`` of the per-item differences (metric at k minus at k0) over the items run at both counts.
+
+    An item is a sample id without its ``k<shots>/`` prefix (every suite that runs one item at several shot counts
+    names its samples so). The bootstrap CI is of the mean paired difference; ``better`` / ``worse`` count the items
+    whose value rose / fell. Empty when no item ran at two counts.
+    """
+    by_item: dict[str, dict[int, dict]] = {}
+    for r in records:
+        m = _SHOT_ID.match(r["id"])
+        if m and int(m.group(1)) == r["shots"]:
+            by_item.setdefault(m.group(2), {})[r["shots"]] = r["metrics"]
+    shots = sorted({k for v in by_item.values() for k in v})
+    out: dict[str, dict] = {}
+    for k in shots[1:]:
+        pairs = [(v[shots[0]], v[k]) for v in by_item.values() if shots[0] in v and k in v]
+        if not pairs:
+            continue
+        group = {}
+        for name in sorted(set.intersection(*(set(a) & set(b) for a, b in pairs))):
+            diffs = [b[name] - a[name] for a, b in pairs]
+            group[name] = {**summarize(diffs, n_boot, seed), "better": sum(d > 0 for d in diffs),
+                           "worse": sum(d < 0 for d in diffs)}
+        out[f"{shots[0]}->{k}"] = group
+    return out
+
+
 def aggregate(records: Sequence[dict], n_boot: int, seed: int, in_context_only: bool = False) -> dict[str, Any]:
-    """``overall``, ``by_shots`` and ``by_task`` aggregates of per-sample metrics.
+    """``overall``, ``by_shots``, ``paired_shots`` (:func:`paired_shots`) and ``by_task`` aggregates of per-sample
+    metrics.
 
     ``in_context_only``: ``by_shots`` covers only tasks that have in-context samples (shots > 0); the world
     suite uses it so that its shots curve is the in-context editing tasks, not a mix of every task at 0 shots.
@@ -179,6 +211,7 @@ def aggregate(records: Sequence[dict], n_boot: int, seed: int, in_context_only: 
     return {
         "overall": group_metrics(records, n_boot, seed),
         "by_shots": {str(k): group_metrics([r for r in shot_records if r["shots"] == k], n_boot, seed) for k in shots},
+        "paired_shots": paired_shots(shot_records, n_boot, seed),
         "by_task": {t: group_metrics([r for r in records if r["task"] == t], n_boot, seed) for t in tasks},
     }
 
