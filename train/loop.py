@@ -177,8 +177,10 @@ class PlainEngine:
             if (path / "buffers.pt").is_file():  # checkpoints written before it existed have none
                 buffers = dict(self.module.named_buffers())
                 for n, b in torch.load(path / "buffers.pt", weights_only=True).items():
-                    if n in buffers and buffers[n].shape == b.shape:
-                        buffers[n].copy_(b)
+                    if n not in buffers or buffers[n].shape != b.shape:
+                        raise ckpt_error(path, f"buffer {n}: checkpoint shape {tuple(b.shape)}, model "
+                                               f"{tuple(buffers[n].shape) if n in buffers else 'has none'}")
+                    buffers[n].copy_(b)
         self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
         s = torch.load(path / "scheduler.pt", weights_only=False)
         self.scheduler.load_state_dict(s["scheduler"])
