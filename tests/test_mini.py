@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -280,15 +281,18 @@ def test_decoder_stage_audio_pipeline_decodes(tmp_path):
     assert float((dec.log_mel(3 * w, normalise=False) - dec.log_mel(w, normalise=False)).mean()) > 0.5
 
 
-def test_vocoder_continues_or_is_rebuilt_when_its_architecture_changes(tmp_path):
+def test_vocoder_continues_or_is_rebuilt_when_its_architecture_changes(tmp_path, caplog):
     import dataclasses
 
     from codi2.decoders import build_decoder
     from codi2.mini.decoder_train import train_decoders, vocoder_matches
     from data_builders.world.judges import JudgeConfig, Judges
 
-    cfg = _decoder_cfg(tmp_path, ["audio"])
-    train_decoders(cfg)
+    cfg = _decoder_cfg(tmp_path, ["audio"])  # tiny: hop 125, the coarse pitch grid
+    with caplog.at_level(logging.WARNING, logger="codi2.mini.decoder_train"):
+        rep = train_decoders(cfg)["audio"]
+    assert rep["vocoder_pitch_error_cents"]["red"] > 100
+    assert any("multiples of 128.0 Hz" in r.getMessage() for r in caplog.records)
     first = build_decoder("audio", DecoderConfig(path=str(Path(cfg.out) / "audio"))).load()
     assert vocoder_matches(first.pipe.vocoder, cfg.audio)
     # same architecture: the vocoder continues; a wider one is trained anew (and probed with the judges)
@@ -388,3 +392,19 @@ def test_bundle_ships_the_judges_and_eval_finds_them(tmp_path, tiny_pipeline_dir
     world = build_world(tmp_path / "world", n=1, seed=0, tasks=["caption_image"], split="test")
     suite = R.build_suite(EvalConfig(suite="world", model=str(out), data=str(world)), model=object())
     assert suite.judges_dir == out / "judges"  # --judges defaults to the model's own
+
+
+def test_vocoder_pitch_grid_flags_the_hop_that_cost_the_colours():
+    """A HiFi-GAN generator holds a steady tone only at multiples of its frame rate (sr / hop); the old hop 125
+    (128 Hz) moved every world pitch by more than a semitone, the recipe's hop 500 (32 Hz) by under 70 cents."""
+    from codi2.mini.decoder_train import DecoderTrainConfig, PITCH_ERROR_WARN_CENTS, vocoder_pitch_errors
+
+    old = vocoder_pitch_errors([5, 5, 5], 16000)
+    assert old["red"] == pytest.approx(1200 * np.log2(256 / 220), abs=0.1)  # 220 Hz -> 256 Hz, orange's pitch
+    assert old["green"] < -PITCH_ERROR_WARN_CENTS  # 440 Hz -> 384 Hz, heard as yellow
+    assert all(abs(e) > PITCH_ERROR_WARN_CENTS for e in old.values())
+    recipe = DecoderTrainConfig().audio.vocoder_upsample_rates
+    assert int(np.prod(recipe)) == 500
+    new = vocoder_pitch_errors(recipe, 16000)
+    assert set(new) == set(old) and max(abs(e) for e in new.values()) < 70
+

@@ -17,9 +17,10 @@ The text encoders inside the pipelines (CLIP, CLAP, T5, GPT-2) stay frozen at th
 they are deterministic functions of the caption, so the heads can regress their outputs and the UNet
 learns to read them. Trained per modality, in order: the VAE (reconstruction MSE + a small KL; the
 latent ``scaling_factor`` is then set to 1 / std of the latents, as SD's 0.18215 was), the vocoder
-(audio only: log-mel -> waveform on random 32-frame crops, HiFi-GAN's mel L1 + a multi-resolution STFT loss,
-no discriminator; a vocoder whose architecture differs from the config is rebuilt when continuing with
-``init=``), then the UNet with the decoder's own denoising objective (``Decoder.diffusion_loss``: epsilon
+(audio only: log-mel -> waveform on random ``vocoder_segment_frames``-frame crops, HiFi-GAN's mel L1 + a
+multi-resolution STFT loss, no discriminator; its hop sets the pitches it can hold, see
+:func:`vocoder_pitch_errors`; a vocoder whose architecture differs from the config is rebuilt when
+continuing with ``init=``), then the UNet with the decoder's own denoising objective (``Decoder.diffusion_loss``: epsilon
 or v-prediction from the scheduler config) and classifier-free-guidance dropout to the decoder's own
 unconditional conditioning.
 The video pipeline reuses the image VAE (same frames) unless ``video.share_image_vae`` is false.
@@ -157,7 +158,9 @@ class DecoderTrainConfig:
     modalities: list[str] = field(default_factory=lambda: list(WORLD_MODALITIES))
     image: DecoderArch = field(default_factory=lambda: DecoderArch(vocoder_steps=0))
     audio: DecoderArch = field(default_factory=lambda: DecoderArch(vae_block_out_channels=[32, 64, 64],
-                                                                     vocoder_channels=128, vocoder_steps=3500))
+                                                                     vocoder_channels=128, vocoder_steps=3000,
+                                                                     vocoder_upsample_rates=[10, 10, 5],
+                                                                     vocoder_segment_frames=8))
     video: DecoderArch = field(default_factory=lambda: DecoderArch(block_out_channels=[32, 64, 64], batch_size=4,
                                                                      pool_size=1000))
     init: Optional[str] = None
@@ -277,13 +280,37 @@ def vocoder_matches(vocoder, arch: DecoderArch) -> bool:
     return all(_plain(getattr(vocoder.config, k)) == _plain(v) for k, v in want.items())
 
 
+def vocoder_pitch_errors(upsample_rates: Sequence[int], sampling_rate: int = 16000) -> dict[str, float]:
+    """Cents from each world colour's pitch to the nearest tone a HiFi-GAN generator with these upsampling
+    rates can hold: a multiple of its frame rate ``sampling_rate / prod(upsample_rates)``.
+
+    The generator is shift-equivariant in whole frames (transposed convolutions with stride = rate, then
+    stride-1 residual blocks), so a sustained tone, whose log-mel frames are all alike, comes out periodic
+    in the hop: only harmonics of the frame rate. At hop 125 (128 Hz) a red 220 Hz tone can only become 256
+    Hz, the orange pitch. Adjacent world colours are a major third (400 cents) apart, so an error past ~100
+    cents costs the judges' colour; :func:`train_decoder` warns about it.
+    """
+    from data_builders.world.world import PITCH_HZ
+
+    grid = sampling_rate / float(np.prod(list(upsample_rates)))
+    out = {}
+    for colour, f0 in PITCH_HZ.items():
+        held = max(grid, round(f0 / grid) * grid)
+        out[colour] = round(1200.0 * math.log2(held / f0), 1)
+    return out
+
+
+PITCH_ERROR_WARN_CENTS = 100.0
+
+
 def _plain(v: Any) -> Any:
     return [_plain(x) for x in v] if isinstance(v, (list, tuple)) else v
 
 
 def build_audioldm2(arch: DecoderArch, gen_len: int, gen_dim: int, t5_dim: int, prompt_len: int,
                     sampling_rate: int = 16000, seed: int = 0):
-    """A small ``AudioLDM2Pipeline``: mel hop = prod(vocoder_upsample_rates) (125 -> 128 frames a second).
+    """A small ``AudioLDM2Pipeline``: mel hop = prod(vocoder_upsample_rates) (the recipe's 500 -> 32 frames a
+    second; see :func:`vocoder_pitch_errors` for why not AudioLDM's 160).
 
     Conditioning: ``generated_prompt_embeds`` (B, gen_len, gen_dim) and ``prompt_embeds`` (B, prompt_len,
     t5_dim); the T5 tokenizer knows every world word (:func:`world_t5_tokenizer`).
@@ -851,6 +878,16 @@ def train_decoder(cfg: DecoderTrainConfig, modality: str, mcfg: ModelConfig, jud
                 logger.info("audio vocoder architecture differs from the config: training a new one")
                 dec.pipe.vocoder = build_vocoder(arch, dec.sample_rate)
                 report["vocoder_rebuilt"] = True
+            errors = vocoder_pitch_errors(dec.pipe.vocoder.config.upsample_rates, dec.sample_rate)
+            report["vocoder_pitch_error_cents"] = errors
+            off = {c: e for c, e in errors.items() if abs(e) > PITCH_ERROR_WARN_CENTS}
+            if off:
+                logger.warning("audio vocoder: hop %d holds tones only at multiples of %.1f Hz; these world pitches "
+                               "move by more than %d cents (a colour is 400): %s. A longer hop (larger "
+                               "audio.vocoder_upsample_rates product) gives a finer grid",
+                               int(np.prod(dec.pipe.vocoder.config.upsample_rates)),
+                               dec.sample_rate / float(np.prod(dec.pipe.vocoder.config.upsample_rates)),
+                               int(PITCH_ERROR_WARN_CENTS), off)
             probe = ((lambda: judge_reconstructions(dec, "audio", held, judges, through_vae=False))
                      if judges is not None and held else None)
             report["vocoder"] = train_vocoder(dec, train, arch, cfg.seed, cfg.log_every, probe,
