@@ -403,8 +403,8 @@ def test_vocoder_pitch_grid_flags_the_hop_that_cost_the_colours():
     assert old["red"] == pytest.approx(1200 * np.log2(256 / 220), abs=0.1)  # 220 Hz -> 256 Hz, orange's pitch
     assert old["green"] < -PITCH_ERROR_WARN_CENTS  # 440 Hz -> 384 Hz, heard as yellow
     assert all(abs(e) > PITCH_ERROR_WARN_CENTS for e in old.values())
-    recipe = DecoderTrainConfig().audio.vocoder_upsample_rates
-    assert int(np.prod(recipe)) == 500
-    new = vocoder_pitch_errors(recipe, 16000)
+    recipe = load_stage_config("decoder", str(REPO / "configs" / "train" / "mini-decoders.yaml")).audio
+    assert recipe.vocoder_upsample_rates == DecoderTrainConfig().audio.vocoder_upsample_rates  # default = recipe
+    assert int(np.prod(recipe.vocoder_upsample_rates)) == 500
+    new = vocoder_pitch_errors(recipe.vocoder_upsample_rates, 16000)
     assert set(new) == set(old) and max(abs(e) for e in new.values()) < 70
-

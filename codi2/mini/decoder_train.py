@@ -20,9 +20,9 @@ latent ``scaling_factor`` is then set to 1 / std of the latents, as SD's 0.18215
 (audio only: log-mel -> waveform on random ``vocoder_segment_frames``-frame crops, HiFi-GAN's mel L1 + a
 multi-resolution STFT loss, no discriminator; its hop sets the pitches it can hold, see
 :func:`vocoder_pitch_errors`; a vocoder whose architecture differs from the config is rebuilt when
-continuing with ``init=``), then the UNet with the decoder's own denoising objective (``Decoder.diffusion_loss``: epsilon
-or v-prediction from the scheduler config) and classifier-free-guidance dropout to the decoder's own
-unconditional conditioning.
+continuing with ``init=``), then the UNet with the decoder's own denoising objective
+(``Decoder.diffusion_loss``: epsilon or v-prediction from the scheduler config) and classifier-free-guidance
+dropout to the decoder's own unconditional conditioning.
 The video pipeline reuses the image VAE (same frames) unless ``video.share_image_vae`` is false.
 
 Every pipeline is written with ``save_pretrained`` to ``<out>/<modality>`` (atomically) and loads with
@@ -280,6 +280,9 @@ def vocoder_matches(vocoder, arch: DecoderArch) -> bool:
     return all(_plain(getattr(vocoder.config, k)) == _plain(v) for k, v in want.items())
 
 
+PITCH_ERROR_WARN_CENTS = 100.0  # adjacent world colours are a major third (400 cents) apart
+
+
 def vocoder_pitch_errors(upsample_rates: Sequence[int], sampling_rate: int = 16000) -> dict[str, float]:
     """Cents from each world colour's pitch to the nearest tone a HiFi-GAN generator with these upsampling
     rates can hold: a multiple of its frame rate ``sampling_rate / prod(upsample_rates)``.
@@ -298,9 +301,6 @@ def vocoder_pitch_errors(upsample_rates: Sequence[int], sampling_rate: int = 160
         held = max(grid, round(f0 / grid) * grid)
         out[colour] = round(1200.0 * math.log2(held / f0), 1)
     return out
-
-
-PITCH_ERROR_WARN_CENTS = 100.0
 
 
 def _plain(v: Any) -> Any:
@@ -878,16 +878,16 @@ def train_decoder(cfg: DecoderTrainConfig, modality: str, mcfg: ModelConfig, jud
                 logger.info("audio vocoder architecture differs from the config: training a new one")
                 dec.pipe.vocoder = build_vocoder(arch, dec.sample_rate)
                 report["vocoder_rebuilt"] = True
-            errors = vocoder_pitch_errors(dec.pipe.vocoder.config.upsample_rates, dec.sample_rate)
+            rates = dec.pipe.vocoder.config.upsample_rates
+            errors = vocoder_pitch_errors(rates, dec.sample_rate)
             report["vocoder_pitch_error_cents"] = errors
             off = {c: e for c, e in errors.items() if abs(e) > PITCH_ERROR_WARN_CENTS}
             if off:
+                hop = int(np.prod(rates))
                 logger.warning("audio vocoder: hop %d holds tones only at multiples of %.1f Hz; these world pitches "
                                "move by more than %d cents (a colour is 400): %s. A longer hop (larger "
                                "audio.vocoder_upsample_rates product) gives a finer grid",
-                               int(np.prod(dec.pipe.vocoder.config.upsample_rates)),
-                               dec.sample_rate / float(np.prod(dec.pipe.vocoder.config.upsample_rates)),
-                               int(PITCH_ERROR_WARN_CENTS), off)
+                               hop, dec.sample_rate / hop, int(PITCH_ERROR_WARN_CENTS), off)
             probe = ((lambda: judge_reconstructions(dec, "audio", held, judges, through_vae=False))
                      if judges is not None and held else None)
             report["vocoder"] = train_vocoder(dec, train, arch, cfg.seed, cfg.log_every, probe,
