@@ -6,13 +6,14 @@
 #
 # 1. world data (runs/mini/data/{stage1,train,icl,vidx,mrx,test}) and the world judges (runs/mini/judges)
 # 2. component pre-training, two chains side by side on one thread each (codi2/mini):
-#      A: encoder -> decoders image+video -> 1400 more video-UNet steps        B: llm -> decoder audio
+#      A: encoder -> decoders image+video -> 1400 more video-UNet steps
+#      B: llm -> decoder audio -> 2000 more vocoder steps with the level term
 # 3. the LoRA + projector + head stages through the trainer: mini-stage1 (projector alignment), then
 #    mini-stage2 (instruction tuning) from stage 1's export, mini-stage3 (a second pass weighted to the
 #    image and sound phases) from stage 2's, mini-stage4 (+ 6000 in-context editing records) from stage 3's,
 #    mini-stage5 (+ 3000 video records and 2000 three-round editing records, the text and video phases weighted
 #    up) from stage 4's;
-#    beside them, 6000 more image-UNet steps
+#    beside them, 6000 more image-UNet steps, then 4000 at a lower rate
 # 4. the bundle (the stage-5 export + the judges) and `codi2 eval --suite world` on the test split
 #
 # Every step skips itself when its artifact exists, so re-running after a crash resumes (the trainer stages
@@ -36,8 +37,11 @@ if (( smoke )); then
        audio.vae_steps=3 audio.vocoder_steps=3 audio.unet_steps=4 audio.pool_size=16 audio.batch_size=4
        audio.vae_batch_size=4 eval_n=0)
   IMG_MORE=(image.vae_steps=0 image.unet_steps=2 image.pool_size=32 image.batch_size=4 eval_n=0)
+  IMG_ANNEAL=(image.vae_steps=0 image.unet_steps=2 image.pool_size=32 image.batch_size=4 image.lr=2.0e-4 eval_n=0)
   VID_MORE=(video.unet_steps=2 video.frame_every=0 video.batch_size=2 video.pool_size=8 video.high_noise_fraction=0.5
             video.high_noise_from=850 eval_n=0)
+  VOC_LEVEL=(audio.vae_steps=0 audio.unet_steps=0 audio.vocoder_steps=2 audio.vocoder_level_weight=20
+             audio.pool_size=16 audio.batch_size=4 eval_n=0)
   N_STAGE1=48; N_TRAIN=96; N_ICL=16; N_VID=12; N_MRX=8; N_TEST=32; JUDGES=(--n 200 --n-eval 50 --epochs 1)
   ST1=(max_steps=6 batch_size=4 save_every=3 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
   ST2=(max_steps=6 batch_size=4 save_every=3 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
@@ -49,9 +53,13 @@ else
   RUN="${RUN:-runs/mini}"; OUT="${OUT:-checkpoints/codi2-mini}"
   ENC=(); LLM=(); DEC=(); ST1=(); ST2=(); ST3=(); ST4=(); ST5=(); EVAL=(--n "${EVAL_N:-30}")
   IMG_MORE=(image.vae_steps=0 image.unet_steps=6000)
+  IMG_ANNEAL=(image.vae_steps=0 image.unet_steps=4000 image.lr=2.0e-4)
   # clips only, half of them at t >= 850, where the direction of motion is set (README: Video)
   VID_MORE=(video.unet_steps=1400 video.frame_every=0 video.batch_size=8 video.high_noise_fraction=0.5
             video.high_noise_from=850 video.lr=5.0e-4)
+  # the vocoder again with the spectral-convergence level term on: log-mel L1 alone leaves held tones quiet
+  VOC_LEVEL=(audio.vae_steps=0 audio.unet_steps=0 audio.vocoder_steps=2000 audio.vocoder_level_weight=20
+             audio.vocoder_lr=5.0e-4)
   N_STAGE1=4000; N_TRAIN=12000; N_ICL=6000; N_VID=3000; N_MRX=2000; N_TEST=800; JUDGES=()
 fi
 mkdir -p "$RUN/logs"
@@ -101,6 +109,11 @@ chain_b() {
       out="$RUN/llm" "${LLM[@]}" > "$RUN/logs/llm.log" 2>&1
   [[ -f "$RUN/decoders/audio/model_index.json" ]] || codi2 train-component decoder configs/train/mini-decoders.yaml \
       out="$RUN/decoders" "modalities=[audio]" "${DEC[@]}" > "$RUN/logs/decoder_audio.log" 2>&1
+  if [[ ! -f "$RUN/decoders/.vocoder-level" ]]; then  # then the vocoder with the level term (README: Sound)
+    codi2 train-component decoder configs/train/mini-decoders.yaml init="$RUN/decoders" out="$RUN/decoders" \
+        "modalities=[audio]" "${VOC_LEVEL[@]}" > "$RUN/logs/decoder_audio_level.log" 2>&1
+    touch "$RUN/decoders/.vocoder-level"
+  fi
 }
 log "components (logs in $RUN/logs)"
 chain_a & pa=$!
@@ -111,12 +124,17 @@ wait $pb || { log "chain B (llm, audio decoder) failed: see $RUN/logs"; exit 1; 
 # ---- 3. LoRA + projector + head stages (the trainer of train/), and beside them more image-UNet steps:
 # the trainer needs the decoders only for their frozen text encoders (head targets), never their UNets
 refine_image() {
-  [[ -f "$RUN/decoders/.image-refined" ]] && return 0
+  if [[ ! -f "$RUN/decoders/.image-refined" ]]; then
+    codi2 train-component decoder configs/train/mini-decoders.yaml init="$RUN/decoders" out="$RUN/decoders" \
+        "modalities=[image]" "${IMG_MORE[@]}" > "$RUN/logs/decoder_image_more.log" 2>&1
+    touch "$RUN/decoders/.image-refined"
+  fi
+  [[ -f "$RUN/decoders/.image-annealed" ]] && return 0  # then at a lower rate (README: Pictures)
   codi2 train-component decoder configs/train/mini-decoders.yaml init="$RUN/decoders" out="$RUN/decoders" \
-      "modalities=[image]" "${IMG_MORE[@]}" > "$RUN/logs/decoder_image_more.log" 2>&1
-  touch "$RUN/decoders/.image-refined"
+      "modalities=[image]" "${IMG_ANNEAL[@]}" > "$RUN/logs/decoder_image_anneal.log" 2>&1
+  touch "$RUN/decoders/.image-annealed"
 }
-log "image UNet: ${IMG_MORE[*]} (beside the trainer stages)"
+log "image UNet: ${IMG_MORE[*]}, then ${IMG_ANNEAL[*]} (beside the trainer stages)"
 refine_image & pr=$!
 export OMP_NUM_THREADS=1  # two single-thread jobs share the two cores
 if [[ ! -f "$RUN/stage1/final/config.yaml" ]]; then

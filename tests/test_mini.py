@@ -253,6 +253,9 @@ def test_decoder_stage_image_and_video_pipelines_decode(tmp_path):
         train_decoders(dataclasses.replace(cfg, video=dataclasses.replace(cfg.video, frame_batch_size=0)))
     with pytest.raises(ValueError, match=r"video.high_noise_fraction = 1.5; must be in \[0, 1\]"):
         train_decoders(dataclasses.replace(cfg, video=dataclasses.replace(cfg.video, high_noise_fraction=1.5)))
+    with pytest.raises(ValueError, match="audio.vocoder_level_weight = -1"):
+        train_decoders(dataclasses.replace(cfg, modalities=["audio"],
+                                           audio=dataclasses.replace(cfg.audio, vocoder_level_weight=-1.0)))
     with pytest.raises(ValueError, match="video.high_noise_from = 1000"):
         train_decoders(dataclasses.replace(cfg, video=dataclasses.replace(cfg.video, high_noise_from=1000)))
     with pytest.raises(ValueError, match="video.zero_snr needs video.prediction_type: v_prediction"):
@@ -298,13 +301,16 @@ def test_vocoder_continues_or_is_rebuilt_when_its_architecture_changes(tmp_path,
     # same architecture: the vocoder continues; a wider one is trained anew (and probed with the judges)
     Judges(JudgeConfig(width=4, hidden=8, modalities=("audio",))).save(tmp_path / "judges")
     wider = dataclasses.replace(cfg.audio, vae_steps=0, unet_steps=0, vocoder_steps=2, vocoder_channels=16,
-                                vocoder_segment_frames=8)
+                                vocoder_segment_frames=8, vocoder_level_weight=20.0)
     more = dataclasses.replace(cfg, init=cfg.out, out=str(tmp_path / "more"), audio=wider,
                                judges=str(tmp_path / "judges"), eval_n=2)
     rep = train_decoders(more)["audio"]
     assert rep["vocoder_rebuilt"] and rep["vocoder"]["segment_frames"] == 8
     assert "unet" not in rep and "precompute_seconds" not in rep  # no UNet steps: no latents precomputed
     assert [p["step"] for p in rep["vocoder"]["probes"]] == [1, 2] and "all" in rep["vocoder"]["probes"][0]
+    probe = rep["vocoder"]["probes"][-1]  # the level kept, overall and per timbre
+    assert probe["rms_ratio"] > 0 and {f"rms_ratio_{s}" for s in ("circle", "square", "triangle", "star")} & set(probe)
+    assert rep["vocoder"]["level_weight"] == 20.0
     second = build_decoder("audio", DecoderConfig(path=str(tmp_path / "more" / "audio"))).load()
     assert second.pipe.vocoder.config.upsample_initial_channel == 16 and vocoder_matches(second.pipe.vocoder, wider)
     same = dataclasses.replace(cfg, init=cfg.out, out=str(tmp_path / "same"),
@@ -392,6 +398,26 @@ def test_bundle_ships_the_judges_and_eval_finds_them(tmp_path, tiny_pipeline_dir
     world = build_world(tmp_path / "world", n=1, seed=0, tasks=["caption_image"], split="test")
     suite = R.build_suite(EvalConfig(suite="world", model=str(out), data=str(world)), model=object())
     assert suite.judges_dir == out / "judges"  # --judges defaults to the model's own
+
+
+def test_mel_level_loss_weighs_bins_by_energy():
+    """A pure tone is one loud bin among quiet ones: the log-mel L1 charges a loud bin 2 nats too quiet the
+    same as two quiet bins 1 nat too loud; the level term charges the quiet loud bin and barely the leak."""
+    import torch.nn.functional as F
+
+    from codi2.mini.decoder_train import mel_level_loss
+
+    target = torch.full((1, 4, 8), -9.0)
+    target[..., 3] = 0.0  # the tone's bin, every frame
+    quiet = target.clone()
+    quiet[..., 3] -= 2.0  # the tone at e^-2 of its level
+    leaky = target.clone()
+    leaky[..., [1, 5]] += 1.0  # leakage into two quiet bins
+    assert float(F.l1_loss(quiet, target)) == pytest.approx(float(F.l1_loss(leaky, target)))
+    assert float(mel_level_loss(target, target)) == pytest.approx(0.0, abs=1e-6)
+    assert float(mel_level_loss(quiet, target)) == pytest.approx(1 - np.exp(-2.0), rel=1e-3)
+    assert float(mel_level_loss(leaky, target)) < 1e-3
+    assert float(mel_level_loss(torch.full_like(target, -11.5), target)) == pytest.approx(1.0, abs=1e-3)
 
 
 def test_vocoder_pitch_grid_flags_the_hop_that_cost_the_colours():

@@ -76,6 +76,10 @@ class DecoderArch:
         vae_steps / vocoder_steps / unet_steps: optimiser steps of each phase (0 skips the phase).
         vocoder_lr / vocoder_mel_weight / vocoder_segment_frames: audio only: the vocoder's AdamW rate, the
             weight of its log-mel L1 term (HiFi-GAN's 45) and the mel frames of each training crop.
+        vocoder_level_weight: audio only: weight of a spectral-convergence term on the linear mel magnitudes
+            (``‖M − M̂‖ / ‖M‖``). The log-mel L1 weighs every bin alike, so a pure tone (one loud bin a frame
+            among 64) that the generator cannot yet hold cleanly is cheapest made quiet; this term weighs bins
+            by their energy and keeps the level (0: HiFi-GAN's loss alone).
         batch_size / vae_batch_size: samples per step.
         frame_every / frame_batch_size: video only: every ``frame_every``-th UNet step is a batch of
             ``frame_batch_size`` single frames (one-frame clips) instead of clips (0: none); see :func:`train_unet`.
@@ -110,6 +114,7 @@ class DecoderArch:
     vocoder_steps: int = 0
     vocoder_lr: float = 1e-3
     vocoder_mel_weight: float = 45.0
+    vocoder_level_weight: float = 0.0
     vocoder_segment_frames: int = 32
     vocoder_resblock_kernel_sizes: list[int] = field(default_factory=lambda: [3, 7, 11])
     vocoder_resblock_dilations: list[int] = field(default_factory=lambda: [1, 3, 5])
@@ -457,6 +462,27 @@ def stft_loss(pred: torch.Tensor, target: torch.Tensor,
     return loss / len(resolutions)
 
 
+def mel_level_loss(pred_mel: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+    """Spectral convergence of two log-mels on their linear magnitudes: ``‖e^mel − e^pred‖ / ‖e^mel‖``
+    over the batch. Zero when they match; 1 for a silent prediction of a non-silent target."""
+    t, p = mel.exp(), pred_mel.exp()
+    return torch.linalg.norm(t - p) / (torch.linalg.norm(t) + 1e-8)
+
+
+def vocoder_level(dec, samples: list[WorldSample]) -> dict[str, float]:
+    """RMS of the vocoder's output over the RMS of the normalised waveform its log-mel came from (1: the
+    level kept), over all samples and per shape (timbre): a HiFi-GAN generator trained on log-mel L1 alone
+    leaves pure tones far quieter than rich ones."""
+    waves = _normalised(_waves(dec, [s.media for s in samples]))
+    out = dec.pipe.vocoder(dec.log_mel(waves, normalise=False))[:, :waves.shape[1]]
+    ratio = (out.pow(2).mean(1) / waves[:, :out.shape[1]].pow(2).mean(1).clamp(min=1e-12)).sqrt()
+    res = {"rms_ratio": round(float(ratio.mean()), 4)}
+    for shape in sorted({s.attrs["shape"] for s in samples}):
+        idx = [i for i, s in enumerate(samples) if s.attrs["shape"] == shape]
+        res[f"rms_ratio_{shape}"] = round(float(ratio[idx].mean()), 4)
+    return res
+
+
 def _vae_loss(vae, x: torch.Tensor, kl_weight: float, g: torch.Generator) -> tuple[torch.Tensor, float]:
     """Reconstruction MSE + kl_weight x KL of a posterior sample. x: (B, C, H, W). Returns (loss, mse)."""
     dist = vae.encode(x).latent_dist
@@ -556,7 +582,8 @@ def train_vocoder(dec, samples: list[WorldSample], arch: DecoderArch, seed: int,
                   probe: Optional[Callable[[], dict]] = None, probe_every: int = 0) -> dict:
     """Trains ``dec.pipe.vocoder`` (HiFi-GAN generator) to invert the decoder's log-mel, as HiFi-GAN's
     generator loss without the discriminator: ``45 · L1(log-mel)`` of the output against the input mel
-    plus the multi-resolution STFT loss against the normalised waveform the mel was computed from.
+    plus the multi-resolution STFT loss against the normalised waveform the mel was computed from, plus
+    ``vocoder_level_weight`` × :func:`mel_level_loss` when set.
     Each step sees random ``vocoder_segment_frames``-frame crops (HiFi-GAN's segment training).
 
     Args:
@@ -589,6 +616,8 @@ def train_vocoder(dec, samples: list[WorldSample], arch: DecoderArch, seed: int,
         pred_mel = dec.log_mel(pred, normalise=False)  # (B, <= seg, mels): same frame grid as ``mel``
         mel_loss = F.l1_loss(pred_mel, mel[:, :pred_mel.shape[1]])
         loss = stft_loss(pred, target) + arch.vocoder_mel_weight * mel_loss
+        if arch.vocoder_level_weight > 0:
+            loss = loss + arch.vocoder_level_weight * mel_level_loss(pred_mel, mel[:, :pred_mel.shape[1]])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(voc.parameters(), 1.0)
@@ -609,7 +638,8 @@ def train_vocoder(dec, samples: list[WorldSample], arch: DecoderArch, seed: int,
     voc.eval().requires_grad_(False)
     steps = max(1, arch.vocoder_steps)
     return {"steps": arch.vocoder_steps, "segment_frames": seg, "lr": arch.vocoder_lr,
-            "mel_weight": arch.vocoder_mel_weight, "seconds": round(seconds, 1),
+            "mel_weight": arch.vocoder_mel_weight, "level_weight": arch.vocoder_level_weight,
+            "seconds": round(seconds, 1),
             "seconds_per_step": round(seconds / steps, 4), "cpu_seconds_per_step": round(cpu / steps, 4),
             "final_loss": float(np.mean(losses[-20:])) if losses else None, "probes": probes}
 
@@ -779,14 +809,14 @@ def judge_reconstructions(dec, modality: str, samples: list[WorldSample], judges
 @torch.no_grad()
 def judge_generations(dec, modality: str, samples: list[WorldSample], judges, cond: dict[str, torch.Tensor],
                       steps: Optional[int], seed: int, batch: int = 16,
-                      scheduler: Optional[str] = None) -> dict[str, Any]:
-    """Decodes the held-out conditions (``steps`` / ``scheduler``: None = the decoder's own) and scores the
-    outputs against the samples' attributes."""
+                      scheduler: Optional[str] = None, guidance: Optional[float] = None) -> dict[str, Any]:
+    """Decodes the held-out conditions (``steps`` / ``scheduler`` / ``guidance``: None = the decoder's own) and
+    scores the outputs against the samples' attributes."""
     outputs = []
     t0 = time.time()
     for i in range(0, len(samples), batch):
         c = {k: v[i:i + batch] for k, v in cond.items()}
-        outputs += dec.decode(c, seed=seed + i, steps=steps or None, scheduler=scheduler)
+        outputs += dec.decode(c, seed=seed + i, steps=steps or None, scheduler=scheduler, guidance=guidance)
     seconds = time.time() - t0
     scores = [_score(judges, modality, o) for o in outputs]
     return {**_accuracy(scores, [s.attrs for s in samples]), "n": len(samples),
@@ -888,7 +918,8 @@ def train_decoder(cfg: DecoderTrainConfig, modality: str, mcfg: ModelConfig, jud
                                "move by more than %d cents (a colour is 400): %s. A longer hop (larger "
                                "audio.vocoder_upsample_rates product) gives a finer grid",
                                hop, dec.sample_rate / hop, int(PITCH_ERROR_WARN_CENTS), off)
-            probe = ((lambda: judge_reconstructions(dec, "audio", held, judges, through_vae=False))
+            probe = ((lambda: {**judge_reconstructions(dec, "audio", held, judges, through_vae=False),
+                               **vocoder_level(dec, held)})
                      if judges is not None and held else None)
             report["vocoder"] = train_vocoder(dec, train, arch, cfg.seed, cfg.log_every, probe,
                                               probe_every=max(1, arch.vocoder_steps // 8))
@@ -940,6 +971,9 @@ def train_decoders(cfg: DecoderTrainConfig) -> dict[str, dict]:
         for name in ("vae_steps", "vocoder_steps", "unet_steps", "frame_every"):
             if getattr(arch, name) < 0:
                 raise ValueError(f"{m}.{name} = {getattr(arch, name)}; must be >= 0 (0 skips it)")
+        for name in ("vocoder_mel_weight", "vocoder_level_weight"):
+            if getattr(arch, name) < 0:
+                raise ValueError(f"{m}.{name} = {getattr(arch, name)}; must be >= 0 (0 leaves the term out)")
         for name in ("batch_size", "vae_batch_size", "frame_batch_size"):
             if getattr(arch, name) < 1:
                 raise ValueError(f"{m}.{name} = {getattr(arch, name)}; must be >= 1")

@@ -1,0 +1,42 @@
+"""benchmarks/guidance_scale.py runs on the tiny pipeline (random decoders and judges) and writes its JSON."""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from codi2.config import repo_root
+
+
+def _load_benchmark():
+    path = repo_root() / "benchmarks" / "guidance_scale.py"
+    spec = importlib.util.spec_from_file_location("benchmarks_guidance", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_guidance_benchmark_tiny(tiny_pipeline_dir, tmp_path):
+    from data_builders.world.judges import JudgeConfig, Judges
+
+    Judges(JudgeConfig(width=4, hidden=8)).save(tmp_path / "judges")
+    out = tmp_path / "g.json"
+    bench = _load_benchmark()
+    args = ["--model", str(tiny_pipeline_dir), "--judges", str(tmp_path / "judges"), "--n", "2", "--scales", "1", "2",
+            "--modalities", "image", "audio", "--threads", "1", "--out", str(out)]
+    assert bench.main(args) == 0
+    saved = json.loads(out.read_text())
+    assert saved["world_seed"] == 9 and saved["n"] == 2
+    for m, key in (("image", "shape+colour"), ("audio", "all")):
+        r = saved["results"][m]
+        configured = r["configured"]["guidance"]
+        assert r["key"] == key
+        assert [row["guidance"] for row in r["rows"]] == sorted({1.0, 2.0, configured})  # the configured one too
+        ref = next(row for row in r["rows"] if row["guidance"] == configured)
+        assert ref["time_vs_configured"] == 1.0
+        assert all(row["n"] == 2 and 0.0 <= row[key] <= 1.0 and row["seconds_per_sample"] > 0 for row in r["rows"])
+        assert r["best"]["guidance"] in {row["guidance"] for row in r["rows"]}
+        assert r["best"][key] == max(row[key] for row in r["rows"])
+    with pytest.raises(ValueError, match="guidance scales must be >= 1"):
+        bench.run(str(tiny_pipeline_dir), 2, [0.5], ["image"], None)
