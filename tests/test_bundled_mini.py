@@ -52,4 +52,6 @@ def test_mini_model_captions_generates_and_edits(mini, tmp_path):
     assert mean("caption_image", "acc") >= 5 / 6 and mean("caption_audio", "acc") >= 5 / 6
     assert mean("gen_image", "key") >= 4 / 6  # shape and colour of the picture right
     assert mean("edit_image", "edit_acc") >= 3 / 6  # the asked-for attribute changed
-    assert mean("gen_audio", "exact") >= 2 / 6  # pitch, timbre and length of the sound all right (chance 1/48)
+    # pitch, timbre and size (loudness and length) of the sound all right (chance 1/48); 6 / 6 here since the vocoder
+    # keeps the level (README "Sound"): before, long loud tones came out quiet and were heard as small
+    assert mean("gen_audio", "exact") >= 5 / 6
