@@ -13,7 +13,7 @@
 #    image and sound phases) from stage 2's, mini-stage4 (+ 6000 in-context editing records) from stage 3's,
 #    mini-stage5 (+ 3000 video records and 2000 three-round editing records, the text and video phases weighted
 #    up) from stage 4's;
-#    beside them, 6000 more image-UNet steps, then 4000 at a lower rate
+#    beside them, 6000 more image-UNet steps
 # 4. the bundle (the stage-5 export + the judges) and `codi2 eval --suite world` on the test split
 #
 # Every step skips itself when its artifact exists, so re-running after a crash resumes (the trainer stages
@@ -37,7 +37,6 @@ if (( smoke )); then
        audio.vae_steps=3 audio.vocoder_steps=3 audio.unet_steps=4 audio.pool_size=16 audio.batch_size=4
        audio.vae_batch_size=4 eval_n=0)
   IMG_MORE=(image.vae_steps=0 image.unet_steps=2 image.pool_size=32 image.batch_size=4 eval_n=0)
-  IMG_ANNEAL=(image.vae_steps=0 image.unet_steps=2 image.pool_size=32 image.batch_size=4 image.lr=2.0e-4 eval_n=0)
   VID_MORE=(video.unet_steps=2 video.frame_every=0 video.batch_size=2 video.pool_size=8 video.high_noise_fraction=0.5
             video.high_noise_from=850 eval_n=0)
   VOC_LEVEL=(audio.vae_steps=0 audio.unet_steps=0 audio.vocoder_steps=2 audio.vocoder_level_weight=20
@@ -53,7 +52,6 @@ else
   RUN="${RUN:-runs/mini}"; OUT="${OUT:-checkpoints/codi2-mini}"
   ENC=(); LLM=(); DEC=(); ST1=(); ST2=(); ST3=(); ST4=(); ST5=(); EVAL=(--n "${EVAL_N:-30}")
   IMG_MORE=(image.vae_steps=0 image.unet_steps=6000)
-  IMG_ANNEAL=(image.vae_steps=0 image.unet_steps=4000 image.lr=2.0e-4)
   # clips only, half of them at t >= 850, where the direction of motion is set (README: Video)
   VID_MORE=(video.unet_steps=1400 video.frame_every=0 video.batch_size=8 video.high_noise_fraction=0.5
             video.high_noise_from=850 video.lr=5.0e-4)
@@ -124,17 +122,12 @@ wait $pb || { log "chain B (llm, audio decoder) failed: see $RUN/logs"; exit 1; 
 # ---- 3. LoRA + projector + head stages (the trainer of train/), and beside them more image-UNet steps:
 # the trainer needs the decoders only for their frozen text encoders (head targets), never their UNets
 refine_image() {
-  if [[ ! -f "$RUN/decoders/.image-refined" ]]; then
-    codi2 train-component decoder configs/train/mini-decoders.yaml init="$RUN/decoders" out="$RUN/decoders" \
-        "modalities=[image]" "${IMG_MORE[@]}" > "$RUN/logs/decoder_image_more.log" 2>&1
-    touch "$RUN/decoders/.image-refined"
-  fi
-  [[ -f "$RUN/decoders/.image-annealed" ]] && return 0  # then at a lower rate (README: Pictures)
+  [[ -f "$RUN/decoders/.image-refined" ]] && return 0
   codi2 train-component decoder configs/train/mini-decoders.yaml init="$RUN/decoders" out="$RUN/decoders" \
-      "modalities=[image]" "${IMG_ANNEAL[@]}" > "$RUN/logs/decoder_image_anneal.log" 2>&1
-  touch "$RUN/decoders/.image-annealed"
+      "modalities=[image]" "${IMG_MORE[@]}" > "$RUN/logs/decoder_image_more.log" 2>&1
+  touch "$RUN/decoders/.image-refined"
 }
-log "image UNet: ${IMG_MORE[*]}, then ${IMG_ANNEAL[*]} (beside the trainer stages)"
+log "image UNet: ${IMG_MORE[*]} (beside the trainer stages)"
 refine_image & pr=$!
 export OMP_NUM_THREADS=1  # two single-thread jobs share the two cores
 if [[ ! -f "$RUN/stage1/final/config.yaml" ]]; then
