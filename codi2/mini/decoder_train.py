@@ -469,14 +469,23 @@ def mel_level_loss(pred_mel: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
     return torch.linalg.norm(t - p) / (torch.linalg.norm(t) + 1e-8)
 
 
-def vocoder_level(dec, samples: list[WorldSample]) -> dict[str, float]:
-    """RMS of the vocoder's output over the RMS of the normalised waveform its log-mel came from (1: the
-    level kept), over all samples and per shape (timbre): a HiFi-GAN generator trained on log-mel L1 alone
-    leaves pure tones far quieter than rich ones."""
+@torch.no_grad()
+def vocoder_level(dec, samples: list[WorldSample], judges=None) -> dict[str, float]:
+    """One log-mel -> vocoder pass over held-out renders: the RMS of the output over the RMS of the normalised
+    waveform its log-mel came from (1: the level kept), over all samples and per shape (timbre), and with
+    ``judges`` their accuracy on the same outputs (the vocoder's ceiling). A HiFi-GAN generator trained on
+    log-mel L1 alone leaves pure tones far quieter than rich ones."""
+    from codi2.media import Audio
+
     waves = _normalised(_waves(dec, [s.media for s in samples]))
     out = dec.pipe.vocoder(dec.log_mel(waves, normalise=False))[:, :waves.shape[1]]
     ratio = (out.pow(2).mean(1) / waves[:, :out.shape[1]].pow(2).mean(1).clamp(min=1e-12)).sqrt()
-    res = {"rms_ratio": round(float(ratio.mean()), 4)}
+    res: dict[str, float] = {}
+    if judges is not None:
+        scores = [_score(judges, "audio", Audio(samples=w[None].numpy().astype(np.float32),
+                                                sample_rate=dec.sample_rate)) for w in out]
+        res.update(_accuracy(scores, [s.attrs for s in samples]))
+    res["rms_ratio"] = round(float(ratio.mean()), 4)
     for shape in sorted({s.attrs["shape"] for s in samples}):
         idx = [i for i, s in enumerate(samples) if s.attrs["shape"] == shape]
         res[f"rms_ratio_{shape}"] = round(float(ratio[idx].mean()), 4)
@@ -777,10 +786,9 @@ def _accuracy(scores: list[dict], attrs: list[dict]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def judge_reconstructions(dec, modality: str, samples: list[WorldSample], judges,
-                          through_vae: bool = True) -> dict[str, float]:
-    """Judge accuracy of VAE (+ vocoder) round trips of held-out renders: the ceiling the UNet can reach.
-    ``through_vae=False`` (audio): log-mel -> vocoder alone, the vocoder's own ceiling."""
+def judge_reconstructions(dec, modality: str, samples: list[WorldSample], judges) -> dict[str, float]:
+    """Judge accuracy of VAE (+ vocoder) round trips of held-out renders: the ceiling the UNet can reach
+    (the vocoder's own ceiling, log-mel -> vocoder alone: :func:`vocoder_level` with judges)."""
     from PIL import Image
 
     from codi2.media import Audio, Video
@@ -799,7 +807,7 @@ def judge_reconstructions(dec, modality: str, samples: list[WorldSample], judges
                   for i in range(len(samples))]
     else:
         mel = _mels(dec, _waves(dec, [s.media for s in samples]))
-        rec = vae.decode(vae.encode(mel).latent_dist.mode()).sample[:, 0] if through_vae else mel[:, 0]
+        rec = vae.decode(vae.encode(mel).latent_dist.mode()).sample[:, 0]
         waves = dec.pipe.vocoder(rec).numpy()
         scores = [_score(judges, modality, Audio(samples=w[None].astype(np.float32), sample_rate=dec.sample_rate))
                   for w in waves]
@@ -918,9 +926,7 @@ def train_decoder(cfg: DecoderTrainConfig, modality: str, mcfg: ModelConfig, jud
                                "move by more than %d cents (a colour is 400): %s. A longer hop (larger "
                                "audio.vocoder_upsample_rates product) gives a finer grid",
                                hop, dec.sample_rate / hop, int(PITCH_ERROR_WARN_CENTS), off)
-            probe = ((lambda: {**judge_reconstructions(dec, "audio", held, judges, through_vae=False),
-                               **vocoder_level(dec, held)})
-                     if judges is not None and held else None)
+            probe = (lambda: vocoder_level(dec, held, judges)) if judges is not None and held else None
             report["vocoder"] = train_vocoder(dec, train, arch, cfg.seed, cfg.log_every, probe,
                                               probe_every=max(1, arch.vocoder_steps // 8))
         if judges is not None and held:
