@@ -6,7 +6,7 @@
 #
 # 1. world data (runs/mini/data/{stage1,train,icl,vidx,mrx,test}) and the world judges (runs/mini/judges)
 # 2. component pre-training, two chains side by side on one thread each (codi2/mini):
-#      A: encoder -> decoders image+video -> 1400 more video-UNet steps
+#      A: encoder -> decoders image+video (the video decoder's text encoder first) -> 1400 more video-UNet steps
 #      B: llm -> decoder audio -> 2000 more vocoder steps with the level term
 # 3. the LoRA + projector + head stages through the trainer: mini-stage1 (projector alignment), then
 #    mini-stage2 (instruction tuning) from stage 1's export, mini-stage3 (a second pass weighted to the
@@ -33,11 +33,11 @@ if (( smoke )); then
   ENC=(steps=8 batch_size=8 pool_size=64 eval_n=16 eval_every=0 warmup_steps=2)
   LLM=(steps=8 batch_size=2 block_size=64 n_records=300 n_val_records=20 n_captions=200 warmup_steps=2)
   DEC=(image.vae_steps=4 image.unet_steps=6 image.pool_size=32 image.batch_size=4 image.vae_batch_size=4
-       video.unet_steps=3 video.pool_size=8 video.batch_size=2 video.frame_batch_size=2
+       video.unet_steps=3 video.pool_size=8 video.batch_size=2 video.frame_batch_size=2 video.text_encoder_steps=3
        audio.vae_steps=3 audio.vocoder_steps=3 audio.unet_steps=4 audio.pool_size=16 audio.batch_size=4
        audio.vae_batch_size=4 eval_n=0)
   IMG_MORE=(image.vae_steps=0 image.unet_steps=2 image.pool_size=32 image.batch_size=4 eval_n=0)
-  VID_MORE=(video.unet_steps=2 video.frame_every=0 video.batch_size=2 video.pool_size=8 video.high_noise_fraction=0.5
+  VID_MORE=(video.unet_steps=2 video.text_encoder_steps=0 video.frame_every=0 video.batch_size=2 video.pool_size=8 video.high_noise_fraction=0.5
             video.high_noise_from=850 eval_n=0)
   VOC_LEVEL=(audio.vae_steps=0 audio.unet_steps=0 audio.vocoder_steps=2 audio.vocoder_level_weight=20
              audio.pool_size=16 audio.batch_size=4 eval_n=0)
@@ -53,7 +53,7 @@ else
   ENC=(); LLM=(); DEC=(); ST1=(); ST2=(); ST3=(); ST4=(); ST5=(); EVAL=(--n "${EVAL_N:-30}")
   IMG_MORE=(image.vae_steps=0 image.unet_steps=6000)
   # clips only, half of them at t >= 850, where the direction of motion is set (README: Video)
-  VID_MORE=(video.unet_steps=1400 video.frame_every=0 video.batch_size=8 video.high_noise_fraction=0.5
+  VID_MORE=(video.unet_steps=1400 video.text_encoder_steps=0 video.frame_every=0 video.batch_size=8 video.high_noise_fraction=0.5
             video.high_noise_from=850 video.lr=5.0e-4)
   # the vocoder again with the spectral-convergence level term on: log-mel L1 alone leaves held tones quiet
   VOC_LEVEL=(audio.vae_steps=0 audio.unet_steps=0 audio.vocoder_steps=2000 audio.vocoder_level_weight=20

@@ -34,7 +34,8 @@ def test_stage_configs_and_mini_model_config_load():
     from train.loop import load_train_config
 
     stages = {n: load_train_config(str(REPO / "configs" / "train" / f"{n}.yaml"))
-              for n in ("mini-stage1", "mini-stage2", "mini-stage3", "mini-stage4", "mini-stage5")}
+              for n in ("mini-stage1", "mini-stage2", "mini-stage3", "mini-stage4", "mini-stage5", "mini-stage6-words",
+                        "mini-video-head")}
     assert stages["mini-stage1"].stage == "projector_alignment"
     for n in (2, 3, 4, 5):  # the recipe's chain of exports
         assert stages[f"mini-stage{n}"].model.pipeline.endswith(f"stage{n - 1}/final")
@@ -42,6 +43,14 @@ def test_stage_configs_and_mini_model_config_load():
     assert stages["mini-stage3"].phases.weights["image"] > stages["mini-stage2"].phases.weights["image"]
     assert {m.split("/")[-2] for m in stages["mini-stage5"].data.manifests} == {"train", "icl", "vidx", "mrx"}
     assert stages["mini-stage5"].phases.weights["video"] > stages["mini-stage4"].phases.weights["video"]
+    # the in-context-in-words experiment: stage 5's data with the exemplar records rebuilt, from stage 5's export
+    words = stages["mini-stage6-words"]
+    assert words.model.pipeline.endswith("stage5/final") and len(words.data.manifests) == 4
+    assert {m.split("/")[-2] for m in words.data.manifests} == {"train", "icl", "vidx", "mrx"}
+    # the video-head re-fit: projector alignment (LLM and LoRA frozen) on the video phase alone
+    head = stages["mini-video-head"]
+    assert head.stage == "projector_alignment" and head.phases.weights["video"] > 0
+    assert all(w == 0 for k, w in head.phases.weights.items() if k != "video")
     mini = load_model_config("mini")
     assert mini.modalities["image"].head.targets["image_embeds"] == [mini.encoder.out_embed_dim]
     assert mini.modalities["audio"].head.targets["prompt_embeds"][0] == mini.modalities["audio"].decoder.prompt_len
@@ -434,3 +443,47 @@ def test_vocoder_pitch_grid_flags_the_hop_that_cost_the_colours():
     assert int(np.prod(recipe.vocoder_upsample_rates)) == 500
     new = vocoder_pitch_errors(recipe.vocoder_upsample_rates, 16000)
     assert set(new) == set(old) and max(abs(e) for e in new.values()) < 70
+
+
+def test_video_text_encoder_learns_the_direction_the_unet_must_read(tmp_path, caplog):
+    """video.text_encoder_steps teaches the video decoder's CLIP text encoder the world's attributes at every
+    position from the end of the caption on: the four directions of one caption stop looking alike."""
+    import dataclasses
+    import logging
+
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    from codi2.decoders import build_decoder
+    from codi2.mini.decoder_train import build_pipeline, direction_cosine, train_decoders
+
+    cfg = _decoder_cfg(tmp_path, ["image", "video"])
+    cfg = dataclasses.replace(cfg, video=dataclasses.replace(cfg.video, text_encoder_steps=60, text_encoder_lr=3e-3),
+                              # the tiny model's 16 byte tokens would cut the direction off the caption
+                              model_overrides=["modalities.video.head.targets.prompt_embeds=[48,16]"])
+    rep = train_decoders(cfg)["video"]["text_encoder"]
+    assert rep["steps"] == 60 and set(rep["held_out_accuracy"]) == {"shape", "colour", "size", "direction"}
+    assert rep["direction_cosine_after"] < rep["direction_cosine_before"] - 0.05, rep
+    assert rep["held_out_accuracy"]["direction"] > 0.5, rep  # chance is 0.25
+    path = Path(cfg.out) / "video"
+    te = CLIPTextModel.from_pretrained(str(path / "text_encoder"))
+    assert direction_cosine(te, AutoTokenizer.from_pretrained(str(path / "tokenizer"))) == rep["direction_cosine_after"]
+    untrained = build_pipeline("video", cfg.video, load_model_config("tiny", cfg.model_overrides),
+                               seed=cfg.seed).text_encoder
+    assert any(not torch.equal(v, te.state_dict()[k]) for k, v in untrained.state_dict().items())
+    # the decoder's targets and its unconditional conditioning come from the trained one
+    dec = build_decoder("video", DecoderConfig(path=str(path), steps=2, num_frames=2)).load()
+    tok = AutoTokenizer.from_pretrained(str(path / "tokenizer"))
+    ids = tok(["a red circle moving up"], padding="max_length", max_length=tok.model_max_length, truncation=True,
+              return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.allclose(dec.targets(["a red circle moving up"])["prompt_embeds"], te(ids).last_hidden_state,
+                              atol=1e-5)
+    # continuing it without UNet steps warns that the UNet was trained on the old conditioning
+    with caplog.at_level(logging.WARNING, logger="codi2.mini.decoder_train"):
+        train_decoders(dataclasses.replace(cfg, modalities=["video"], init=cfg.out, video=dataclasses.replace(
+            cfg.video, text_encoder_steps=2, unet_steps=0)))
+    assert "no UNet step runs" in caplog.text
+    with pytest.raises(ValueError, match="image.text_encoder_steps is for video only"):
+        train_decoders(dataclasses.replace(cfg, image=dataclasses.replace(cfg.image, text_encoder_steps=5)))
+    with pytest.raises(ValueError, match="video.text_encoder_steps = -1"):
+        train_decoders(dataclasses.replace(cfg, video=dataclasses.replace(cfg.video, text_encoder_steps=-1)))

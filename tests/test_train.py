@@ -187,6 +187,26 @@ def test_stage1_trains_new_rows_projectors_heads_but_not_lora(tiny_cfg):
         set_stage(m, "stage3")
 
 
+def test_freeze_keeps_named_groups_frozen_on_top_of_the_stage(tiny_cfg):
+    """Re-fitting a head alone (configs/train/mini-video-head.yaml): the new token rows stay as they were."""
+    from codi2.model import CoDi2Model
+    from train.config import TrainConfig
+    from train.step import set_stage
+
+    m = CoDi2Model(tiny_cfg)
+    groups = set_stage(m, "projector_alignment", freeze=["new_token_rows"])
+    assert groups["lora"] == [] and groups["new_token_rows"] == [] and groups["projectors"] and groups["heads"]
+    assert not any(p.requires_grad for n, p in m.llm.named_parameters() if "trainable_tokens" in n)
+    assert {id(p) for p in m.parameters() if p.requires_grad} == {id(p) for g in groups.values() for p in g}
+    assert set_stage(CoDi2Model(tiny_cfg), "instruction_tuning", freeze=["heads"])["lora"]
+    with pytest.raises(ValueError, match="unknown parameter groups"):
+        set_stage(CoDi2Model(tiny_cfg), "instruction_tuning", freeze=["lm_head"])
+    with pytest.raises(ValueError, match="leaves nothing to train"):
+        set_stage(CoDi2Model(tiny_cfg), "projector_alignment", freeze=["new_token_rows", "projectors", "heads"])
+    with pytest.raises(ValueError, match=r"freeze = \['rows'\]: unknown \['rows'\]; allowed: lora, new_token_rows"):
+        TrainConfig(freeze=["rows"]).check()
+
+
 def test_checkpoints_are_atomic_and_pruned(tmp_path):
     from train import checkpointing as ckpt
 

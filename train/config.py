@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 STAGES = ("projector_alignment", "instruction_tuning")
+PARAM_GROUPS = ("lora", "new_token_rows", "projectors", "heads")  # CoDi2Model.trainable_parameters()
 LR_SCHEDULES = ("cosine", "linear", "constant")
 
 
@@ -110,6 +111,10 @@ class TrainConfig:
     Attributes:
         output_dir: checkpoints, logs, TensorBoard and the exported ``final/`` pipeline go here.
         stage: ``projector_alignment`` | ``instruction_tuning`` (module docstring).
+        freeze: parameter groups to keep frozen on top of what the stage freezes: any of ``lora``,
+            ``new_token_rows``, ``projectors``, ``heads``. E.g. re-fitting one output head to a new decoder's
+            conditioning (``configs/train/mini-video-head.yaml``) freezes the new token rows, whose input rows
+            (``<vid>`` …) also mark the inputs of other tasks.
         batch_size: records per micro-batch on each rank.
         grad_accum: micro-batches per optimizer step.
         max_steps: optimizer steps.
@@ -134,6 +139,7 @@ class TrainConfig:
     phases: PhaseConfig = field(default_factory=PhaseConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     stage: str = "instruction_tuning"
+    freeze: list[str] = field(default_factory=list)
     batch_size: int = 4
     grad_accum: int = 1
     max_steps: int = 1000
@@ -155,6 +161,9 @@ class TrainConfig:
         """Raises ``ValueError`` naming the bad field and what is allowed."""
         if self.stage not in STAGES:
             raise ValueError(f"stage = {self.stage!r}; allowed: {', '.join(STAGES)}")
+        bad = [g for g in self.freeze if g not in PARAM_GROUPS]
+        if bad:
+            raise ValueError(f"freeze = {self.freeze}: unknown {bad}; allowed: {', '.join(PARAM_GROUPS)}")
         if self.optim.schedule not in LR_SCHEDULES:
             raise ValueError(f"optim.schedule = {self.optim.schedule!r}; allowed: {', '.join(LR_SCHEDULES)}")
         if (self.model.pipeline is None) == (self.model.config is None):

@@ -363,7 +363,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.pipe = CoDi2Pipeline.from_pretrained(self.pipeline_dir, device=self.device, overrides=cfg.model_overrides())
         self.model = self.pipe.model
-        self.groups = set_stage(self.model, cfg.stage)
+        self.groups = set_stage(self.model, cfg.stage, cfg.freeze)
         counts = {k: sum(p.numel() for p in v) for k, v in self.groups.items()}
         log.info("stage %s: trainable %s; frozen %s", cfg.stage, counts,
                  f"{sum(p.numel() for p in self.model.parameters() if not p.requires_grad):,}")

@@ -15,7 +15,7 @@ needs no collective call).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
@@ -116,20 +116,25 @@ class TrainModule(nn.Module):
         return training_forward(self.__dict__["codi2"], batch, self.all_modules)
 
 
-def set_stage(model: CoDi2Model, stage: str) -> dict[str, list[nn.Parameter]]:
+def set_stage(model: CoDi2Model, stage: str, freeze: Sequence[str] = ()) -> dict[str, list[nn.Parameter]]:
     """Freezes everything the stage does not train; returns the trainable parameters by group.
 
     ``projector_alignment``: new token rows, projectors, heads (LoRA frozen).
     ``instruction_tuning``: LoRA, new token rows, projectors, heads.
-    The encoder and the base LLM weights are frozen in both.
+    The encoder and the base LLM weights are frozen in both; ``freeze`` names groups to freeze as well.
     """
     groups = model.trainable_parameters()
-    if stage == "projector_alignment":
-        for p in groups["lora"]:
-            p.requires_grad_(False)
-        groups["lora"] = []
-    elif stage != "instruction_tuning":
+    if stage not in ("projector_alignment", "instruction_tuning"):
         raise ValueError(f"stage = {stage!r}; allowed: projector_alignment, instruction_tuning")
+    unknown = [g for g in freeze if g not in groups]
+    if unknown:
+        raise ValueError(f"freeze: unknown parameter groups {unknown}; allowed: {', '.join(groups)}")
+    for name in (["lora"] if stage == "projector_alignment" else []) + list(freeze):
+        for p in groups[name]:
+            p.requires_grad_(False)
+        groups[name] = []
+    if not any(groups.values()):
+        raise ValueError(f"stage {stage!r} with freeze = {list(freeze)} leaves nothing to train")
     keep = {id(p) for g in groups.values() for p in g}
     for p in model.parameters():
         if id(p) not in keep:

@@ -13,9 +13,11 @@ will produce (DESIGN.md §2):
   decoder uses for head outputs.
 * video (``TextToVideoSDPipeline``, 8 frames at 64 px): its own ``prompt_embeds`` of the caption.
 
-The text encoders inside the pipelines (CLIP, CLAP, T5, GPT-2) stay frozen at their seeded random init:
-they are deterministic functions of the caption, so the heads can regress their outputs and the UNet
-learns to read them. Trained per modality, in order: the VAE (reconstruction MSE + a small KL; the
+The text encoders inside the pipelines (CLIP, CLAP, T5, GPT-2) are deterministic functions of the caption, so
+the heads can regress their outputs and the UNet learns to read them. They stay at their seeded random init,
+except the video decoder's CLIP text encoder with ``video.text_encoder_steps`` set: it first learns to state
+the world's attributes at every token position (:func:`train_text_encoder`), because a random one barely
+tells the directions of motion apart. Trained per modality, in order: the VAE (reconstruction MSE + a small KL; the
 latent ``scaling_factor`` is then set to 1 / std of the latents, as SD's 0.18215 was), the vocoder
 (audio only: log-mel -> waveform on random ``vocoder_segment_frames``-frame crops, HiFi-GAN's mel L1 + a
 multi-resolution STFT loss, no discriminator; its hop sets the pitches it can hold, see
@@ -97,6 +99,11 @@ class DecoderArch:
             and uniform timesteps give those steps a tenth of the loss (``benchmarks/terminal_leak.py`` probes it).
         lr / vae_lr: AdamW learning rates (cosine decay after a short warm-up).
         pool_size: training renders per modality, rendered once (held in memory).
+        text_encoder_steps / text_encoder_lr: video only: first teach the pipeline's CLIP text encoder the
+            world's words (0: keep it at its seeded random init), see :func:`train_text_encoder`. A random causal
+            text model barely tells "moving left" from "moving right" (the last word: a cosine of 0.993
+            between the four directions), so the UNet cannot read the direction from it; Zeroscope's own
+            text encoder is a trained OpenCLIP one.
     """
 
     block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
@@ -130,6 +137,8 @@ class DecoderArch:
     lr: float = 5e-4
     vae_lr: float = 1e-3
     pool_size: int = 2000
+    text_encoder_steps: int = 0
+    text_encoder_lr: float = 1e-3
 
 
 @dataclass
@@ -490,6 +499,94 @@ def vocoder_level(dec, samples: list[WorldSample], judges=None) -> dict[str, flo
         idx = [i for i, s in enumerate(samples) if s.attrs["shape"] == shape]
         res[f"rms_ratio_{shape}"] = round(float(ratio[idx].mean()), 4)
     return res
+
+
+TEXT_ENCODER_ATTRS = ("shape", "colour", "size", "direction")
+
+
+def _caption_batch(n: int, rng: np.random.Generator) -> tuple[list[str], dict[str, torch.Tensor]]:
+    """``n`` varied world video captions and the index of each attribute they state."""
+    from data_builders.world import world
+
+    caps, ys = [], {a: [] for a in TEXT_ENCODER_ATTRS}
+    for _ in range(n):
+        obj, direction = world.random_object(rng), world.random_direction(rng)
+        caps.append(world.video_caption(obj, direction, rng))
+        for a in TEXT_ENCODER_ATTRS:
+            ys[a].append(world.ATTRIBUTES[a].index(direction if a == "direction" else getattr(obj, a)))
+    return caps, {a: torch.tensor(v) for a, v in ys.items()}
+
+
+def direction_cosine(text_encoder, tokenizer) -> float:
+    """Mean cosine between the (L, D) conditionings of one canonical video caption in its four directions."""
+    from data_builders.world import world
+
+    obj = world.WorldObject(shape="star", colour="red", size="large")
+    ids = tokenizer([world.video_caption(obj, d) for d in world.DIRECTIONS], padding="max_length",
+                    max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        h = F.normalize(text_encoder(ids).last_hidden_state.flatten(1), dim=-1)
+    c = h @ h.T
+    return round(float(c[~torch.eye(len(c), dtype=torch.bool)].mean()), 4)
+
+
+def train_text_encoder(path: Path, steps: int, lr: float, seed: int, log_every: int,
+                       batch_size: int = 64) -> dict[str, Any]:
+    """Teaches the CLIP text encoder of the pipeline at ``path`` the world's words, in place.
+
+    Linear heads read shape, colour, size and direction of motion from *every* token position from the
+    caption's end-of-text token on (the padding the UNet also attends to, where the causal model has read the
+    whole caption), on random varied captions, and the text encoder learns with them. What the UNet then
+    gets differs by direction as much as by colour. The heads are dropped; the pipeline's own
+    ``encode_prompt`` (no attention mask, as Zeroscope) is what is trained. Returns the report: the loss,
+    held-out accuracy per attribute, and :func:`direction_cosine` before and after.
+    """
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    from data_builders.world import world
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"))
+    te = CLIPTextModel.from_pretrained(str(path / "text_encoder")).float().train()
+    torch.manual_seed(seed)
+    heads = torch.nn.ModuleDict({a: torch.nn.Linear(te.config.hidden_size, len(world.ATTRIBUTES[a]))
+                                 for a in TEXT_ENCODER_ATTRS})
+    report: dict[str, Any] = {"steps": steps, "lr": lr, "direction_cosine_before": direction_cosine(te, tokenizer)}
+    opt = torch.optim.AdamW(list(te.parameters()) + list(heads.parameters()), lr=lr, weight_decay=0.0)
+    rng = np.random.default_rng(seed)
+
+    def loss_acc(caps: list[str], ys: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        t = tokenizer(caps, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                      return_tensors="pt")
+        h = te(t.input_ids).last_hidden_state  # (B, L, D)
+        length = h.shape[1]
+        eot = t.attention_mask.sum(1) - 1  # position of the end-of-text token
+        m = (torch.arange(length)[None, :] >= eot[:, None]).float()
+        loss, acc = h.new_zeros(()), {}
+        for a in TEXT_ENCODER_ATTRS:
+            logits = heads[a](h)  # (B, L, classes)
+            y = ys[a][:, None].expand(-1, length)
+            ce = F.cross_entropy(logits.transpose(1, 2), y, reduction="none")
+            loss = loss + (ce * m).sum() / m.sum()
+            acc[a] = round(float(((logits.argmax(-1) == y).float() * m).sum() / m.sum()), 4)
+        return loss, acc
+
+    t0 = time.time()
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, steps, lr, warmup=min(50, steps // 10 + 1))
+        loss, _ = loss_acc(*_caption_batch(batch_size, rng))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if log_every and (step % log_every == 0 or step == steps - 1):
+            logger.info("video text encoder step %d/%d: loss %.4f", step + 1, steps, float(loss))
+    te.eval()
+    with torch.no_grad():
+        _, acc = loss_acc(*_caption_batch(512, np.random.default_rng(seed + 1)))
+    report.update(final_loss=round(float(loss.detach()), 4), held_out_accuracy=acc, seconds=round(time.time() - t0, 1),
+                  direction_cosine_after=direction_cosine(te, tokenizer))
+    te.save_pretrained(str(path / "text_encoder"))
+    return report
 
 
 def _vae_loss(vae, x: torch.Tensor, kl_weight: float, g: torch.Generator) -> tuple[torch.Tensor, float]:
@@ -895,6 +992,13 @@ def train_decoder(cfg: DecoderTrainConfig, modality: str, mcfg: ModelConfig, jud
         if pipe is not None:
             pipe.save_pretrained(str(tmp))
             del pipe
+        if arch.text_encoder_steps > 0:
+            report["text_encoder"] = train_text_encoder(tmp, arch.text_encoder_steps, arch.text_encoder_lr,
+                                                        cfg.seed, cfg.log_every)
+            logger.info("video text encoder: %s", report["text_encoder"])
+            if arch.unet_steps == 0:
+                logger.warning("video: the text encoder changed but no UNet step runs: the UNet was trained on the "
+                               "old one's conditioning")
         changed = set_schedule(tmp, arch)
         if changed:
             report["schedule_changed"] = changed
@@ -974,7 +1078,7 @@ def train_decoders(cfg: DecoderTrainConfig) -> dict[str, dict]:
         raise ValueError(f"max_noise_level = {cfg.max_noise_level}; must be in [0, 999]")
     for m in cfg.modalities:
         arch = getattr(cfg, m)
-        for name in ("vae_steps", "vocoder_steps", "unet_steps", "frame_every"):
+        for name in ("vae_steps", "vocoder_steps", "unet_steps", "frame_every", "text_encoder_steps"):
             if getattr(arch, name) < 0:
                 raise ValueError(f"{m}.{name} = {getattr(arch, name)}; must be >= 0 (0 skips it)")
         for name in ("vocoder_mel_weight", "vocoder_level_weight"):
@@ -994,6 +1098,9 @@ def train_decoders(cfg: DecoderTrainConfig) -> dict[str, dict]:
             raise ValueError(f"{m}.high_noise_from = {arch.high_noise_from}; must be in [0, 999]")
         if m != "video" and arch.frame_every:
             raise ValueError(f"{m}.frame_every is for video only (single frames of clips); set it to 0")
+        if m != "video" and arch.text_encoder_steps:
+            raise ValueError(f"{m}.text_encoder_steps is for video only (the image decoder reads no text, the "
+                             "sound decoder's text encoders stay at their init); set it to 0")
     set_threads(cfg.num_threads)
     mcfg = load_model_config(cfg.model, cfg.model_overrides)
     judges = None
