@@ -571,13 +571,15 @@ def train_text_encoder(path: Path, steps: int, lr: float, seed: int, log_every: 
         return loss, acc
 
     t0 = time.time()
-    for step in range(steps):
+    bar = tqdm(range(steps), desc="video text encoder", unit="step")
+    for step in bar:
         for group in opt.param_groups:
             group["lr"] = _lr(step, steps, lr, warmup=min(50, steps // 10 + 1))
         loss, _ = loss_acc(*_caption_batch(batch_size, rng))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        bar.set_postfix(loss=f"{float(loss):.4f}")
         if log_every and (step % log_every == 0 or step == steps - 1):
             logger.info("video text encoder step %d/%d: loss %.4f", step + 1, steps, float(loss))
     te.eval()
