@@ -349,7 +349,7 @@ def _edit_task(modality: str) -> Callable[[_Task], None]:
 
 
 MAX_SHOTS = 4  # exemplar pairs of an in-context record: 1 … MAX_SHOTS
-ICL_REPLIES = ("change", "words")  # how an in-context reply reads the exemplars (see _icl_task)
+ICL_REPLIES = ("change", "words", "steps")  # how an in-context reply reads the exemplars (see _icl_task)
 ICL_INTROS = ("Look at these examples.", "Here are some examples.", "Study these pairs.", "Each pair shows a change.")
 ICL_QUERIES = ("Now do the same to this one:", "Apply the same change to this:", "Do the same here:", "And this one?")
 
@@ -362,7 +362,9 @@ def _icl_task(modality: str) -> Callable[[_Task], None]:
     With ``icl_replies="words"`` the reply reasons in words first: it describes the first exemplar pair
     (:func:`exemplar_words`), states the change, says what B becomes (:func:`query_words`), then shows B
     edited; each step is one the model does well on its own (captioning, instruction editing, generation from
-    words). README, "Exemplars, read in words", has what it gave the mini model."""
+    words). ``icl_replies="steps"`` reads the first pair attribute by attribute instead (:func:`exemplar_steps`),
+    so naming the change compares two adjacent words rather than two phrases. README, "Exemplars, read in
+    words", has what each gave the mini model."""
 
     def run(t: _Task) -> None:
         t.shots = t.icl_shots if t.icl_shots else int(t.rng.integers(1, MAX_SHOTS + 1))
@@ -383,8 +385,9 @@ def _icl_task(modality: str) -> Callable[[_Task], None]:
         parts += [_text(_choice(t.rng, ICL_QUERIES)), t.media(modality, query, seed, with_caption=False)]
         t.conv.say("user", *parts)
         reply = t.reply()
-        if t.icl_replies == "words":  # reads the first pair, names the change, says what the query becomes
-            reply["text"] = (f"{exemplar_words(first, attr, value, modality)} {change_words(attr, value)} "
+        if t.icl_replies in ("words", "steps"):  # reads the first pair, names the change, says what B becomes
+            read = exemplar_words if t.icl_replies == "words" else exemplar_steps
+            reply["text"] = (f"{read(first, attr, value, modality)} {change_words(attr, value)} "
                              f"{query_words(query, attr, value, modality)} {reply['text']}")
         else:  # says the change it inferred
             reply["text"] = f"{change_words(attr, value)} {reply['text']}"
@@ -400,6 +403,20 @@ def exemplar_words(ex: WorldObject, attr: str, value: str, modality: str) -> str
     read off the words it has just written (a short chain of thought)."""
     before, after = object_phrase(ex, modality), object_phrase(ex.with_(**{attr: value}), modality)
     return f"In the example, {before} becomes {after}."
+
+
+EXEMPLAR_STEP_ATTRS = {"image": ("size", "colour", "shape", "position"), "audio": ("size", "colour", "shape")}
+
+
+def exemplar_steps(ex: WorldObject, attr: str, value: str, modality: str) -> str:
+    """The first exemplar pair read attribute by attribute (size, colour, shape and, for pictures, position),
+    before and after side by side, e.g. ``In the example: small to small, red to green, circle to circle, top
+    to top.`` Each value is read off one input with no decision to make while writing it, and the change is
+    then the one pair of values that differ, two tokens apart (every value is one token of the mini
+    tokenizer): an easier comparison than two whole phrases (:func:`exemplar_words`)."""
+    after = ex.with_(**{attr: value})
+    steps = ", ".join(f"{getattr(ex, a)} to {getattr(after, a)}" for a in EXEMPLAR_STEP_ATTRS[modality])
+    return f"In the example: {steps}."
 
 
 def query_words(query: WorldObject, attr: str, value: str, modality: str) -> str:
@@ -517,7 +534,8 @@ def build_world(out_dir: "str | Path", n: int, seed: int, tasks: Optional[Sequen
             ``--icl-shots 4`` test data lets ``codi2 eval --suite world --shots 1,2,4`` compare the same
             queries at 1, 2 and 4 shots (the suite keeps the first k pairs).
         icl_replies: how in-context replies read the exemplars: ``change`` (name the change, then show it; the
-            bundled model's) or ``words`` (describe the first pair and the query in words first; see ``_icl_task``).
+            bundled model's), ``words`` (describe the first pair and the query in words first) or ``steps`` (the
+            first pair attribute by attribute, then the query in words; see ``_icl_task``).
             Only the assistant's words differ: the user's turns, media and meta are the same.
 
     Returns:
@@ -565,7 +583,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--icl-shots", type=int, default=None, metavar="K",
                    help=f"exemplar pairs of every in-context record, 1-{MAX_SHOTS} (default: drawn per record)")
     p.add_argument("--icl-replies", choices=ICL_REPLIES, default="change",
-                   help="in-context replies: name the change (default) or reason in words first")
+                   help="in-context replies: name the change (default), or reason in words first: read the "
+                        "first pair as two phrases (words) or attribute by attribute (steps)")
 
 
 def _run(args: argparse.Namespace) -> int:
