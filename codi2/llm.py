@@ -450,10 +450,16 @@ class LLM(nn.Module):
     def load_adapter(self, directory: "str | Path") -> None:
         """Loads an adapter written by :meth:`save_adapter`, strictly.
 
+        One difference is allowed, and logged: this model's LoRA may target *more* module kinds than the
+        adapter did (e.g. ``llm.lora.target_modules`` widened by a training config's model overrides from the
+        attention projections to the MLP too). The saved modules are loaded; the new ones keep peft's
+        initialisation (B = 0), so the model computes exactly what the saved adapter did until it is trained.
+
         Raises:
             FileNotFoundError: the adapter files are missing.
-            ValueError: the adapter's config differs from this model's (type, r, alpha, targets, token ids),
-                or keys are missing / unexpected / of the wrong shape (named in the message).
+            ValueError: the adapter's config differs from this model's (type, r, alpha, token ids, or targets
+                other than a widening), or keys are missing / unexpected / of the wrong shape (named in the
+                message).
         """
         from peft import get_peft_model_state_dict, set_peft_model_state_dict
         from safetensors.torch import load_file
@@ -465,11 +471,14 @@ class LLM(nn.Module):
                                         f"LLM.save_adapter / PeftModel.save_pretrained")
         saved_cfg = json.loads((directory / ADAPTER_CONFIG).read_text())
         ours = self.model.peft_config["default"].to_dict()
-        mismatch = []
+        mismatch, widened = [], set()
         for key in ("peft_type", "r", "lora_alpha", "target_modules", "trainable_token_indices", "token_indices"):
             a, b = saved_cfg.get(key), ours.get(key)
             if isinstance(a, list) and isinstance(b, (list, set)) and key == "target_modules":
                 a, b = sorted(a), sorted(b)
+                if set(a) < set(b):  # a widening: the extra kinds start at B = 0
+                    widened = set(b) - set(a)
+                    continue
             if isinstance(b, set):
                 b = sorted(b)
             if a != b:
@@ -480,18 +489,33 @@ class LLM(nn.Module):
         state = load_file(str(directory / ADAPTER_WEIGHTS), device=str(self.device))
         expected = get_peft_model_state_dict(self.model, save_embedding_layers=False)
         missing = sorted(set(expected) - set(state))
+        new_kinds = [k for k in missing if _lora_module_kind(k) in widened]
+        missing = [k for k in missing if k not in new_kinds]
         unexpected = sorted(set(state) - set(expected))
         if missing or unexpected:
             raise ValueError(f"adapter {directory} does not fit this LLM: missing keys {missing}, "
                              f"unexpected keys {unexpected}")
         bad = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-               if state[k].shape != v.shape]
+               if k in state and state[k].shape != v.shape]
         if bad:
             raise ValueError(f"adapter {directory} has wrong shapes: {bad}")
         result = set_peft_model_state_dict(self.model, state)
         if result.unexpected_keys:
             raise ValueError(f"adapter {directory}: peft did not place keys {sorted(result.unexpected_keys)}")
         logger.info("loaded adapter %s (%d tensors)", directory, len(state))
+        if widened:
+            logger.warning("adapter %s targets %s; this model also adapts %s: those %d LoRA tensors start at "
+                           "peft's initialisation (B = 0, no change to the outputs until trained)", directory,
+                           sorted(saved_cfg["target_modules"]), sorted(widened), len(new_kinds))
+
+
+def _lora_module_kind(key: str) -> str:
+    """``…layers.0.mlp.up_proj.lora_A.weight`` -> ``up_proj`` (the name LoRA's target_modules match)."""
+    parts = key.split(".")
+    for i, p in enumerate(parts):
+        if p.startswith("lora_") and i > 0:
+            return parts[i - 1]
+    return ""
 
 
 # ----------------------------------------------------------------------------- counting

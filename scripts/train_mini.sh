@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The mini model's whole recipe (issue 5), from a clean checkout to checkpoints/codi2-mini:
 #
-#   bash scripts/train_mini.sh            # full size: about 4 h 25 min on an idle 2-core CPU (README: stage times)
+#   bash scripts/train_mini.sh            # full size: about 4 h 50 min on an idle 2-core CPU (README: stage times)
 #   bash scripts/train_mini.sh --smoke    # the same stages at toy sizes, a few minutes (CI runs it)
 #
 # 1. world data (runs/mini/data/{stage1,train,icl,vidx,mrx,test}) and the world judges (runs/mini/judges)
@@ -12,9 +12,11 @@
 #    mini-stage2 (instruction tuning) from stage 1's export, mini-stage3 (a second pass weighted to the
 #    image and sound phases) from stage 2's, mini-stage4 (+ 6000 in-context editing records) from stage 3's,
 #    mini-stage5 (+ 3000 video records and 2000 three-round editing records, the text and video phases weighted
-#    up) from stage 4's;
+#    up) from stage 4's, mini-stage6 (LoRA widened to the MLP, + 8000 in-context picture records and 3000 fresh
+#    picture-editing / text -> picture records) from stage 5's, and stage 7 (mini-video-head.yaml: the video head
+#    re-fitted, everything else frozen) from stage 6's;
 #    beside them, 6000 more image-UNet steps
-# 4. the bundle (the stage-5 export + the judges) and `codi2 eval --suite world` on the test split
+# 4. the bundle (the stage-7 export + the judges) and `codi2 eval --suite world` on the test split
 #
 # Every step skips itself when its artifact exists, so re-running after a crash resumes (the trainer stages
 # also resume from their own checkpoints). RUN=DIR and OUT=DIR move the work and bundle folders; EVAL_N=N sets
@@ -41,16 +43,18 @@ if (( smoke )); then
             video.high_noise_from=850 eval_n=0)
   VOC_LEVEL=(audio.vae_steps=0 audio.unet_steps=0 audio.vocoder_steps=2 audio.vocoder_level_weight=20
              audio.pool_size=16 audio.batch_size=4 eval_n=0)
-  N_STAGE1=48; N_TRAIN=96; N_ICL=16; N_VID=12; N_MRX=8; N_TEST=32; JUDGES=(--n 200 --n-eval 50 --epochs 1)
+  N_STAGE1=48; N_TRAIN=96; N_ICL=16; N_VID=12; N_MRX=8; N_ICL7=8; N_IMG8=8; N_VGEN=8; N_TEST=32; JUDGES=(--n 200 --n-eval 50 --epochs 1)
   ST1=(max_steps=6 batch_size=4 save_every=3 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
   ST2=(max_steps=6 batch_size=4 save_every=3 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
   ST3=(max_steps=4 batch_size=4 save_every=2 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
   ST4=(max_steps=4 batch_size=4 save_every=2 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
   ST5=(max_steps=4 batch_size=4 save_every=2 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
+  ST6=(max_steps=4 batch_size=4 save_every=2 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
+  ST7=(max_steps=4 batch_size=4 save_every=2 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
   EVAL=(--n 1 --steps 2)
 else
   RUN="${RUN:-runs/mini}"; OUT="${OUT:-checkpoints/codi2-mini}"
-  ENC=(); LLM=(); DEC=(); ST1=(); ST2=(); ST3=(); ST4=(); ST5=(); EVAL=(--n "${EVAL_N:-30}")
+  ENC=(); LLM=(); DEC=(); ST1=(); ST2=(); ST3=(); ST4=(); ST5=(); ST6=(); ST7=(); EVAL=(--n "${EVAL_N:-30}")
   IMG_MORE=(image.vae_steps=0 image.unet_steps=6000)
   # clips only, half of them at t >= 850, where the direction of motion is set (README: Video)
   VID_MORE=(video.unet_steps=1400 video.text_encoder_steps=0 video.frame_every=0 video.batch_size=8 video.high_noise_fraction=0.5
@@ -58,7 +62,8 @@ else
   # the vocoder again with the spectral-convergence level term on: log-mel L1 alone leaves held tones quiet
   VOC_LEVEL=(audio.vae_steps=0 audio.unet_steps=0 audio.vocoder_steps=2000 audio.vocoder_level_weight=20
              audio.vocoder_lr=5.0e-4)
-  N_STAGE1=4000; N_TRAIN=12000; N_ICL=6000; N_VID=3000; N_MRX=2000; N_TEST=800; JUDGES=()
+  N_STAGE1=4000; N_TRAIN=12000; N_ICL=6000; N_VID=3000; N_MRX=2000; N_ICL7=8000; N_IMG8=3000; N_VGEN=3000
+  N_TEST=800; JUDGES=()
 fi
 mkdir -p "$RUN/logs"
 RUN="$(cd "$RUN" && pwd)"  # absolute from here on (RUN may be given relative or absolute)
@@ -82,6 +87,9 @@ build "$RUN/data/train" "$N_TRAIN" train 0
 build "$RUN/data/icl" "$N_ICL" train 1 --tasks icl_edit_image icl_edit_audio  # stage 4's extra exemplar edits
 build "$RUN/data/vidx" "$N_VID" train 2 --tasks caption_video gen_video image_audio_to_video  # stage 5's
 build "$RUN/data/mrx" "$N_MRX" train 3 --tasks multi_round_edit  # stage 5's three-round editing dialogues
+build "$RUN/data/icl7" "$N_ICL7" train 7 --tasks icl_edit_image  # stage 6's in-context picture edits
+build "$RUN/data/img8" "$N_IMG8" train 8 --tasks edit_image gen_image  # stage 6's fresh picture records
+build "$RUN/data/vgen" "$N_VGEN" train 6 --tasks gen_video  # stage 7's video-head re-fit
 build "$RUN/data/test" "$N_TEST" test 0
 if [[ ! -f "$RUN/judges/judges.json" ]]; then
   log "judges -> $RUN/judges"
@@ -158,11 +166,22 @@ if [[ ! -f "$RUN/stage5/final/config.yaml" ]]; then
       "${ST5[@]}" > "$RUN/logs/stage5.log" 2>&1
 fi
 wait $pr || { log "image UNet refinement failed: see $RUN/logs/decoder_image_more.log"; exit 1; }
-unset OMP_NUM_THREADS
+unset OMP_NUM_THREADS  # the image UNet is done: stages 6 and 7 have both cores
+if [[ ! -f "$RUN/stage6/final/config.yaml" ]]; then
+  log "stage 6: in-context picture pass, LoRA widened to the MLP (+ $RUN/data/icl7, $RUN/data/img8)"
+  codi2 train configs/train/mini-stage6.yaml output_dir="$RUN/stage6" model.pipeline="$RUN/stage5/final" \
+      "data.manifests=[$RUN/data/train/manifest.jsonl,$RUN/data/icl/manifest.jsonl,$RUN/data/icl7/manifest.jsonl,$RUN/data/img8/manifest.jsonl,$RUN/data/vidx/manifest.jsonl,$RUN/data/mrx/manifest.jsonl]" \
+      "${ST6[@]}" > "$RUN/logs/stage6.log" 2>&1
+fi
+if [[ ! -f "$RUN/stage7/final/config.yaml" ]]; then
+  log "stage 7: the video head re-fitted to stage 6's LLM (everything else frozen; + $RUN/data/vgen)"
+  codi2 train configs/train/mini-video-head.yaml output_dir="$RUN/stage7" model.pipeline="$RUN/stage6/final" \
+      "data.manifests=[$RUN/data/vgen/manifest.jsonl]" "${ST7[@]}" > "$RUN/logs/stage7.log" 2>&1
+fi
 
 # ---- 4. bundle and evaluate
 log "bundle -> $OUT"
-python -m codi2.mini.bundle "$RUN/stage5/final" "$OUT" --judges "$RUN/judges"
+python -m codi2.mini.bundle "$RUN/stage7/final" "$OUT" --judges "$RUN/judges"
 log "world evaluation -> $RUN/eval"
 codi2 eval --suite world --model "$OUT" --data "$RUN/data/test" --out "$RUN/eval" --resume "${EVAL[@]}" \
     > "$RUN/logs/eval.log" 2>&1

@@ -71,3 +71,18 @@ def test_mini_model_videos_move_the_way_they_are_asked(mini, tmp_path):
     # colour (chance 1/6): a guard against losing it, not evidence for the guidance choice (these 6 records get
     # every colour right at 3.0 too; the 1.5 vs 3.0 comparison is benchmarks/guidance_scale.py and the world eval)
     assert by_task["gen_video"]["acc_colour"]["mean"] >= 4 / 6
+
+
+def test_mini_model_reads_a_picture_edit_off_one_example(mini, tmp_path):
+    from codi2.eval import EvalConfig, run_eval
+    from data_builders.world import build_world
+
+    # A : A' :: B : ?, the edit never named in words; each record run with its first exemplar pair only
+    world = build_world(tmp_path / "world", n=8, seed=7, tasks=["icl_edit_image"], split="test")
+    cfg = EvalConfig(suite="world", model=str(BUNDLE), data=str(world), seed=0, n_boot=50, shots=[1])
+    by_task = run_eval(cfg, tmp_path / "out", pipeline=mini)["metrics"]["by_task"]
+    # the edited attribute takes the exemplar's new value (chance 1/5 or less: the query never has it already) and
+    # the picture is otherwise the query's. A guard against losing it, not evidence for stage 6: these 8 records
+    # get 8 / 8 edits and 6 / 8 pictures right before it too (43 -> 70 % is the world eval's, 30 records)
+    assert by_task["icl_edit_image"]["edit_acc"]["mean"] >= 6 / 8
+    assert by_task["icl_edit_image"]["exact"]["mean"] >= 4 / 8

@@ -145,6 +145,22 @@ def test_world_suite(ws, pipe, tmp_path):
     assert set(r["metrics"]["by_task"]) == set(tasks)
 
 
+def test_world_separate_generations_always_make_their_one_modality(ws, pipe, tmp_path):
+    """Without --force-output the random model makes no media of its own accord, but the separate image-only and
+    sound-only replies of a joint record start with their modality's opening token, so both exist to compare."""
+    from data_builders.world import build_world
+    from data_builders.world.judges import JudgeConfig, Judges
+
+    world = build_world(tmp_path / "world", n=1, seed=0, tasks=["joint_image_audio"], split="test")
+    Judges(JudgeConfig(width=4, hidden=8)).save(tmp_path / "judges")
+    cfg = EvalConfig(suite="world", model=ws["model"], data=str(world), judges=str(tmp_path / "judges"),
+                     **{**FAST, "force_output": False})
+    (joint,) = run_eval(cfg, tmp_path / "out", pipeline=pipe)["samples"]
+    assert [m for m, _ in joint["runs"]["image"]["media"]][:1] == ["image"]
+    assert [m for m, _ in joint["runs"]["audio"]["media"]][:1] == ["audio"]
+    assert "sim_separate" in joint["metrics"]  # both separate outputs exist, so their SIM is measured
+
+
 def test_world_suite_evaluates_in_context_records_at_each_shot_count(ws, tmp_path):
     from data_builders.world import build_world
     from data_builders.world.judges import JudgeConfig, Judges

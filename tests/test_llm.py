@@ -294,6 +294,38 @@ def test_load_adapter_is_strict(tok, sp_model, tmp_path):
         llm.load_adapter(tmp_path)
 
 
+def test_load_adapter_widens_to_more_target_modules(tok, sp_model, hf_dir, tmp_path):
+    """An attention-only adapter loads into a model that also adapts the MLP: same outputs until trained."""
+    from safetensors.torch import load_file
+
+    attn = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    cfg = lambda targets: dataclasses.replace(tiny_llm_cfg(sp_model, target_modules=targets), path=str(hf_dir))
+    torch.manual_seed(0)
+    llm = load_llm(cfg(attn), tok, training=False)
+    perturb_adapters(llm)
+    ids = prompt_ids(tok, llm)
+    with torch.no_grad():
+        ref = llm(llm.embed(ids))[0]
+    out = llm.save_adapter(tmp_path / "adapter")
+
+    torch.manual_seed(1)
+    wide = load_llm(cfg(attn + ["gate_proj", "up_proj", "down_proj"]), tok)
+    wide.load_adapter(out)
+    wide.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(wide(wide.embed(ids))[0], ref)
+    mlp_lora = [n for n, p in wide.model.named_parameters() if "mlp" in n and "lora_" in n]
+    assert len(mlp_lora) == 2 * 3 * 2  # A and B x gate/up/down x 2 layers
+    assert all(p.requires_grad for n, p in wide.model.named_parameters() if n in mlp_lora)
+    # the widened model's own adapter holds the MLP too, and loads back strictly
+    wide_out = wide.save_adapter(tmp_path / "wide")
+    assert any("up_proj.lora_B" in k for k in load_file(wide_out / "adapter_model.safetensors"))
+    # narrowing is not allowed: the saved MLP LoRA would be dropped
+    narrow = load_llm(cfg(attn), tok)
+    with pytest.raises(ValueError, match="target_modules"):
+        narrow.load_adapter(wide_out)
+
+
 def test_load_llm_errors(tok, sp_model, tmp_path):
     with pytest.raises(ValueError, match="llm.dtype"):
         load_llm(dataclasses.replace(tiny_llm_cfg(sp_model), dtype="float8"), tok)

@@ -34,15 +34,21 @@ def test_stage_configs_and_mini_model_config_load():
     from train.loop import load_train_config
 
     stages = {n: load_train_config(str(REPO / "configs" / "train" / f"{n}.yaml"))
-              for n in ("mini-stage1", "mini-stage2", "mini-stage3", "mini-stage4", "mini-stage5", "mini-stage6-words",
-                        "mini-stage6-steps", "mini-video-head")}
+              for n in ("mini-stage1", "mini-stage2", "mini-stage3", "mini-stage4", "mini-stage5", "mini-stage6",
+                        "mini-stage6-words", "mini-stage6-steps", "mini-video-head")}
     assert stages["mini-stage1"].stage == "projector_alignment"
-    for n in (2, 3, 4, 5):  # the recipe's chain of exports
+    for n in (2, 3, 4, 5, 6):  # the recipe's chain of exports
         assert stages[f"mini-stage{n}"].model.pipeline.endswith(f"stage{n - 1}/final")
     assert any(m.endswith("icl/manifest.jsonl") for m in stages["mini-stage4"].data.manifests)
     assert stages["mini-stage3"].phases.weights["image"] > stages["mini-stage2"].phases.weights["image"]
     assert {m.split("/")[-2] for m in stages["mini-stage5"].data.manifests} == {"train", "icl", "vidx", "mrx"}
     assert stages["mini-stage5"].phases.weights["video"] > stages["mini-stage4"].phases.weights["video"]
+    # stage 6 widens the LoRA to the MLP (a model override) and adds in-context and fresh picture records
+    six = stages["mini-stage6"]
+    widened = [o for o in six.model.overrides if o.startswith("llm.lora.target_modules=")]
+    assert len(widened) == 1 and all(m in widened[0] for m in ("q_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
+    assert {m.split("/")[-2] for m in six.data.manifests} == {"train", "icl", "icl7", "img8", "vidx", "mrx"}
+    assert load_model_config("mini", widened).llm.lora.target_modules[-3:] == ["gate_proj", "up_proj", "down_proj"]
     # the in-context-in-words experiment: stage 5's data with the exemplar records rebuilt, from stage 5's export
     words = stages["mini-stage6-words"]
     assert words.model.pipeline.endswith("stage5/final") and len(words.data.manifests) == 4

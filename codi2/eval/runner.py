@@ -274,7 +274,7 @@ def _generate(pipe: Any, sample: Sample, cfg: EvalConfig, out: Path) -> tuple[di
     t0 = time.time()
     runs = {}
     for run in sample.runs:
-        prefix = " ".join(Modality(m).open_token for m in run.outputs) if cfg.force_output else ""
+        prefix = " ".join(Modality(m).open_token for m in run.outputs) if cfg.force_output or run.force else ""
         opts = SamplingOptions(seed=sample_seed(cfg.seed, sample.id, run.name), max_new_tokens=cfg.max_new_tokens,
                                temperature=cfg.temperature, steps=cfg.steps, guidance=cfg.guidance, prefix=prefix,
                                allowed_outputs=[Modality(m) for m in run.allowed] if run.allowed else None)

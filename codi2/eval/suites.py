@@ -52,11 +52,14 @@ EXT = {"image": "png", "audio": "wav", "video": "mp4"}
 @dataclass
 class Run:
     """One generation of a sample: ``outputs`` the media expected in order, ``allowed`` restricts what the
-    model may output (None: anything; the world suite's separate generation uses one modality)."""
+    model may output (None: anything; the world suite's separate generation uses one modality), ``force``
+    starts the reply with the opening tokens of ``outputs`` (the separate generations: each must produce its one
+    modality, as CoDi's independent generations do, or there would be nothing to compare)."""
 
     name: str
     outputs: tuple[str, ...]
     allowed: Optional[tuple[str, ...]] = None
+    force: bool = False
 
 
 @dataclass
@@ -519,7 +522,9 @@ class WorldSuite(Suite):
     Joint image + sound records add ``coherence`` (the judged image and sound agree on shape, colour
     and size) and ``sim`` (cosine of the encoder embeddings of the two outputs) for the joint reply, and
     ``coherence_separate`` / ``sim_separate`` for two separate generations from the same prompt (one allowed
-    only an image, the other only a sound).
+    only an image, the other only a sound, each reply started with its modality's opening token: a model asked
+    for both that insists on the picture first would otherwise make no sound at all in the sound-only reply,
+    and the comparison would count that as incoherence).
 
     In-context records (``meta.shots`` > 0 exemplar pairs) are evaluated at every ``--shots`` count k with
     1 <= k <= their pairs, keeping the first k pairs of the user turn (the same query and target at each k;
@@ -585,7 +590,8 @@ class WorldSuite(Suite):
                 outputs = tuple(t["modality"] for t in targets if t["modality"] != "text")
                 runs = [Run("main", outputs)]
                 if task == "joint_image_audio":
-                    runs += [Run("image", ("image",), ("image",)), Run("audio", ("audio",), ("audio",))]
+                    runs += [Run("image", ("image",), ("image",), force=True),
+                             Run("audio", ("audio",), ("audio",), force=True)]
                 ref = {"targets": targets, "edits": r["meta"].get("edits", [])}
                 own = int(r["meta"].get("shots", 0))
                 if own == 0:
