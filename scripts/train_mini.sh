@@ -15,7 +15,8 @@
 #    up) from stage 4's, mini-stage6 (LoRA widened to the MLP, + 8000 in-context picture records and 3000 fresh
 #    picture-editing / text -> picture records) from stage 5's, and stage 7 (mini-video-head.yaml: the video head
 #    re-fitted, everything else frozen) from stage 6's;
-#    beside them, 6000 more image-UNet steps
+#    beside them, 6000 more image-UNet steps, 3000 on a zero-terminal-SNR schedule, then 2000 steps of the VAE's
+#    decoder half alone (its encoder frozen); that VAE goes into the video decoder too, which shares its latents
 # 4. the bundle (the stage-7 export + the judges) and `codi2 eval --suite world` on the test split
 #
 # Every step skips itself when its artifact exists, so re-running after a crash resumes (the trainer stages
@@ -39,6 +40,10 @@ if (( smoke )); then
        audio.vae_steps=3 audio.vocoder_steps=3 audio.unet_steps=4 audio.pool_size=16 audio.batch_size=4
        audio.vae_batch_size=4 eval_n=0)
   IMG_MORE=(image.vae_steps=0 image.unet_steps=2 image.pool_size=32 image.batch_size=4 eval_n=0)
+  IMG_ZSNR=(image.vae_steps=0 image.unet_steps=2 image.pool_size=32 image.batch_size=4 image.zero_snr=true
+            image.prediction_type=v_prediction image.high_noise_fraction=0.3 image.high_noise_from=850 eval_n=0)
+  IMG_VAE=(image.vae_steps=2 image.vae_decoder_only=true image.unet_steps=0 image.pool_size=32 image.vae_batch_size=4
+           eval_n=0)
   VID_MORE=(video.unet_steps=2 video.text_encoder_steps=0 video.frame_every=0 video.batch_size=2 video.pool_size=8 video.high_noise_fraction=0.5
             video.high_noise_from=850 eval_n=0)
   VOC_LEVEL=(audio.vae_steps=0 audio.unet_steps=0 audio.vocoder_steps=2 audio.vocoder_level_weight=20
@@ -56,6 +61,11 @@ else
   RUN="${RUN:-runs/mini}"; OUT="${OUT:-checkpoints/codi2-mini}"
   ENC=(); LLM=(); DEC=(); ST1=(); ST2=(); ST3=(); ST4=(); ST5=(); ST6=(); ST7=(); EVAL=(--n "${EVAL_N:-30}")
   IMG_MORE=(image.vae_steps=0 image.unet_steps=6000)
+  # then onto a zero-terminal-SNR schedule (as the video decoder), 30 % of the timesteps at t >= 850 (README: Pictures)
+  IMG_ZSNR=(image.vae_steps=0 image.unet_steps=3000 image.lr=2.0e-4 image.zero_snr=true image.prediction_type=v_prediction
+            image.high_noise_fraction=0.3 image.high_noise_from=850)
+  # and the VAE's decoder half alone, its encoder (the latents every UNet was trained on) frozen (README: Pictures)
+  IMG_VAE=(image.vae_steps=2000 image.vae_decoder_only=true image.vae_lr=5.0e-4 image.unet_steps=0)
   # clips only, half of them at t >= 850, where the direction of motion is set (README: Video)
   VID_MORE=(video.unet_steps=1400 video.text_encoder_steps=0 video.frame_every=0 video.batch_size=8 video.high_noise_fraction=0.5
             video.high_noise_from=850 video.lr=5.0e-4)
@@ -130,12 +140,23 @@ wait $pb || { log "chain B (llm, audio decoder) failed: see $RUN/logs"; exit 1; 
 # ---- 3. LoRA + projector + head stages (the trainer of train/), and beside them more image-UNet steps:
 # the trainer needs the decoders only for their frozen text encoders (head targets), never their UNets
 refine_image() {
-  [[ -f "$RUN/decoders/.image-refined" ]] && return 0
-  codi2 train-component decoder configs/train/mini-decoders.yaml init="$RUN/decoders" out="$RUN/decoders" \
-      "modalities=[image]" "${IMG_MORE[@]}" > "$RUN/logs/decoder_image_more.log" 2>&1
-  touch "$RUN/decoders/.image-refined"
+  if [[ ! -f "$RUN/decoders/.image-refined" ]]; then
+    codi2 train-component decoder configs/train/mini-decoders.yaml init="$RUN/decoders" out="$RUN/decoders" \
+        "modalities=[image]" "${IMG_MORE[@]}" > "$RUN/logs/decoder_image_more.log" 2>&1
+    touch "$RUN/decoders/.image-refined"
+  fi
+  if [[ ! -f "$RUN/decoders/.image-zero-snr" ]]; then
+    codi2 train-component decoder configs/train/mini-decoders.yaml init="$RUN/decoders" out="$RUN/decoders" \
+        "modalities=[image]" "${IMG_ZSNR[@]}" > "$RUN/logs/decoder_image_zero_snr.log" 2>&1
+    touch "$RUN/decoders/.image-zero-snr"
+  fi
+  if [[ ! -f "$RUN/decoders/.image-vae-sharpened" ]]; then
+    codi2 train-component decoder configs/train/mini-decoders.yaml init="$RUN/decoders" out="$RUN/decoders" \
+        "modalities=[image]" "${IMG_VAE[@]}" > "$RUN/logs/decoder_image_vae.log" 2>&1
+    touch "$RUN/decoders/.image-vae-sharpened"
+  fi
 }
-log "image UNet: ${IMG_MORE[*]} (beside the trainer stages)"
+log "image decoder: ${IMG_MORE[*]}, then ${IMG_ZSNR[*]}, then ${IMG_VAE[*]} (beside the trainer stages)"
 refine_image & pr=$!
 export OMP_NUM_THREADS=1  # two single-thread jobs share the two cores
 if [[ ! -f "$RUN/stage1/final/config.yaml" ]]; then
@@ -165,7 +186,12 @@ if [[ ! -f "$RUN/stage5/final/config.yaml" ]]; then
       "data.manifests=[$RUN/data/train/manifest.jsonl,$RUN/data/icl/manifest.jsonl,$RUN/data/vidx/manifest.jsonl,$RUN/data/mrx/manifest.jsonl]" \
       "${ST5[@]}" > "$RUN/logs/stage5.log" 2>&1
 fi
-wait $pr || { log "image UNet refinement failed: see $RUN/logs/decoder_image_more.log"; exit 1; }
+wait $pr || { log "image decoder refinement failed: see $RUN/logs/decoder_image_*.log"; exit 1; }
+if [[ ! -f "$RUN/decoders/.video-vae-sharpened" ]]; then  # the video decoder shares the image VAE's latents: it
+  rm -rf "$RUN/decoders/video/vae"                          # takes the sharpened decoder half too (its head targets'
+  cp -r "$RUN/decoders/image/vae" "$RUN/decoders/video/vae"  # cache keys change, so stage 6 recomputes them once)
+  touch "$RUN/decoders/.video-vae-sharpened"
+fi
 unset OMP_NUM_THREADS  # the image UNet is done: stages 6 and 7 have both cores
 if [[ ! -f "$RUN/stage6/final/config.yaml" ]]; then
   log "stage 6: in-context picture pass, LoRA widened to the MLP (+ $RUN/data/icl7, $RUN/data/img8)"

@@ -40,3 +40,33 @@ def test_guidance_benchmark_tiny(tiny_pipeline_dir, tmp_path):
         assert r["best"][key] == max(row[key] for row in r["rows"])
     with pytest.raises(ValueError, match="guidance scales must be >= 1"):
         bench.run(str(tiny_pipeline_dir), 2, [0.5], ["image"], None)
+
+
+def test_image_decoder_benchmark_tiny(tiny_pipeline_dir, tmp_path):
+    """benchmarks/image_decoder.py: two decoders side by side on the same renders, conditions and seeds."""
+    import importlib.util
+
+    from codi2.config import load_model_config
+    from data_builders.world.judges import JudgeConfig, Judges
+
+    Judges(JudgeConfig(width=4, hidden=8)).save(tmp_path / "judges")
+    spec = importlib.util.spec_from_file_location("benchmarks_image_decoder",
+                                                  repo_root() / "benchmarks" / "image_decoder.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cfg = load_model_config(str(tiny_pipeline_dir / "config.yaml"))
+    image = tiny_pipeline_dir / cfg.modalities["image"].decoder.path
+    out = tmp_path / "d.json"
+    assert bench.main(["--decoders", str(image), str(image), "--model", str(tiny_pipeline_dir), "--judges",
+                       str(tmp_path / "judges"), "--n", "3", "--threads", "1", "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    assert saved["n"] == 3 and saved["world_seed"] == 9 and len(saved["decoders"]) == 2
+    a, b = saved["decoders"]
+    for row in (a, b):
+        for part in ("vae_round_trip", "unet"):
+            assert 0.0 <= row[part]["all"] <= row[part]["shape"] <= 1.0
+            assert sum(row[part]["confusions"].values()) <= 3 * 4  # at most every attribute of every render
+    assert a["unet"] == b["unet"] and a["vae_round_trip"] == b["vae_round_trip"]  # same decoder, seeds: same result
+    assert saved["clean"]["all"] <= 1.0
+    with pytest.raises(FileNotFoundError, match="not an image decoder pipeline folder"):
+        bench.run([str(tmp_path)], str(tiny_pipeline_dir), str(tmp_path / "judges"), 2)
