@@ -9,7 +9,7 @@ import pytest
 
 from codi2.eval import EvalConfig, run_eval, score_folder
 from codi2.eval import runner as R
-
+from codi2.eval import suites as S
 from codi2.eval.testing import make_dreambench, make_edit_manifest
 
 FAST = dict(force_output=True, max_new_tokens=4, n_boot=200)  # the random tiny model only makes media when forced
@@ -283,3 +283,49 @@ def test_dir_fingerprint_follows_symlinked_parts(tmp_path):
     assert dir_fingerprint(linked) == dir_fingerprint(copy)
     (shared / "llm" / "w.bin").write_bytes(b"other")
     assert dir_fingerprint(linked) != dir_fingerprint(copy)
+
+
+def test_world_open_joint_task_samples_its_choice_and_asks_the_separate_replies_in_their_words(ws, pipe, tmp_path):
+    """joint_open: the prompt names one attribute; the joint reply and two separate replies (their own prompts from
+    meta.separate) each sample the object they choose; targets hold only the asked attribute; the world targets
+    gain the open joint-vs-separate rows."""
+    from data_builders.world import build_world
+    from data_builders.world.judges import JudgeConfig, Judges
+
+    world = build_world(tmp_path / "world", n=2, seed=0, tasks=["joint_open"], split="test")
+    rec = json.loads(world.read_text().splitlines()[0])
+    Judges(JudgeConfig(width=4, hidden=8)).save(tmp_path / "judges")
+    cfg = EvalConfig(suite="world", model=ws["model"], data=str(world), judges=str(tmp_path / "judges"),
+                     **{**FAST, "force_output": True})
+    (s, _) = R.build_suite(cfg, model=object()).samples()
+    runs = {r.name: r for r in s.runs}
+    assert set(runs) == {"main", "image", "audio"} and all(r.temperature == S.OPEN_TEMPERATURE for r in runs.values())
+    assert runs["image"].prompt == rec["meta"]["separate"]["image"] and runs["main"].prompt is None
+    assert runs["audio"].allowed == ("audio",) and runs["audio"].prompt.startswith("Let me hear")
+    seen = []
+    real_chat = pipe.chat
+
+    def chat(message, options=None, history=()):
+        seen.append((message.content[0].text, options.temperature))
+        return real_chat(message, options, history)
+
+    pipe.chat = chat
+    try:
+        out = run_eval(cfg, tmp_path / "out", pipeline=pipe)
+    finally:
+        pipe.chat = real_chat
+    assert seen[:3] == [(rec["messages"][0]["content"][0]["text"], 1.0), (rec["meta"]["separate"]["image"], 1.0),
+                        (rec["meta"]["separate"]["audio"], 1.0)]
+    first = out["samples"][0]
+    asked = set(rec["meta"]["asked"])
+    assert {k[len("acc_"):] for k in first["metrics"] if k.startswith("acc_")} == asked  # scored on what was asked
+    assert "coherence" in first["metrics"] and "coherence_separate" in first["metrics"]
+    labels = [t["label"] for t in S.world_targets(out["samples"])]
+    assert "open joint coherence > separate coherence" in labels
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    rec["meta"].pop("separate")
+    (bad / "manifest.jsonl").write_text(json.dumps(rec) + "\n")
+    (bad / "media").symlink_to(world.parent / "media")
+    with pytest.raises(ValueError, match="needs meta.separate"):
+        R.build_suite(dataclasses.replace(cfg, data=str(bad)), model=object()).samples()

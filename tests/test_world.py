@@ -299,3 +299,39 @@ def test_cli(tmp_path):
         wb.build_world(tmp_path / "c", 2, 0, tasks=["paint"])
     with pytest.raises(ValueError, match="unknown colour 'pink'"):
         WorldObject("star", "pink", "small")
+
+
+def test_open_tasks_name_one_attribute_and_the_reply_names_the_choice(tmp_path):
+    """gen_open_image / gen_open_audio / joint_open: the prompt names a colour or a shape, the reply names the whole
+    object it shows (whose captions the heads' targets come from), meta.targets keep only the asked attribute;
+    they are not in the default mix, so the recipe's data does not change."""
+    assert not set(wb.OPEN_TASKS) & set(wb.TASKS) and wb.ALL_TASKS == wb.TASKS + wb.OPEN_TASKS
+    m = wb.build_world(tmp_path / "o", n=12, seed=2, tasks=list(wb.OPEN_TASKS))
+    recs = _records(m)
+    assert {r["meta"]["task"] for r in recs} == set(wb.OPEN_TASKS)
+    for r in recs:
+        (attr, value), = r["meta"]["asked"].items()
+        assert attr in wb.OPEN_ATTRS
+        for j, msg in enumerate(r["messages"]):
+            message_from_dict(msg, f"{r['id']}.messages[{j}]")  # the training schema reads it
+        ask = r["messages"][0]["content"][0]["text"]
+        assert (f"something {value}" if attr == "colour" else f"a {value}") in ask
+        reply = r["messages"][1]["content"]
+        outputs = [p for p in reply if p["type"] != "text"]
+        full = parse_caption(reply[0]["text"])  # the reply names every attribute of what it shows
+        assert full[attr] == value and all(parse_caption(p["caption"])[a] == v for p in outputs for a, v in full.items()
+                                           if a in parse_caption(p["caption"]))
+        assert all(t["attrs"] == {attr: value} for t in r["meta"]["targets"])
+        if r["meta"]["task"] == "joint_open":
+            assert [p["type"] for p in outputs] == ["image", "audio"]
+            what = ask.split("see and hear ")[-1].rstrip(".") if "see and hear" in ask else None
+            sep = r["meta"]["separate"]
+            assert sep["image"].startswith("Show me ") and sep["audio"].startswith("Let me hear ")
+            assert what is None or sep["image"] == f"Show me {what}."
+        else:
+            assert "separate" not in r["meta"] and len(outputs) == 1
+    assert wb.main(["--out", str(tmp_path / "cli"), "--n", "1", "--seed", "0", "--tasks", "joint_open"]) == 0
+    default = _records(wb.build_world(tmp_path / "d", n=len(wb.TASKS), seed=0))
+    assert not {r["meta"]["task"] for r in default} & set(wb.OPEN_TASKS)
+    with pytest.raises(ValueError, match="open prompts name one of colour, shape"):
+        wb.open_phrase(WorldObject("star", "red", "small"), "size")

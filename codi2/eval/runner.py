@@ -266,7 +266,7 @@ def backbone_fingerprints(cfg: EvalConfig) -> dict[str, str]:
 # ----------------------------------------------------------------------------- generation
 def _generate(pipe: Any, sample: Sample, cfg: EvalConfig, out: Path) -> tuple[dict[str, dict], float]:
     """Runs every run of ``sample``; saves media under ``out/outputs``. Returns ({run: record}, seconds)."""
-    from ..conversation import Message
+    from ..conversation import Message, Part
     from ..generation import SamplingOptions
     from ..media import save_audio, save_image, save_video
     from ..modality import Modality
@@ -276,10 +276,12 @@ def _generate(pipe: Any, sample: Sample, cfg: EvalConfig, out: Path) -> tuple[di
     for run in sample.runs:
         prefix = " ".join(Modality(m).open_token for m in run.outputs) if cfg.force_output or run.force else ""
         opts = SamplingOptions(seed=sample_seed(cfg.seed, sample.id, run.name), max_new_tokens=cfg.max_new_tokens,
-                               temperature=cfg.temperature, steps=cfg.steps, guidance=cfg.guidance, prefix=prefix,
+                               temperature=cfg.temperature if run.temperature is None else run.temperature,
+                               steps=cfg.steps, guidance=cfg.guidance, prefix=prefix,
                                allowed_outputs=[Modality(m) for m in run.allowed] if run.allowed else None)
         fresh = lambda m: Message(m.role, [dataclasses.replace(p) for p in m.content])  # noqa: E731
-        reply = pipe.chat(fresh(sample.user), opts, [fresh(m) for m in sample.history])
+        user = fresh(sample.user) if run.prompt is None else Message(sample.user.role, [Part.from_text(run.prompt)])
+        reply = pipe.chat(user, opts, [fresh(m) for m in sample.history])
         media, texts = [], []
         for i, p in enumerate(reply.content):
             if p.type == "text":

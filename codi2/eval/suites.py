@@ -54,12 +54,17 @@ class Run:
     """One generation of a sample: ``outputs`` the media expected in order, ``allowed`` restricts what the
     model may output (None: anything; the world suite's separate generation uses one modality), ``force``
     starts the reply with the opening tokens of ``outputs`` (the separate generations: each must produce its one
-    modality, as CoDi's independent generations do, or there would be nothing to compare)."""
+    modality, as CoDi's independent generations do, or there would be nothing to compare). ``prompt`` replaces the
+    user turn's words (the open joint task's separate replies are asked for one modality in their own words);
+    ``temperature`` overrides the evaluation's for this run (open prompts: each reply chooses the object, so the
+    choice is sampled, or every reply to the same words would choose alike)."""
 
     name: str
     outputs: tuple[str, ...]
     allowed: Optional[tuple[str, ...]] = None
     force: bool = False
+    prompt: Optional[str] = None
+    temperature: Optional[float] = None
 
 
 @dataclass
@@ -490,6 +495,8 @@ WORLD_TARGETS: tuple[tuple[str, str, Optional[int], str, float], ...] = (
     ("three-round editing: final output right", "multi_round_edit", None, "exact", 0.70),
     ("joint image + sound coherent", "joint_image_audio", None, "coherence", 0.85),
 )
+JOINT_TASKS = ("joint_image_audio", "joint_open")  # scored for coherence, joint reply vs two separate replies
+OPEN_TEMPERATURE = 1.0  # the open joint task's replies sample the object they choose (Run.temperature)
 
 
 def world_targets(records: Sequence[dict]) -> list[dict]:
@@ -502,14 +509,16 @@ def world_targets(records: Sequence[dict]) -> list[dict]:
         value = float(np.mean(vals)) if vals else None
         out.append({"label": label, "task": task, "shots": shots, "metric": metric, "threshold": threshold,
                     "n": len(vals), "value": value, "pass": value is not None and value >= threshold})
-    joint = [r["metrics"] for r in records if r["task"] == "joint_image_audio"]
-    for metric in ("coherence", "sim"):
-        a = [m[metric] for m in joint if metric in m]
-        b = [m[f"{metric}_separate"] for m in joint if f"{metric}_separate" in m]
-        if a and b:
-            out.append({"label": f"joint {metric} > separate {metric}", "task": "joint_image_audio", "shots": None,
-                        "metric": f"{metric} - {metric}_separate", "threshold": 0.0, "n": len(a),
-                        "value": float(np.mean(a) - np.mean(b)), "pass": float(np.mean(a)) > float(np.mean(b))})
+    for task in JOINT_TASKS:
+        joint = [r["metrics"] for r in records if r["task"] == task]
+        prefix = "joint" if task == "joint_image_audio" else "open joint"
+        for metric in ("coherence", "sim"):
+            a = [m[metric] for m in joint if metric in m]
+            b = [m[f"{metric}_separate"] for m in joint if f"{metric}_separate" in m]
+            if a and b:
+                out.append({"label": f"{prefix} {metric} > separate {metric}", "task": task, "shots": None,
+                            "metric": f"{metric} - {metric}_separate", "threshold": 0.0, "n": len(a),
+                            "value": float(np.mean(a) - np.mean(b)), "pass": float(np.mean(a)) > float(np.mean(b))})
     return out
 
 
@@ -592,6 +601,14 @@ class WorldSuite(Suite):
                 if task == "joint_image_audio":
                     runs += [Run("image", ("image",), ("image",), force=True),
                              Run("audio", ("audio",), ("audio",), force=True)]
+                elif task == "joint_open":  # the model chooses the object: sampled, the separate replies in their words
+                    sep = r["meta"].get("separate") or {}
+                    if set(sep) != {"image", "audio"}:
+                        raise ValueError(f"{r['id']}: a joint_open record needs meta.separate with an image and an "
+                                         f"audio prompt, got {sorted(sep)}")
+                    runs = [Run("main", outputs, temperature=OPEN_TEMPERATURE),
+                            Run("image", ("image",), ("image",), prompt=sep["image"], temperature=OPEN_TEMPERATURE),
+                            Run("audio", ("audio",), ("audio",), prompt=sep["audio"], temperature=OPEN_TEMPERATURE)]
                 ref = {"targets": targets, "edits": r["meta"].get("edits", [])}
                 own = int(r["meta"].get("shots", 0))
                 if own == 0:
@@ -649,7 +666,7 @@ class WorldSuite(Suite):
             kept = [ok for a, ok in checks if a not in edited]
             if kept:
                 out["preserve_acc"] = float(np.mean(kept))
-        if sample.task == "joint_image_audio":
+        if sample.task in JOINT_TASKS:
             for key, (gi, ga) in {"": (gen["main"], gen["main"]), "_separate": (gen["image"], gen["audio"])}.items():
                 pi, pa = gi.first("image"), ga.first("audio")
                 if pi is None or pa is None:

@@ -69,6 +69,12 @@ TASKS: tuple[str, ...] = (
     "multi_round_edit",
     "joint_image_audio",
 )
+# Tasks whose prompt leaves the object open (one attribute named, the reply names the object it chose): CoDi's
+# joint-generation setting, where one reply that makes a picture and a sound must choose once and two separate
+# replies choose twice. Not in the default mix (``--tasks`` names them), so the recipe's data is unchanged.
+OPEN_TASKS: tuple[str, ...] = ("gen_open_image", "gen_open_audio", "joint_open")
+ALL_TASKS: tuple[str, ...] = TASKS + OPEN_TASKS
+OPEN_ATTRS = ("colour", "shape")  # what an open prompt names: the rest is the model's choice
 
 
 def render_seed(world_seed: int, variation: int, stream: int) -> int:
@@ -192,6 +198,8 @@ class _Task:
         self.conv = _Conv()
         self.shots = 0
         self.edits: list[dict] = []
+        self.asked: Optional[dict[str, str]] = None  # open tasks: the attributes the prompt named
+        self.separate: Optional[dict[str, str]] = None  # joint_open: the prompts of the two separate replies
 
     def seed(self) -> int:
         return render_seed(self.world_seed, int(self.rng.integers(self.variations)), self.stream)
@@ -481,6 +489,49 @@ def _joint_image_audio(t: _Task) -> None:
                _text("and here is its sound:"), t.media("audio", obj, t.seed()))
 
 
+def open_phrase(obj: WorldObject, attr: str) -> str:
+    """What an open prompt asks for: ``something red`` (colour named) or ``a star`` (shape named)."""
+    if attr == "colour":
+        return f"something {obj.colour}"
+    if attr == "shape":
+        return f"a {obj.shape}"
+    raise ValueError(f"open prompts name one of {', '.join(OPEN_ATTRS)}, not {attr!r}")
+
+
+def _open(t: _Task) -> tuple[WorldObject, str]:
+    obj = t.obj()
+    attr = OPEN_ATTRS[int(t.rng.integers(len(OPEN_ATTRS)))]
+    t.asked = {attr: getattr(obj, attr)}
+    return obj, open_phrase(obj, attr)
+
+
+def _gen_open_task(modality: str) -> Callable[[_Task], None]:
+    """Text -> picture or sound with the object left open: the reply first names the object it makes."""
+
+    def run(t: _Task) -> None:
+        obj, what = _open(t)
+        ask = f"Show me {what}." if modality == "image" else f"Let me hear {what}."
+        says = (f"Here is {object_phrase(obj, 'image', t.rng)}:" if modality == "image"
+                else f"Here is the sound of {object_phrase(obj, 'audio', t.rng)}:")
+        t.conv.say("user", _text(ask))
+        t.conv.say("assistant", _text(says), t.media(modality, obj, t.seed()))
+
+    return run
+
+
+def _joint_open(t: _Task) -> None:
+    """One reply with a picture and a sound of an object the prompt leaves open: the reply names the object it
+    chose, then shows and sounds it. ``meta.separate`` holds the prompts of the two separate replies it is
+    compared with (``gen_open_image`` / ``gen_open_audio`` wording), which choose on their own."""
+    obj, what = _open(t)
+    ask = (f"Show me {what} and let me hear it.", f"Draw {what}, and play its sound too.",
+           f"I want to see and hear {what}.")
+    t.conv.say("user", _text(_choice(t.rng, ask)))
+    t.conv.say("assistant", _text(f"Here is {object_phrase(obj, 'image', t.rng)}:"), t.media("image", obj, t.seed()),
+               _text("and here is its sound:"), t.media("audio", obj, t.seed()))
+    t.separate = {"image": f"Show me {what}.", "audio": f"Let me hear {what}."}
+
+
 TASK_FNS: dict[str, Callable[[_Task], None]] = {
     "caption_image": _caption_task("image"),
     "caption_audio": _caption_task("audio"),
@@ -498,8 +549,11 @@ TASK_FNS: dict[str, Callable[[_Task], None]] = {
     "subject_image": _subject_image,
     "multi_round_edit": _multi_round_edit,
     "joint_image_audio": _joint_image_audio,
+    "gen_open_image": _gen_open_task("image"),
+    "gen_open_audio": _gen_open_task("audio"),
+    "joint_open": _joint_open,
 }
-assert tuple(TASK_FNS) == TASKS
+assert tuple(TASK_FNS) == ALL_TASKS
 
 
 def make_record(i: int, task: str, store: MediaStore, seed: int, split: str, variations: int = 16,
@@ -507,13 +561,18 @@ def make_record(i: int, task: str, store: MediaStore, seed: int, split: str, var
     """Record ``i`` of the split: a conversation for ``task`` with its ``meta`` (``icl_shots``, ``icl_replies``:
     see :func:`build_world`)."""
     if task not in TASK_FNS:
-        raise ValueError(f"unknown task {task!r}; allowed: {', '.join(TASKS)}")
+        raise ValueError(f"unknown task {task!r}; allowed: {', '.join(ALL_TASKS)}")
     stream = split_index(split)
     t = _Task(np.random.default_rng([seed, stream, i]), store, seed, stream, variations, icl_shots, icl_replies)
     TASK_FNS[task](t)
     meta = {"task": task, "split": split, "shots": t.shots, "inputs": t.conv.inputs, "targets": t.conv.targets}
     if t.edits:
         meta["edits"] = t.edits
+    if t.asked is not None:  # open prompts: the targets are scored on what was asked; the rest was the model's choice
+        meta["asked"] = t.asked
+        meta["targets"] = [{**x, "attrs": {a: v for a, v in x["attrs"].items() if a in t.asked}} for x in meta["targets"]]
+    if t.separate is not None:
+        meta["separate"] = t.separate
     return {"schema": SCHEMA_VERSION, "id": f"world-{split}-{seed}-{i:06d}", "source": "world",
             "messages": t.conv.messages, "meta": meta}
 
@@ -527,7 +586,7 @@ def build_world(out_dir: "str | Path", n: int, seed: int, tasks: Optional[Sequen
         out_dir: output folder (created).
         n: number of records; record i has task ``tasks[i % len(tasks)]``.
         seed: world seed; the same (seed, split, n, tasks, variations) gives a byte-identical manifest.
-        tasks: task names (default: all of ``TASKS``).
+        tasks: task names (default: all of ``TASKS``; ``OPEN_TASKS`` only when named).
         split: train / val / test; each renders from its own disjoint seed stream.
         variations: render variations per world seed and split (more = more distinct files).
         icl_shots: exemplar pairs of every in-context record (1-4; default: drawn from 1-4 per record).
@@ -544,7 +603,7 @@ def build_world(out_dir: "str | Path", n: int, seed: int, tasks: Optional[Sequen
     tasks = list(TASKS if tasks is None else tasks)
     unknown = [x for x in tasks if x not in TASK_FNS]
     if unknown or not tasks:
-        raise ValueError(f"unknown or no tasks {unknown or tasks}; allowed: {', '.join(TASKS)}")
+        raise ValueError(f"unknown or no tasks {unknown or tasks}; allowed: {', '.join(ALL_TASKS)}")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     if variations < 1:
@@ -576,8 +635,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder (manifest.jsonl + media/)")
     p.add_argument("--n", type=int, required=True, help="number of conversations")
     p.add_argument("--seed", type=int, default=0, help="world seed")
-    p.add_argument("--tasks", nargs="+", choices=TASKS, default=None, metavar="TASK",
-                   help=f"tasks to include (default: all): {', '.join(TASKS)}")
+    p.add_argument("--tasks", nargs="+", choices=ALL_TASKS, default=None, metavar="TASK",
+                   help=f"tasks to include (default: all but the open ones): {', '.join(ALL_TASKS)}")
     p.add_argument("--split", choices=SPLITS, default="train", help="seed stream: train / val / test")
     p.add_argument("--variations", type=int, default=16, help="render variations per split")
     p.add_argument("--icl-shots", type=int, default=None, metavar="K",
