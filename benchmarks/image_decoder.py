@@ -48,22 +48,11 @@ def score(judges, held: list, images: list) -> dict[str, Any]:
     return out
 
 
-@torch.no_grad()
-def vae_round_trip(dec, held: list) -> list:
-    from PIL import Image
-
-    from codi2.mini.decoder_train import _image_pixels
-
-    vae = dec.pipe.vae
-    rec = vae.decode(vae.encode(_image_pixels(dec, [s.media for s in held])).latent_dist.mode()).sample
-    return [Image.fromarray(x) for x in ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()]
-
-
 def run(decoders: Sequence[str], model_dir: str, judges_dir: Optional[str], n: int, world_seed: int = 9,
         seed: int = 0, threads: int = 0, batch: int = 16) -> dict:
     from codi2.decoders import build_decoder
     from codi2.mini.common import world_batch
-    from codi2.mini.decoder_train import conditions
+    from codi2.mini.decoder_train import conditions, image_round_trip
     from codi2.modality import Modality
     from codi2.pipeline import CoDi2Pipeline
     from data_builders.world.judges import Judges
@@ -89,7 +78,7 @@ def run(decoders: Sequence[str], model_dir: str, judges_dir: Optional[str], n: i
             outs += dec.decode({k: v[i:i + batch] for k, v in cond.items()}, seed=seed + i)
         seconds = time.perf_counter() - t
         sched = dec.pipe.scheduler.config
-        rows.append({"decoder": str(d), "vae_round_trip": score(judges, held, vae_round_trip(dec, held)),
+        rows.append({"decoder": str(d), "vae_round_trip": score(judges, held, image_round_trip(dec, [s.media for s in held])),
                      "unet": score(judges, held, outs), "seconds_per_sample": round(seconds / n, 3),
                      "schedule": {"prediction_type": sched.prediction_type,
                                   "rescale_betas_zero_snr": bool(sched.get("rescale_betas_zero_snr", False)),

@@ -12,8 +12,8 @@
 #    mini-stage2 (instruction tuning) from stage 1's export, mini-stage3 (a second pass weighted to the
 #    image and sound phases) from stage 2's, mini-stage4 (+ 6000 in-context editing records) from stage 3's,
 #    mini-stage5 (+ 3000 video records and 2000 three-round editing records, the text and video phases weighted
-#    up) from stage 4's, mini-stage6 (LoRA widened to the MLP, + 8000 in-context picture records and 3000 fresh
-#    picture-editing / text -> picture records) from stage 5's, and stage 7 (mini-video-head.yaml: the video head
+#    up) from stage 4's, mini-stage6 (+ 8000 in-context picture records and 3000 fresh picture-editing /
+#    text -> picture records) from stage 5's, and stage 7 (mini-video-head.yaml: the video head
 #    re-fitted, everything else frozen) from stage 6's;
 #    beside them, 6000 more image-UNet steps, 3000 on a zero-terminal-SNR schedule, then 2000 steps of the VAE's
 #    decoder half alone (its encoder frozen); that VAE goes into the video decoder too, which shares its latents
@@ -139,22 +139,17 @@ wait $pb || { log "chain B (llm, audio decoder) failed: see $RUN/logs"; exit 1; 
 
 # ---- 3. LoRA + projector + head stages (the trainer of train/), and beside them more image-UNet steps:
 # the trainer needs the decoders only for their frozen text encoders (head targets), never their UNets
+image_step() {  # image_step MARKER LOG OVERRIDES...: one more run on the image decoder, skipped once MARKER exists
+  local marker="$RUN/decoders/.$1" logf="$RUN/logs/$2.log"; shift 2
+  [[ -f "$marker" ]] && return 0
+  codi2 train-component decoder configs/train/mini-decoders.yaml init="$RUN/decoders" out="$RUN/decoders" \
+      "modalities=[image]" "$@" > "$logf" 2>&1
+  touch "$marker"
+}
 refine_image() {
-  if [[ ! -f "$RUN/decoders/.image-refined" ]]; then
-    codi2 train-component decoder configs/train/mini-decoders.yaml init="$RUN/decoders" out="$RUN/decoders" \
-        "modalities=[image]" "${IMG_MORE[@]}" > "$RUN/logs/decoder_image_more.log" 2>&1
-    touch "$RUN/decoders/.image-refined"
-  fi
-  if [[ ! -f "$RUN/decoders/.image-zero-snr" ]]; then
-    codi2 train-component decoder configs/train/mini-decoders.yaml init="$RUN/decoders" out="$RUN/decoders" \
-        "modalities=[image]" "${IMG_ZSNR[@]}" > "$RUN/logs/decoder_image_zero_snr.log" 2>&1
-    touch "$RUN/decoders/.image-zero-snr"
-  fi
-  if [[ ! -f "$RUN/decoders/.image-vae-sharpened" ]]; then
-    codi2 train-component decoder configs/train/mini-decoders.yaml init="$RUN/decoders" out="$RUN/decoders" \
-        "modalities=[image]" "${IMG_VAE[@]}" > "$RUN/logs/decoder_image_vae.log" 2>&1
-    touch "$RUN/decoders/.image-vae-sharpened"
-  fi
+  image_step image-refined decoder_image_more "${IMG_MORE[@]}"
+  image_step image-zero-snr decoder_image_zero_snr "${IMG_ZSNR[@]}"
+  image_step image-vae-sharpened decoder_image_vae "${IMG_VAE[@]}"
 }
 log "image decoder: ${IMG_MORE[*]}, then ${IMG_ZSNR[*]}, then ${IMG_VAE[*]} (beside the trainer stages)"
 refine_image & pr=$!
@@ -194,7 +189,7 @@ if [[ ! -f "$RUN/decoders/.video-vae-sharpened" ]]; then  # the video decoder sh
 fi
 unset OMP_NUM_THREADS  # the image UNet is done: stages 6 and 7 have both cores
 if [[ ! -f "$RUN/stage6/final/config.yaml" ]]; then
-  log "stage 6: in-context picture pass, LoRA widened to the MLP (+ $RUN/data/icl7, $RUN/data/img8)"
+  log "stage 6: in-context picture pass (+ $RUN/data/icl7, $RUN/data/img8)"
   codi2 train configs/train/mini-stage6.yaml output_dir="$RUN/stage6" model.pipeline="$RUN/stage5/final" \
       "data.manifests=[$RUN/data/train/manifest.jsonl,$RUN/data/icl/manifest.jsonl,$RUN/data/icl7/manifest.jsonl,$RUN/data/img8/manifest.jsonl,$RUN/data/vidx/manifest.jsonl,$RUN/data/mrx/manifest.jsonl]" \
       "${ST6[@]}" > "$RUN/logs/stage6.log" 2>&1

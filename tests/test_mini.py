@@ -231,6 +231,8 @@ def test_decoder_stage_image_and_video_pipelines_decode(tmp_path):
     assert any(not torch.equal(after[k], vae_before[k]) for k in halves["decoder"])
     assert sharp.pipe.vae.config.scaling_factor == again.pipe.vae.config.scaling_factor
     assert all(torch.equal(v, sharp.pipe.unet.state_dict()[k]) for k, v in unet_before.items())
+    with pytest.raises(ValueError, match="image.vae_decoder_only trains the VAE's decoder half during image.vae_steps"):
+        train_decoders(dataclasses.replace(sharpen, image=dataclasses.replace(sharpen.image, vae_steps=0)))
     # video: clip steps with every 2nd a frame batch, switching to a
     # zero-terminal-SNR v-prediction schedule that training (DDPM) and both samplers then use
     video_before = {k: v.clone() for k, v in video.pipe.unet.state_dict().items()}

@@ -55,7 +55,7 @@ class Run:
     model may output (None: anything; the world suite's separate generation uses one modality), ``force``
     starts the reply with the opening tokens of ``outputs`` (the separate generations: each must produce its one
     modality, as CoDi's independent generations do, or there would be nothing to compare). ``prompt`` replaces the
-    user turn's words (the open joint task's separate replies are asked for one modality in their own words);
+    user turn with this text alone (the open joint task's separate replies ask for one modality in their own words);
     ``temperature`` overrides the evaluation's for this run (open prompts: each reply chooses the object, so the
     choice is sampled, or every reply to the same words would choose alike)."""
 

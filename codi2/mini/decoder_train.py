@@ -900,19 +900,25 @@ def _accuracy(scores: list[dict], attrs: list[dict]) -> dict[str, float]:
 
 
 @torch.no_grad()
+def image_round_trip(dec, images: list) -> list:
+    """PIL images through the image decoder's VAE (encode, mode of the posterior, decode) -> PIL images."""
+    from PIL import Image
+
+    vae = dec.pipe.vae
+    rec = vae.decode(vae.encode(_image_pixels(dec, images)).latent_dist.mode()).sample
+    return [Image.fromarray(x) for x in ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()]
+
+
+@torch.no_grad()
 def judge_reconstructions(dec, modality: str, samples: list[WorldSample], judges) -> dict[str, float]:
     """Judge accuracy of VAE (+ vocoder) round trips of held-out renders: the ceiling the UNet can reach
     (the vocoder's own ceiling, log-mel -> vocoder alone: :func:`vocoder_level` with judges)."""
-    from PIL import Image
-
     from codi2.media import Audio, Video
 
     vae = dec.pipe.vae
     scores = []
     if modality == "image":
-        rec = vae.decode(vae.encode(_image_pixels(dec, [s.media for s in samples])).latent_dist.mode()).sample
-        imgs = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-        scores = [_score(judges, modality, Image.fromarray(x)) for x in imgs]
+        scores = [_score(judges, modality, im) for im in image_round_trip(dec, [s.media for s in samples])]
     elif modality == "video":
         n = int(dec.cfg.num_frames)
         rec = vae.decode(vae.encode(_video_frames(dec, [s.media for s in samples])).latent_dist.mode()).sample
@@ -1113,6 +1119,10 @@ def train_decoders(cfg: DecoderTrainConfig) -> dict[str, dict]:
             raise ValueError(f"{m}.high_noise_fraction = {arch.high_noise_fraction}; must be in [0, 1]")
         if not 0 <= arch.high_noise_from < 1000:
             raise ValueError(f"{m}.high_noise_from = {arch.high_noise_from}; must be in [0, 999]")
+        if arch.vae_decoder_only and (arch.vae_steps == 0 or (m == "video" and arch.share_image_vae)):
+            raise ValueError(f"{m}.vae_decoder_only trains the VAE's decoder half during {m}.vae_steps, but "
+                             + (f"{m}.vae_steps is 0" if arch.vae_steps == 0 else
+                                "the video decoder shares the image VAE (train it with image.vae_decoder_only)"))
         if m != "video" and arch.frame_every:
             raise ValueError(f"{m}.frame_every is for video only (single frames of clips); set it to 0")
         if m != "video" and arch.text_encoder_steps:
