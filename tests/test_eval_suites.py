@@ -1,6 +1,7 @@
 """Every eval suite end to end with the tiny model and tiny metric backbones; determinism; resume; folder scoring."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -9,6 +10,7 @@ import pytest
 
 from codi2.eval import EvalConfig, run_eval, score_folder
 from codi2.eval import runner as R
+from codi2.eval.cli import add_arguments
 from codi2.eval import suites as S
 from codi2.eval.testing import make_dreambench, make_edit_manifest
 
@@ -329,3 +331,34 @@ def test_world_open_joint_task_samples_its_choice_and_asks_the_separate_replies_
     (bad / "media").symlink_to(world.parent / "media")
     with pytest.raises(ValueError, match="needs meta.separate"):
         R.build_suite(dataclasses.replace(cfg, data=str(bad)), model=object()).samples()
+
+
+def test_world_suite_reads_several_manifests_as_one_set(ws, tmp_path):
+    """`--data A B`: the default test split and a joint_open set evaluated in one run, each record's media read
+    from its own folder; repeated ids across the manifests, and several manifests for another suite, are refused."""
+    from data_builders.world import build_world
+    from data_builders.world.judges import JudgeConfig, Judges
+
+    a = build_world(tmp_path / "a", n=2, seed=0, tasks=["caption_image", "gen_image"], split="test")
+    b = build_world(tmp_path / "b", n=2, seed=5, tasks=["joint_open", "caption_audio"], split="test")
+    Judges(JudgeConfig(width=4, hidden=8)).save(tmp_path / "judges")
+    args = ["--suite", "world", "--model", ws["model"], "--data", str(a.parent), str(b), "--out", "x"]
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    parsed = p.parse_args(args)
+    cfg = EvalConfig(suite="world", model=ws["model"], data=parsed.data, judges=str(tmp_path / "judges"), **FAST)
+    assert cfg.data == [str(a.parent), str(b)]
+    suite = R.build_suite(cfg, model=object())
+    samples = suite.samples()
+    assert sorted(s.task for s in samples) == ["caption_audio", "caption_image", "gen_image", "joint_open"]
+    roots = {s.task: {Path(p.path).parent.parent.parent for m in (*s.history, s.user) for p in m.content if p.path}
+             for s in samples}  # every media path resolved against its own manifest's folder
+    assert roots["caption_image"] == {a.parent} and roots["caption_audio"] == {b.parent}
+    assert all(Path(p.path).is_file() for s in samples for p in s.user.content if p.path)
+    assert {a, b} <= set(suite.data_files())
+    one = EvalConfig(suite="world", model=ws["model"], data=[str(a)], judges=str(tmp_path / "judges"), **FAST)
+    assert one.data == str(a)  # one manifest is stored as before
+    with pytest.raises(ValueError, match="ids differ"):
+        R.build_suite(dataclasses.replace(cfg, data=[str(a), str(a.parent)]), model=object())
+    with pytest.raises(ValueError, match="only the world suite"):
+        EvalConfig(suite="audio-edit", model=ws["model"], data=[str(a), str(b)])

@@ -35,7 +35,7 @@ def test_stage_configs_and_mini_model_config_load():
 
     stages = {n: load_train_config(str(REPO / "configs" / "train" / f"{n}.yaml"))
               for n in ("mini-stage1", "mini-stage2", "mini-stage3", "mini-stage4", "mini-stage5", "mini-stage6",
-                        "mini-stage6-words", "mini-stage6-steps", "mini-video-head")}
+                        "mini-stage6-words", "mini-stage6-steps", "mini-video-head", "mini-stage8-open")}
     assert stages["mini-stage1"].stage == "projector_alignment"
     for n in (2, 3, 4, 5, 6):  # the recipe's chain of exports
         assert stages[f"mini-stage{n}"].model.pipeline.endswith(f"stage{n - 1}/final")
@@ -60,6 +60,11 @@ def test_stage_configs_and_mini_model_config_load():
     head = stages["mini-video-head"]
     assert head.stage == "projector_alignment" and head.phases.weights["video"] > 0
     assert all(w == 0 for k, w in head.phases.weights.items() if k != "video")
+    # stage 8: stage 6's mix plus the open-prompt records, from stage 7's export, the multi-output phase weighted up
+    eight = stages["mini-stage8-open"]
+    assert eight.model.pipeline.endswith("stage7/final") and eight.stage == "instruction_tuning"
+    assert {m.split("/")[-2] for m in eight.data.manifests} == {m.split("/")[-2] for m in six.data.manifests} | {"open12"}
+    assert eight.phases.weights["multi"] > six.phases.weights["multi"] and eight.max_steps < six.max_steps
     mini = load_model_config("mini")
     assert mini.modalities["image"].head.targets["image_embeds"] == [mini.encoder.out_embed_dim]
     assert mini.modalities["audio"].head.targets["prompt_embeds"][0] == mini.modalities["audio"].decoder.prompt_len

@@ -83,8 +83,8 @@ def _score(args: argparse.Namespace) -> int:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", choices=SUITES)
     p.add_argument("--model", help="a codi2 model directory")
-    p.add_argument("--data", help="dreambench: the DreamBench root; image-edit/audio-edit/world: a manifest.jsonl "
-                   "(or its folder)")
+    p.add_argument("--data", nargs="+", help="dreambench: the DreamBench root; image-edit/audio-edit: a manifest.jsonl "
+                   "(or its folder); world: one or more manifests (or folders), read as one set")
     p.add_argument("--out", help="output folder")
     p.add_argument("--shots", type=parse_shots, default=[0, 1, 2, 4], help="comma-separated shot counts (default 0,1,2,4); world: each "
                    "in-context record runs at every count k >= 1 it has exemplar pairs for, with its first k pairs")

@@ -59,7 +59,7 @@ class EvalConfig:
 
     suite: str
     model: str
-    data: str
+    data: "str | list[str]"  # the world suite also takes several manifests (a list)
     shots: list[int] = field(default_factory=lambda: [0, 1, 2, 4])
     n: Optional[int] = None  # items per shot count (world: per task); None = all
     seed: int = 0
@@ -82,6 +82,13 @@ class EvalConfig:
             raise ValueError(f"unknown suite {self.suite!r}; allowed: {', '.join(SUITES)}")
         if not self.shots or any(k < 0 for k in self.shots):
             raise ValueError(f"shots must be a non-empty list of counts >= 0, got {self.shots}")
+        if isinstance(self.data, (list, tuple)):
+            if not self.data:
+                raise ValueError("--data needs at least one path")
+            if self.suite != "world" and len(self.data) != 1:
+                raise ValueError(f"the {self.suite} suite reads one --data, got {len(self.data)}; only the world "
+                                 "suite reads several manifests")
+            self.data = str(self.data[0]) if len(self.data) == 1 else [str(d) for d in self.data]
 
 
 # ----------------------------------------------------------------------------- small helpers

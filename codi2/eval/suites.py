@@ -557,13 +557,28 @@ class WorldSuite(Suite):
         self.J, self.parse_caption = J, parse_caption
         self.judges = J.Judges.load(judges_dir)
         self.judges_dir = Path(judges_dir)
-        self.manifest = manifest_path(data)
-        self.records = read_manifest(self.manifest)
+        # one manifest, or several (e.g. the default test split and a joint_open set): every record keeps its
+        # own folder for its media paths, and ids must not repeat across them
+        self.manifests = [manifest_path(d) for d in ([data] if isinstance(data, (str, Path)) else data)]
+        if not self.manifests:
+            raise ValueError("the world suite needs at least one manifest (--data)")
+        self.records, self._sources, where = [], [], {}
+        for mp in self.manifests:
+            for r in read_manifest(mp):
+                rid = r.get("id")
+                if rid in where:
+                    raise ValueError(f"record id {rid!r} is in both {where[rid]} and {mp}: the world suite reads "
+                                     "several manifests only when their ids differ (build them with different "
+                                     "--seed or --split)")
+                where[rid] = mp
+                self.records.append(r)
+                self._sources.append(mp)
+        self.manifest = self.manifests[0]
         self.model, self.n, self.seed = model, n, seed
         self.shots = sorted({int(k) for k in shots if int(k) >= 1})
         if not self.shots and any(int(r.get("meta", {}).get("shots", 0)) > 0 for r in self.records):
-            raise ValueError(f"{self.manifest} has in-context records but --shots {list(shots)} has no count >= 1; "
-                             "give e.g. --shots 1,2,4")
+            raise ValueError(f"{', '.join(map(str, self.manifests))} has in-context records but --shots {list(shots)} "
+                             "has no count >= 1; give e.g. --shots 1,2,4")
 
     @staticmethod
     def _first_pairs(user: Message, own: int, k: int, rid: str) -> Message:
@@ -577,16 +592,18 @@ class WorldSuite(Suite):
         return Message(user.role, [p for i, p in enumerate(user.content) if i not in drop])
 
     def samples(self) -> list[Sample]:
-        root = self.manifest.parent
         by_task: dict[str, list[dict]] = {}
-        for r in self.records:
+        root_of = {}
+        for r, mp in zip(self.records, self._sources):
             if "meta" not in r or "task" not in r["meta"]:
-                raise ValueError(f"{self.manifest}: record {r.get('id')!r} has no meta.task; the world suite reads "
-                                 f"manifests written by data_builders.world")
+                raise ValueError(f"{mp}: record {r.get('id')!r} has no meta.task; the world "
+                                 f"suite reads manifests written by data_builders.world")
             by_task.setdefault(r["meta"]["task"], []).append(r)
+            root_of[id(r)] = mp.parent
         out = []
         for task in sorted(by_task):
             for r in select(by_task[task], self.n, self.seed):
+                root = root_of[id(r)]
                 msgs = [message_from_dict(m, f"{r['id']}.messages[{j}]") for j, m in enumerate(r["messages"])]
                 for m in msgs:
                     for p in m.content:
@@ -677,9 +694,9 @@ class WorldSuite(Suite):
         return out
 
     def data_files(self) -> list[Path]:
-        root = self.manifest.parent
-        files = {self.manifest, self.judges_dir / self.J.WEIGHTS_FILE, self.judges_dir / self.J.CONFIG_FILE}
-        for r in self.records:
+        files = {*self.manifests, self.judges_dir / self.J.WEIGHTS_FILE, self.judges_dir / self.J.CONFIG_FILE}
+        for r, mp in zip(self.records, self._sources):
+            root = mp.parent
             for m in r["messages"]:
                 for p in m["content"]:
                     if p.get("path"):
