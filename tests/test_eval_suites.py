@@ -358,7 +358,17 @@ def test_world_suite_reads_several_manifests_as_one_set(ws, tmp_path):
     assert {a, b} <= set(suite.data_files())
     one = EvalConfig(suite="world", model=ws["model"], data=[str(a)], judges=str(tmp_path / "judges"), **FAST)
     assert one.data == str(a)  # one manifest is stored as before
-    with pytest.raises(ValueError, match="ids differ"):
+    with pytest.raises(ValueError, match="same manifest twice"):
         R.build_suite(dataclasses.replace(cfg, data=[str(a), str(a.parent)]), model=object())
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "manifest.jsonl").write_text(a.read_text())  # another set built with the same --seed and --split
+    with pytest.raises(ValueError, match="ids differ"):
+        R.build_suite(dataclasses.replace(cfg, data=[str(a), str(copy)]), model=object())
+    twice = tmp_path / "twice"
+    twice.mkdir()
+    (twice / "manifest.jsonl").write_text(a.read_text() + a.read_text().splitlines()[0] + "\n")
+    with pytest.raises(ValueError, match="appears twice"):
+        R.build_suite(dataclasses.replace(cfg, data=str(twice)), model=object())
     with pytest.raises(ValueError, match="only the world suite"):
         EvalConfig(suite="audio-edit", model=ws["model"], data=[str(a), str(b)])

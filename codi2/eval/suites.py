@@ -562,10 +562,14 @@ class WorldSuite(Suite):
         self.manifests = [manifest_path(d) for d in ([data] if isinstance(data, (str, Path)) else data)]
         if not self.manifests:
             raise ValueError("the world suite needs at least one manifest (--data)")
+        if len({m.resolve() for m in self.manifests}) < len(self.manifests):
+            raise ValueError(f"--data names the same manifest twice: {[str(m) for m in self.manifests]}")
         self.records, self._sources, where = [], [], {}
         for mp in self.manifests:
             for r in read_manifest(mp):
                 rid = r.get("id")
+                if rid in where and where[rid] == mp:
+                    raise ValueError(f"{mp}: record id {rid!r} appears twice; every record needs its own id")
                 if rid in where:
                     raise ValueError(f"record id {rid!r} is in both {where[rid]} and {mp}: the world suite reads "
                                      "several manifests only when their ids differ (build them with different "
@@ -573,7 +577,6 @@ class WorldSuite(Suite):
                 where[rid] = mp
                 self.records.append(r)
                 self._sources.append(mp)
-        self.manifest = self.manifests[0]
         self.model, self.n, self.seed = model, n, seed
         self.shots = sorted({int(k) for k in shots if int(k) >= 1})
         if not self.shots and any(int(r.get("meta", {}).get("shots", 0)) > 0 for r in self.records):
