@@ -13,11 +13,12 @@
 #    image and sound phases) from stage 2's, mini-stage4 (+ 6000 in-context editing records) from stage 3's,
 #    mini-stage5 (+ 3000 video records and 2000 three-round editing records, the text and video phases weighted
 #    up) from stage 4's, mini-stage6 (+ 8000 in-context picture records and 3000 fresh picture-editing /
-#    text -> picture records) from stage 5's, and stage 7 (mini-video-head.yaml: the video head
-#    re-fitted, everything else frozen) from stage 6's;
+#    text -> picture records) from stage 5's, mini-stage7 (the editing pass: + 10000 three-round editing
+#    dialogues, 2000 picture and sound edits and 3000 open-prompt records) from stage 6's, and stage 8
+#    (mini-video-head.yaml: the video head re-fitted, everything else frozen) from stage 7's;
 #    beside them, 6000 more image-UNet steps, 3000 on a zero-terminal-SNR schedule, then 2000 steps of the VAE's
 #    decoder half alone (its encoder frozen); that VAE goes into the video decoder too, which shares its latents
-# 4. the bundle (the stage-7 export + the judges) and `codi2 eval --suite world` on the test split
+# 4. the bundle (the stage-8 export + the judges) and `codi2 eval --suite world` on the test split
 #
 # Every step skips itself when its artifact exists, so re-running after a crash resumes (the trainer stages
 # also resume from their own checkpoints). RUN=DIR and OUT=DIR move the work and bundle folders; EVAL_N=N sets
@@ -56,10 +57,12 @@ if (( smoke )); then
   ST5=(max_steps=4 batch_size=4 save_every=2 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
   ST6=(max_steps=4 batch_size=4 save_every=2 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
   ST7=(max_steps=4 batch_size=4 save_every=2 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
+  ST8=(max_steps=4 batch_size=4 save_every=2 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
+  N_MR13=8; N_MR15=8; N_ED14=8; N_OPEN12=8
   EVAL=(--n 1 --steps 2)
 else
   RUN="${RUN:-runs/mini}"; OUT="${OUT:-checkpoints/codi2-mini}"
-  ENC=(); LLM=(); DEC=(); ST1=(); ST2=(); ST3=(); ST4=(); ST5=(); ST6=(); ST7=(); EVAL=(--n "${EVAL_N:-30}")
+  ENC=(); LLM=(); DEC=(); ST1=(); ST2=(); ST3=(); ST4=(); ST5=(); ST6=(); ST7=(); ST8=(); EVAL=(--n "${EVAL_N:-30}")
   IMG_MORE=(image.vae_steps=0 image.unet_steps=6000)
   # then onto a zero-terminal-SNR schedule (as the video decoder), 30 % of the timesteps at t >= 850 (README: Pictures)
   IMG_ZSNR=(image.vae_steps=0 image.unet_steps=3000 image.lr=2.0e-4 image.zero_snr=true image.prediction_type=v_prediction
@@ -73,6 +76,7 @@ else
   VOC_LEVEL=(audio.vae_steps=0 audio.unet_steps=0 audio.vocoder_steps=2000 audio.vocoder_level_weight=20
              audio.vocoder_lr=5.0e-4)
   N_STAGE1=4000; N_TRAIN=12000; N_ICL=6000; N_VID=3000; N_MRX=2000; N_ICL7=8000; N_IMG8=3000; N_VGEN=3000
+  N_MR13=4000; N_MR15=6000; N_ED14=2000; N_OPEN12=3000
   N_TEST=800; JUDGES=()
 fi
 mkdir -p "$RUN/logs"
@@ -99,7 +103,11 @@ build "$RUN/data/vidx" "$N_VID" train 2 --tasks caption_video gen_video image_au
 build "$RUN/data/mrx" "$N_MRX" train 3 --tasks multi_round_edit  # stage 5's three-round editing dialogues
 build "$RUN/data/icl7" "$N_ICL7" train 7 --tasks icl_edit_image  # stage 6's in-context picture edits
 build "$RUN/data/img8" "$N_IMG8" train 8 --tasks edit_image gen_image  # stage 6's fresh picture records
-build "$RUN/data/vgen" "$N_VGEN" train 6 --tasks gen_video  # stage 7's video-head re-fit
+build "$RUN/data/mr13" "$N_MR13" train 13 --tasks multi_round_edit  # stage 7's three-round editing dialogues
+build "$RUN/data/mr15" "$N_MR15" train 15 --tasks multi_round_edit  # (two builds: 4000 + 6000)
+build "$RUN/data/ed14" "$N_ED14" train 14 --tasks edit_image edit_audio  # stage 7's fresh picture and sound edits
+build "$RUN/data/open12" "$N_OPEN12" train 12 --tasks gen_open_image gen_open_audio joint_open  # stage 7's open prompts
+build "$RUN/data/vgen" "$N_VGEN" train 6 --tasks gen_video  # stage 8's video-head re-fit
 build "$RUN/data/test" "$N_TEST" test 0
 if [[ ! -f "$RUN/judges/judges.json" ]]; then
   log "judges -> $RUN/judges"
@@ -187,22 +195,33 @@ if [[ ! -f "$RUN/decoders/.video-vae-sharpened" ]]; then  # the video decoder sh
   cp -r "$RUN/decoders/image/vae" "$RUN/decoders/video/vae"  # cache keys change, so stage 6 recomputes them once)
   touch "$RUN/decoders/.video-vae-sharpened"
 fi
-unset OMP_NUM_THREADS  # the image UNet is done: stages 6 and 7 have both cores
+unset OMP_NUM_THREADS  # the image UNet is done: stages 6-8 have both cores
 if [[ ! -f "$RUN/stage6/final/config.yaml" ]]; then
   log "stage 6: in-context picture pass (+ $RUN/data/icl7, $RUN/data/img8)"
   codi2 train configs/train/mini-stage6.yaml output_dir="$RUN/stage6" model.pipeline="$RUN/stage5/final" \
       "data.manifests=[$RUN/data/train/manifest.jsonl,$RUN/data/icl/manifest.jsonl,$RUN/data/icl7/manifest.jsonl,$RUN/data/img8/manifest.jsonl,$RUN/data/vidx/manifest.jsonl,$RUN/data/mrx/manifest.jsonl]" \
       "${ST6[@]}" > "$RUN/logs/stage6.log" 2>&1
 fi
+if [[ -f "$RUN/stage7/train_config.json" ]] && grep -q '"stage": "projector_alignment"' "$RUN/stage7/train_config.json"; then
+  # a run folder from before the editing pass, whose stage 7 was the video-head re-fit (now stage 8)
+  log "$RUN/stage7 holds the old video-head re-fit, not the editing pass: mv $RUN/stage7 $RUN/stage7-video-head, then re-run"
+  exit 1
+fi
 if [[ ! -f "$RUN/stage7/final/config.yaml" ]]; then
-  log "stage 7: the video head re-fitted to stage 6's LLM (everything else frozen; + $RUN/data/vgen)"
-  codi2 train configs/train/mini-video-head.yaml output_dir="$RUN/stage7" model.pipeline="$RUN/stage6/final" \
-      "data.manifests=[$RUN/data/vgen/manifest.jsonl]" "${ST7[@]}" > "$RUN/logs/stage7.log" 2>&1
+  log "stage 7: editing pass (+ $RUN/data/mr13, mr15, ed14, open12)"
+  codi2 train configs/train/mini-stage7.yaml output_dir="$RUN/stage7" model.pipeline="$RUN/stage6/final" \
+      "data.manifests=[$RUN/data/train/manifest.jsonl,$RUN/data/icl/manifest.jsonl,$RUN/data/mrx/manifest.jsonl,$RUN/data/mr13/manifest.jsonl,$RUN/data/mr15/manifest.jsonl,$RUN/data/ed14/manifest.jsonl,$RUN/data/open12/manifest.jsonl]" \
+      "${ST7[@]}" > "$RUN/logs/stage7.log" 2>&1
+fi
+if [[ ! -f "$RUN/stage8/final/config.yaml" ]]; then
+  log "stage 8: the video head re-fitted to stage 7's LLM (everything else frozen; + $RUN/data/vgen)"
+  codi2 train configs/train/mini-video-head.yaml output_dir="$RUN/stage8" model.pipeline="$RUN/stage7/final" \
+      "data.manifests=[$RUN/data/vgen/manifest.jsonl]" "${ST8[@]}" > "$RUN/logs/stage8.log" 2>&1
 fi
 
 # ---- 4. bundle and evaluate
 log "bundle -> $OUT"
-python -m codi2.mini.bundle "$RUN/stage7/final" "$OUT" --judges "$RUN/judges"
+python -m codi2.mini.bundle "$RUN/stage8/final" "$OUT" --judges "$RUN/judges"
 log "world evaluation -> $RUN/eval"
 codi2 eval --suite world --model "$OUT" --data "$RUN/data/test" --out "$RUN/eval" --resume "${EVAL[@]}" \
     > "$RUN/logs/eval.log" 2>&1

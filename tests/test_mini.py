@@ -35,9 +35,9 @@ def test_stage_configs_and_mini_model_config_load():
 
     stages = {n: load_train_config(str(REPO / "configs" / "train" / f"{n}.yaml"))
               for n in ("mini-stage1", "mini-stage2", "mini-stage3", "mini-stage4", "mini-stage5", "mini-stage6",
-                        "mini-stage6-words", "mini-stage6-steps", "mini-video-head", "mini-stage8-open")}
+                        "mini-stage6-words", "mini-stage6-steps", "mini-stage7", "mini-video-head")}
     assert stages["mini-stage1"].stage == "projector_alignment"
-    for n in (2, 3, 4, 5, 6):  # the recipe's chain of exports
+    for n in (2, 3, 4, 5, 6, 7):  # the recipe's chain of exports
         assert stages[f"mini-stage{n}"].model.pipeline.endswith(f"stage{n - 1}/final")
     assert any(m.endswith("icl/manifest.jsonl") for m in stages["mini-stage4"].data.manifests)
     assert stages["mini-stage3"].phases.weights["image"] > stages["mini-stage2"].phases.weights["image"]
@@ -60,15 +60,39 @@ def test_stage_configs_and_mini_model_config_load():
     head = stages["mini-video-head"]
     assert head.stage == "projector_alignment" and head.phases.weights["video"] > 0
     assert all(w == 0 for k, w in head.phases.weights.items() if k != "video")
-    # stage 8: stage 6's mix plus the open-prompt records, from stage 7's export, the multi-output phase weighted up
-    eight = stages["mini-stage8-open"]
-    assert eight.model.pipeline.endswith("stage7/final") and eight.stage == "instruction_tuning"
-    assert {m.split("/")[-2] for m in eight.data.manifests} == {m.split("/")[-2] for m in six.data.manifests} | {"open12"}
-    assert eight.phases.weights["multi"] > six.phases.weights["multi"] and eight.max_steps < six.max_steps
+    # stage 7, the editing pass: the three-round dialogues, fresh edits and open prompts on top of the instruction set,
+    # the picture head's feature loss weighted up (a model override, so stages 1-6 keep the config's weight)
+    seven = stages["mini-stage7"]
+    assert seven.stage == "instruction_tuning"
+    assert {m.split("/")[-2] for m in seven.data.manifests} == {"train", "icl", "mrx", "mr13", "mr15", "ed14", "open12"}
+    assert seven.phases.weights["multi"] > six.phases.weights["multi"]
+    assert "modalities.image.head.loss_weight=10.0" in seven.model.overrides
+    assert load_model_config("mini", seven.model.overrides).modalities["image"].head.loss_weight == 10.0
+    assert load_model_config("mini").modalities["image"].head.loss_weight == 1.0
     mini = load_model_config("mini")
     assert mini.modalities["image"].head.targets["image_embeds"] == [mini.encoder.out_embed_dim]
     assert mini.modalities["audio"].head.targets["prompt_embeds"][0] == mini.modalities["audio"].decoder.prompt_len
     assert mini.encoder.image_size == 64
+
+
+def test_recipe_script_trains_each_stage_on_its_configs_data():
+    """scripts/train_mini.sh overrides each trainer stage's manifests with its own run folder: the folders it names
+    must be the config's, and every one of them built by the script; the bundle is the last stage's export."""
+    import re
+
+    from train.loop import load_train_config
+
+    script = (REPO / "scripts" / "train_mini.sh").read_text()
+    built = set(re.findall(r'^build "\$RUN/data/(\w+)"', script, re.M))
+    calls = re.findall(r'codi2 train (configs/train/[\w-]+\.yaml) output_dir="\$RUN/(\w+)".*?'
+                       r'"data\.manifests=\[([^\]]*)\]"', script, re.S)
+    assert [c[1] for c in calls] == [f"stage{n}" for n in range(1, 9)]
+    for cfg_path, stage, manifests in calls:
+        dirs = [m.split("/")[-2] for m in manifests.split(",")]
+        assert set(dirs) <= built, (stage, set(dirs) - built)
+        cfg = load_train_config(str(REPO / cfg_path))
+        assert dirs == [m.split("/")[-2] for m in cfg.data.manifests], stage
+    assert 'codi2.mini.bundle "$RUN/stage8/final"' in script
 
 
 def test_world_samples_are_seeded_and_splits_differ():

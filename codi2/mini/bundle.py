@@ -8,7 +8,7 @@ references — the mini LLM, the aligned encoder, the decoders — written in, s
 * ``recipe.json``: where every part came from: the component reports (encoder retrieval, LLM validation loss,
   decoder losses), the trainer stages' configs, and the byte size of each part.
 
-    python -m codi2.mini.bundle runs/mini/stage7/final checkpoints/codi2-mini --judges runs/mini/judges
+    python -m codi2.mini.bundle runs/mini/stage8/final checkpoints/codi2-mini --judges runs/mini/judges
 
 Written to ``OUT.tmp`` and renamed, so an interrupted bundle never leaves a half model where the chat looks.
 """
@@ -117,12 +117,12 @@ def bundle(pipeline_dir: "str | Path", out: "str | Path", judges: "str | Path",
     src, out, judges = Path(pipeline_dir), Path(out), Path(judges)
     if not (src / "config.yaml").is_file():
         raise FileNotFoundError(f"{src} is not a codi2 model directory (no config.yaml); give the trainer's "
-                                f"export, e.g. runs/mini/stage7/final")
+                                f"export, e.g. runs/mini/stage8/final")
     for f in ("judges.json", "judges.safetensors"):
         if not (judges / f).is_file():
             raise FileNotFoundError(f"{judges / f} missing; train the judges with "
                                     f"`python -m data_builders.world.judges --out {judges}`")
-    run_dir = Path(run_dir) if run_dir is not None else src.parent.parent  # runs/mini/stage7/final -> runs/mini
+    run_dir = Path(run_dir) if run_dir is not None else src.parent.parent  # runs/mini/stage8/final -> runs/mini
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -156,7 +156,7 @@ def bundle(pipeline_dir: "str | Path", out: "str | Path", judges: "str | Path",
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m codi2.mini.bundle", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("pipeline", help="the trainer's exported model directory (runs/mini/stage7/final)")
+    p.add_argument("pipeline", help="the trainer's exported model directory (runs/mini/stage8/final)")
     p.add_argument("out", help="bundle folder (checkpoints/codi2-mini)")
     p.add_argument("--judges", required=True, help="world judges folder (runs/mini/judges)")
     p.add_argument("--run-dir", help="the recipe's run folder with the component reports (default: two levels "
