@@ -4,7 +4,8 @@
 #   bash scripts/train_mini.sh            # full size: about 4 h 50 min on an idle 2-core CPU (README: stage times)
 #   bash scripts/train_mini.sh --smoke    # the same stages at toy sizes, a few minutes (CI runs it)
 #
-# 1. world data (runs/mini/data/{stage1,train,icl,vidx,mrx,test}) and the world judges (runs/mini/judges)
+# 1. world data (runs/mini/data/{stage1,train,icl,vidx,mrx,icl7,img8,mr13,mr15,ed14,open12,vgen,test,opentest})
+#    and the world judges (runs/mini/judges)
 # 2. component pre-training, two chains side by side on one thread each (codi2/mini):
 #      A: encoder -> decoders image+video (the video decoder's text encoder first) -> 1400 more video-UNet steps
 #      B: llm -> decoder audio -> 2000 more vocoder steps with the level term
@@ -18,7 +19,7 @@
 #    (mini-video-head.yaml: the video head re-fitted, everything else frozen) from stage 7's;
 #    beside them, 6000 more image-UNet steps, 3000 on a zero-terminal-SNR schedule, then 2000 steps of the VAE's
 #    decoder half alone (its encoder frozen); that VAE goes into the video decoder too, which shares its latents
-# 4. the bundle (the stage-8 export + the judges) and `codi2 eval --suite world` on the test split
+# 4. the bundle (the stage-8 export + the judges) and `codi2 eval --suite world` on the test split and the open-prompt test set
 #
 # Every step skips itself when its artifact exists, so re-running after a crash resumes (the trainer stages
 # also resume from their own checkpoints). RUN=DIR and OUT=DIR move the work and bundle folders; EVAL_N=N sets
@@ -58,7 +59,7 @@ if (( smoke )); then
   ST6=(max_steps=4 batch_size=4 save_every=2 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
   ST7=(max_steps=4 batch_size=4 save_every=2 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
   ST8=(max_steps=4 batch_size=4 save_every=2 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
-  N_MR13=8; N_MR15=8; N_ED14=8; N_OPEN12=8
+  N_MR13=8; N_MR15=8; N_ED14=8; N_OPEN12=8; N_OPENTEST=4
   EVAL=(--n 1 --steps 2)
 else
   RUN="${RUN:-runs/mini}"; OUT="${OUT:-checkpoints/codi2-mini}"
@@ -76,7 +77,7 @@ else
   VOC_LEVEL=(audio.vae_steps=0 audio.unet_steps=0 audio.vocoder_steps=2000 audio.vocoder_level_weight=20
              audio.vocoder_lr=5.0e-4)
   N_STAGE1=4000; N_TRAIN=12000; N_ICL=6000; N_VID=3000; N_MRX=2000; N_ICL7=8000; N_IMG8=3000; N_VGEN=3000
-  N_MR13=4000; N_MR15=6000; N_ED14=2000; N_OPEN12=3000
+  N_MR13=4000; N_MR15=6000; N_ED14=2000; N_OPEN12=3000; N_OPENTEST=60
   N_TEST=800; JUDGES=()
 fi
 mkdir -p "$RUN/logs"
@@ -109,6 +110,7 @@ build "$RUN/data/ed14" "$N_ED14" train 14 --tasks edit_image edit_audio  # stage
 build "$RUN/data/open12" "$N_OPEN12" train 12 --tasks gen_open_image gen_open_audio joint_open  # stage 7's open prompts
 build "$RUN/data/vgen" "$N_VGEN" train 6 --tasks gen_video  # stage 8's video-head re-fit
 build "$RUN/data/test" "$N_TEST" test 0
+build "$RUN/data/opentest" "$N_OPENTEST" test 10 --tasks joint_open  # open prompts: joint vs separate replies
 if [[ ! -f "$RUN/judges/judges.json" ]]; then
   log "judges -> $RUN/judges"
   python -m data_builders.world.judges --out "$RUN/judges" --threads 1 "${JUDGES[@]}" > "$RUN/logs/judges.log" 2>&1
@@ -223,7 +225,7 @@ fi
 log "bundle -> $OUT"
 python -m codi2.mini.bundle "$RUN/stage8/final" "$OUT" --judges "$RUN/judges"
 log "world evaluation -> $RUN/eval"
-codi2 eval --suite world --model "$OUT" --data "$RUN/data/test" --out "$RUN/eval" --resume "${EVAL[@]}" \
+codi2 eval --suite world --model "$OUT" --data "$RUN/data/test" "$RUN/data/opentest" --out "$RUN/eval" --resume "${EVAL[@]}" \
     > "$RUN/logs/eval.log" 2>&1
 grep -A40 "Mini-world targets" "$RUN/eval/report.md" || tail -n 30 "$RUN/logs/eval.log"
 log "done: $OUT"
