@@ -274,6 +274,16 @@ class PromptBuilder:
             prev = cur
         return enc
 
+    def reply_numbers(self, messages: Sequence[Message]) -> list[int]:
+        """For each message as :meth:`encode` indexes them (``MediaSpan.message``; a system prompt it adds
+        counts), how many assistant replies the conversation has up to and including it: the round a
+        reply's output spans belong to."""
+        out, n = [], 0
+        for msg in self._with_system(messages):
+            n += msg.role == "assistant"
+            out.append(n)
+        return out
+
     def encode_turn(self, history: Sequence[Message], user: Message) -> Encoded:
         """Tokens to feed for a new user turn after ``history`` (incl. the generation prompt).
 

@@ -43,6 +43,8 @@ class SpanBatch:
         features: input spans: (N, n_in, D_enc) encoder features.
         targets: output spans: name -> (N, *shape) head targets.
         media: output spans: the target media (for the optional diffusion loss).
+        reply: output spans: (N,) which assistant reply of its conversation each span is in (1 = the first), so
+            the feature loss can be logged per round of a multi-round dialogue.
     """
 
     batch_index: torch.Tensor
@@ -50,6 +52,7 @@ class SpanBatch:
     features: Optional[torch.Tensor] = None
     targets: dict[str, torch.Tensor] = field(default_factory=dict)
     media: list[Any] = field(default_factory=list)
+    reply: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -64,7 +67,8 @@ class Batch:
         def mv(s: SpanBatch) -> SpanBatch:
             return SpanBatch(s.batch_index.to(device), s.start.to(device),
                              None if s.features is None else s.features.to(device),
-                             {k: v.to(device) for k, v in s.targets.items()}, s.media)
+                             {k: v.to(device) for k, v in s.targets.items()}, s.media,
+                             None if s.reply is None else s.reply.to(device))
         return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device),
                      {m: mv(s) for m, s in self.inputs.items()}, {m: mv(s) for m, s in self.outputs.items()})
 
@@ -249,10 +253,13 @@ class CoDi2Model(nn.Module):
         mask = torch.zeros((B, T), dtype=torch.long)
         labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
         spans: dict[tuple[Modality, bool], list[tuple[int, MediaSpan]]] = {}
-        for b, e in enumerate(encs):
+        reply_of: dict[tuple[int, int], int] = {}  # (row, message index) -> 1-based assistant reply number
+        for b, (e, conv) in enumerate(zip(encs, convs)):
             ids[b, :len(e)] = torch.tensor(e.ids)
             mask[b, :len(e)] = 1
             labels[b, :len(e)] = torch.tensor(e.labels)
+            for i, n in enumerate(self.builder.reply_numbers(conv)):
+                reply_of[b, i] = n
             for s in e.spans:
                 spans.setdefault((s.modality, s.output), []).append((b, s))
         batch = Batch(ids, mask, labels)
@@ -262,7 +269,8 @@ class CoDi2Model(nn.Module):
             st = torch.tensor([s.start for _, s in lst])
             parts = [s.part for _, s in lst]
             if is_out:
-                batch.outputs[m] = SpanBatch(bi, st, targets=target_fn(m, parts), media=parts)
+                reply = torch.tensor([reply_of.get((b, s.message), 1) for b, s in lst])
+                batch.outputs[m] = SpanBatch(bi, st, targets=target_fn(m, parts), media=parts, reply=reply)
             else:
                 batch.inputs[m] = SpanBatch(bi, st, features=self.encode_media(m, parts, feature_cache))
         return batch
@@ -292,6 +300,13 @@ class CoDi2Model(nn.Module):
             head.observe_targets(s.targets)
         fl = sum(feature_loss(preds[k], s.targets[k].to(preds[k].device), hcfg.loss) for k in preds) / len(preds)
         parts[f"feature/{m.value}"] = float(fl.detach())
+        if s.reply is not None and int(s.reply.max()) > 1:  # a multi-round dialogue in the batch: each round's loss
+            with torch.no_grad():
+                for r in sorted(set(s.reply.tolist())):
+                    sel = (s.reply == r).to(next(iter(preds.values())).device)
+                    parts[f"feature/{m.value}/reply{r}"] = float(sum(
+                        feature_loss(preds[k][sel], s.targets[k].to(preds[k].device)[sel], hcfg.loss)
+                        for k in preds) / len(preds))
         loss = hcfg.loss_weight * fl
         if hcfg.diffusion_loss_weight > 0:
             media = [self.load_part(p) for p in s.media]

@@ -223,7 +223,7 @@ fi
 
 # ---- 4. bundle and evaluate
 log "bundle -> $OUT"
-python -m codi2.mini.bundle "$RUN/stage8/final" "$OUT" --judges "$RUN/judges"
+python -m codi2.mini.bundle "$RUN/stage8/final" "$OUT" --judges "$RUN/judges" --sampling-from configs/model/mini.yaml
 log "world evaluation -> $RUN/eval"
 codi2 eval --suite world --model "$OUT" --data "$RUN/data/test" "$RUN/data/opentest" --out "$RUN/eval" --resume "${EVAL[@]}" \
     > "$RUN/logs/eval.log" 2>&1

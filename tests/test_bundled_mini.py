@@ -69,7 +69,8 @@ def test_mini_model_videos_move_the_way_they_are_asked(mini, tmp_path):
     assert by_task["gen_video"]["acc_direction"]["mean"] >= 4 / 6
     assert by_task["gen_video"]["acc_size"]["mean"] >= 4 / 6
     # colour (chance 1/6): a guard against losing it, not evidence for the guidance choice (these 6 records get
-    # every colour right at 3.0 too; the 1.5 vs 3.0 comparison is benchmarks/guidance_scale.py and the world eval)
+    # every colour right at 3.0 too; the comparison of guidance scales is benchmarks/guidance_scale.py and the world
+    # eval, benchmarks/results/mini_video_guidance_e2e.json)
     assert by_task["gen_video"]["acc_colour"]["mean"] >= 4 / 6
 
 

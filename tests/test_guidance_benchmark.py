@@ -68,5 +68,10 @@ def test_image_decoder_benchmark_tiny(tiny_pipeline_dir, tmp_path):
             assert sum(row[part]["confusions"].values()) <= 3 * 4  # at most every attribute of every render
     assert a["unet"] == b["unet"] and a["vae_round_trip"] == b["vae_round_trip"]  # same decoder, seeds: same result
     assert saved["clean"]["all"] <= 1.0
+    want = cfg.modalities["image"].decoder
+    assert saved["sampling"] == {"scheduler": want.scheduler, "steps": want.steps, "guidance": want.guidance}
+    assert bench.main(["--decoders", str(image), "--model", str(tiny_pipeline_dir), "--judges", str(tmp_path / "judges"),
+                       "--n", "1", "--guidance", "1.0", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["sampling"]["guidance"] == 1.0 != want.guidance
     with pytest.raises(FileNotFoundError, match="not an image decoder pipeline folder"):
         bench.run([str(tmp_path)], str(tiny_pipeline_dir), str(tmp_path / "judges"), 2)

@@ -541,3 +541,43 @@ def test_video_text_encoder_learns_the_direction_the_unet_must_read(tmp_path, ca
         train_decoders(dataclasses.replace(cfg, image=dataclasses.replace(cfg.image, text_encoder_steps=5)))
     with pytest.raises(ValueError, match="video.text_encoder_steps = -1"):
         train_decoders(dataclasses.replace(cfg, video=dataclasses.replace(cfg.video, text_encoder_steps=-1)))
+
+
+def test_bundle_takes_decoder_sampling_settings_from_the_model_config(tmp_path, tiny_pipeline_dir):
+    """A run folder begun before a sampling default changed exports the old value; the bundle sets the model
+    config's (configs/model/mini.yaml for the recipe) and records what it changed. No weight is touched."""
+    import dataclasses
+
+    from codi2.mini.bundle import bundle
+    from codi2.pipeline import CoDi2Pipeline
+    from data_builders.world.judges import JudgeConfig, Judges
+
+    Judges(JudgeConfig(width=4, hidden=8)).save(tmp_path / "judges")
+    (tmp_path / "run").mkdir()
+    text = (REPO / "configs" / "model" / "tiny.yaml").read_text()
+    line = "    decoder: {steps: 2, guidance: 2.0}\n"  # the image decoder's
+    assert text.count(line) == 1
+    newer = tmp_path / "newer.yaml"
+    newer.write_text(text.replace(line, "    decoder: {steps: 3, guidance: 1.25, scheduler: dpm++}\n"))
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        bundle(tiny_pipeline_dir, tmp_path / "b", tmp_path / "judges", run_dir=tmp_path / "run",
+               sampling_from=tmp_path / "nope.yaml")
+    assert not (tmp_path / "b").exists() and not (tmp_path / "b.tmp").exists()
+    recipe = bundle(tiny_pipeline_dir, tmp_path / "b", tmp_path / "judges", run_dir=tmp_path / "run",
+                    sampling_from=newer, fp16=False)
+    assert recipe["decoder_sampling"] == {
+        "from": str(newer),
+        "changed": {"image": {"steps": [2, 3], "guidance": [2.0, 1.25], "scheduler": ["ddim", "dpm++"]}}}
+    cfg = CoDi2Pipeline.from_pretrained(tmp_path / "b").model.cfg
+    src = CoDi2Pipeline.from_pretrained(tiny_pipeline_dir).model.cfg
+    img = cfg.modalities["image"].decoder
+    assert (img.steps, img.guidance, img.scheduler) == (3, 1.25, "dpm++")
+    assert img.loss_noise_level == src.modalities["image"].decoder.loss_noise_level
+    assert cfg.modalities["audio"].decoder == dataclasses.replace(
+        src.modalities["audio"].decoder, path=cfg.modalities["audio"].decoder.path)  # only what differs is set
+    assert cfg.modalities["image"].head == src.modalities["image"].head
+    # the same source config again changes nothing; keeping the export's settings records None
+    assert bundle(tmp_path / "b", tmp_path / "c", tmp_path / "judges", run_dir=tmp_path / "run",
+                  sampling_from=newer, fp16=False)["decoder_sampling"]["changed"] == {}
+    assert bundle(tiny_pipeline_dir, tmp_path / "d", tmp_path / "judges", run_dir=tmp_path / "run",
+                  fp16=False)["decoder_sampling"] is None

@@ -36,6 +36,35 @@ def test_collate_places_every_span(tiny_model):
     assert (b.labels[1][b.attention_mask[1] == 0] == -100).all()
 
 
+def _three_rounds():
+    """Round 1 draws, round 2 answers in words, round 3 draws again."""
+    return [Message("user", "Draw a red circle."), Message("assistant", [Part("image", media=make_image(3))]),
+            Message("user", "What colour is it?"), Message("assistant", "Red."),
+            Message("user", "Now make it blue."), Message("assistant", [Part("image", media=make_image(4))])]
+
+
+@pytest.mark.parametrize("system_prompt", ["", "You are a helpful assistant."])
+def test_feature_loss_is_logged_per_round_of_a_dialogue(tiny_cfg, system_prompt):
+    import dataclasses
+
+    cfg = dataclasses.replace(tiny_cfg, llm=dataclasses.replace(tiny_cfg.llm, system_prompt=system_prompt))
+    torch.manual_seed(0)
+    model = CoDi2Model(cfg).train()
+    batch = model.collate([_convs()[0], _three_rounds()])
+    s = batch.outputs[Modality.IMAGE]
+    assert s.batch_index.tolist() == [0, 1, 1] and s.reply.tolist() == [1, 1, 3]
+    assert batch.to("cpu").outputs[Modality.IMAGE].reply.tolist() == [1, 1, 3]
+    out = model(batch)
+    assert {"feature/image/reply1", "feature/image/reply3"} <= set(out.parts)
+    assert "feature/image/reply2" not in out.parts  # round 2 made no picture
+    # the rounds' losses make up the whole: two spans in round 1, one in round 3
+    whole = (2 * out.parts["feature/image/reply1"] + out.parts["feature/image/reply3"]) / 3
+    assert out.parts["feature/image"] == pytest.approx(whole, rel=1e-5)
+    assert out.parts["feature/image/reply1"] != pytest.approx(out.parts["feature/image/reply3"])
+    # one round only: no per-round keys (they would repeat feature/image)
+    assert not any("/reply" in k for k in model(model.collate(_convs())).parts)
+
+
 def test_media_features_change_the_embedding(tiny_model):
     b = tiny_model.collate(_convs()[:1])
     e1 = tiny_model.embed(b.input_ids, b.inputs)

@@ -6,9 +6,15 @@ references — the mini LLM, the aligned encoder, the decoders — written in, s
 * ``judges/``: the world judges (``data_builders.world.judges``), so ``codi2 eval --suite world`` and the tests can
   score what the model makes without another download or training run;
 * ``recipe.json``: where every part came from: the component reports (encoder retrieval, LLM validation loss,
-  decoder losses), the trainer stages' configs, and the byte size of each part.
+  decoder losses), the trainer stages' configs, the decoder sampling settings it set, and the byte size of each part.
 
     python -m codi2.mini.bundle runs/mini/stage8/final checkpoints/codi2-mini --judges runs/mini/judges
+
+The decoders' sampling settings (scheduler, steps, guidance, noise level) are not learned: they are chosen by the
+benchmarks (``benchmarks/sampler_steps.py``, ``benchmarks/guidance_scale.py``) and kept in
+``configs/model/mini.yaml``. Every trainer stage exports the values of the model config it started from, so a run
+folder begun before a default changed would carry the old value into the bundle; the bundle therefore takes them
+from the model config (``--sampling-from``, default ``mini``) and records what it changed.
 
 Written to ``OUT.tmp`` and renamed, so an interrupted bundle never leaves a half model where the chat looks.
 """
@@ -22,6 +28,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 SIZE_BUDGET_MB = 60  # the issue's "at most ~60 MB"
+SAMPLING_FIELDS = ("scheduler", "steps", "guidance", "noise_level")  # decode-time only: no weight depends on them
 
 
 def _dir_bytes(path: Path) -> int:
@@ -105,14 +112,42 @@ def drop_encoder_towers(model_dir: Path, towers: Sequence[str]) -> None:
     (model_dir / "config.yaml").write_text(to_yaml(cfg))
 
 
+def set_decoder_sampling(model_dir: Path, want: Any) -> dict[str, dict[str, list]]:
+    """Sets the decoders' sampling settings (:data:`SAMPLING_FIELDS`) in ``model_dir/config.yaml`` to those of the
+    ``ModelConfig`` ``want`` (e.g. ``load_model_config("mini")``), for every modality both have.
+    Returns what changed, ``{modality: {field: [old, new]}}``."""
+    import dataclasses
+
+    from codi2.config import ModelConfig, load_config, to_yaml
+
+    cfg = load_config(ModelConfig, str(model_dir / "config.yaml"))
+    changed: dict[str, dict[str, list]] = {}
+    modalities = dict(cfg.modalities)
+    for name, mod in cfg.modalities.items():
+        if name not in want.modalities:
+            continue
+        new = {f: getattr(want.modalities[name].decoder, f) for f in SAMPLING_FIELDS}
+        diff = {f: [getattr(mod.decoder, f), v] for f, v in new.items() if getattr(mod.decoder, f) != v}
+        if diff:
+            changed[name] = diff
+            modalities[name] = dataclasses.replace(mod, decoder=dataclasses.replace(mod.decoder, **new))
+    if changed:
+        (model_dir / "config.yaml").write_text(to_yaml(dataclasses.replace(cfg, modalities=modalities)))
+    return changed
+
+
 def bundle(pipeline_dir: "str | Path", out: "str | Path", judges: "str | Path",
-           run_dir: "str | Path | None" = None, fp16: bool = True, drop_text_tower: bool = True) -> dict[str, Any]:
+           run_dir: "str | Path | None" = None, fp16: bool = True, drop_text_tower: bool = True,
+           sampling_from: "str | Path | None" = None) -> dict[str, Any]:
     """Copies ``pipeline_dir`` + ``judges`` to ``out`` (atomically) and writes ``recipe.json``; returns it.
     ``fp16``: store the weights as float16 (:func:`to_fp16_storage`; they still load and run in float32).
     ``drop_text_tower``: leave out the encoder's text tower (:func:`drop_encoder_towers`), which chat and the
     world suite never run (the alignment stage used it).
+    ``sampling_from``: a model config (path or preset name) whose decoder sampling settings replace the export's
+    (:func:`set_decoder_sampling`); None keeps the export's.
 
-    Raises ``FileNotFoundError`` naming what is missing (the pipeline's ``config.yaml``, the judges' files).
+    Raises ``FileNotFoundError`` naming what is missing (the pipeline's ``config.yaml``, the judges' files, the
+    sampling config).
     """
     src, out, judges = Path(pipeline_dir), Path(out), Path(judges)
     if not (src / "config.yaml").is_file():
@@ -122,6 +157,11 @@ def bundle(pipeline_dir: "str | Path", out: "str | Path", judges: "str | Path",
         if not (judges / f).is_file():
             raise FileNotFoundError(f"{judges / f} missing; train the judges with "
                                     f"`python -m data_builders.world.judges --out {judges}`")
+    want_sampling = None
+    if sampling_from is not None:  # read before any work, so a wrong name fails at once
+        from codi2.config import load_model_config
+
+        want_sampling = load_model_config(sampling_from)
     run_dir = Path(run_dir) if run_dir is not None else src.parent.parent  # runs/mini/stage8/final -> runs/mini
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
@@ -130,6 +170,9 @@ def bundle(pipeline_dir: "str | Path", out: "str | Path", judges: "str | Path",
 
     # the trainer's export references the component artifacts (runs/mini/...) by absolute path: write them in
     CoDi2Pipeline.from_pretrained(src, device="cpu").save_pretrained(tmp, self_contained=True)
+    sampling = None
+    if want_sampling is not None:
+        sampling = {"from": str(sampling_from), "changed": set_decoder_sampling(tmp, want_sampling)}
     if drop_text_tower:
         drop_encoder_towers(tmp, ["text"])
     if fp16:
@@ -142,6 +185,7 @@ def bundle(pipeline_dir: "str | Path", out: "str | Path", judges: "str | Path",
         "source": str(src),
         "components": component_reports(run_dir),
         "stages": trainer_stages(run_dir),
+        "decoder_sampling": sampling,
         "storage_dtype": "float16" if fp16 else "float32",
         "bytes": sizes,
         "total_mb": round(total / 2**20, 2),
@@ -163,9 +207,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                      "above the pipeline)")
     p.add_argument("--fp32", action="store_true", help="keep float32 weights (default: float16 storage)")
     p.add_argument("--keep-text-tower", action="store_true", help="keep the encoder's text tower (default: left out)")
+    p.add_argument("--sampling-from", default="mini",
+                   help="model config (YAML path or preset name) whose decoder sampling settings (scheduler, steps, "
+                        "guidance, noise level) the bundle takes (default: mini, i.e. configs/model/mini.yaml)")
+    p.add_argument("--keep-sampling", action="store_true",
+                   help="keep the export's decoder sampling settings instead")
     args = p.parse_args(argv)
     recipe = bundle(args.pipeline, args.out, args.judges, args.run_dir, fp16=not args.fp32,
-                    drop_text_tower=not args.keep_text_tower)
+                    drop_text_tower=not args.keep_text_tower,
+                    sampling_from=None if args.keep_sampling else args.sampling_from)
+    for m, diff in ((recipe["decoder_sampling"] or {}).get("changed") or {}).items():
+        print(f"{m} decoder sampling from {args.sampling_from}: "
+              + ", ".join(f"{f} {old} -> {new}" for f, (old, new) in diff.items()))
     mb = recipe["total_mb"]
     print(f"bundled {args.out}: {mb} MB ({', '.join(f'{k} {v / 2**20:.1f}' for k, v in recipe['bytes'].items())})")
     if mb > SIZE_BUDGET_MB:
