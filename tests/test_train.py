@@ -327,3 +327,24 @@ def test_training_forward_equals_model_forward(tiny_model):
         assert float(tiny_model.heads["image"].trunk[0].weight.grad.abs().sum()) > 0.0
     finally:
         tiny_model.zero_grad(set_to_none=True)
+
+
+def test_training_forward_logs_each_round_of_a_dialogue(tiny_model):
+    """The trainer's forward reports the feature loss per assistant reply as the model's own forward does
+    (`loss/feature/<m>/reply<k>` in the run's log)."""
+    from codi2.conversation import Message, Part
+    from train.step import training_forward
+
+    from .conftest import make_image
+
+    conv = [Message("user", "Draw a red circle."), Message("assistant", [Part("image", media=make_image(3))]),
+            Message("user", "Make it blue."), Message("assistant", [Part("image", media=make_image(4))])]
+    batch = tiny_model.collate([conv])
+    with torch.no_grad():
+        ref = tiny_model(batch)
+        out = training_forward(tiny_model, batch, all_modules=True)
+    assert {"feature/image/reply1", "feature/image/reply2"} <= set(out.parts)
+    for k in ref.parts:
+        assert out.parts[k] == pytest.approx(ref.parts[k], abs=1e-5)
+    assert out.parts["feature/image"] == pytest.approx(
+        (out.parts["feature/image/reply1"] + out.parts["feature/image/reply2"]) / 2, rel=1e-5)
