@@ -75,3 +75,32 @@ def test_image_decoder_benchmark_tiny(tiny_pipeline_dir, tmp_path):
     assert json.loads(out.read_text())["sampling"]["guidance"] == 1.0 != want.guidance
     with pytest.raises(FileNotFoundError, match="not an image decoder pipeline folder"):
         bench.run([str(tmp_path)], str(tiny_pipeline_dir), str(tmp_path / "judges"), 2)
+
+
+def test_round_losses_benchmark_tiny(tiny_pipeline_dir, tmp_path):
+    """benchmarks/round_losses.py: held-out feature loss by dialogue round, per task, from one model load."""
+    import importlib.util
+
+    from data_builders.world import build_world
+
+    spec = importlib.util.spec_from_file_location("benchmarks_round_losses",
+                                                  repo_root() / "benchmarks" / "round_losses.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    world = build_world(tmp_path / "world", n=8, seed=3, tasks=["multi_round_edit", "edit_image"], split="test")
+    out = tmp_path / "r.json"
+    assert bench.main(["--model", str(tiny_pipeline_dir), "--data", str(world), "--tasks", "multi_round_edit",
+                       "edit_image", "--n", "3", "--batch", "2", "--out", str(out)]) == 0
+    saved = json.loads(out.read_text())["tasks"]
+    multi, single = saved["multi_round_edit"], saved["edit_image"]
+    assert multi["records"] == single["records"] == 3
+    # three rounds, each with one output span per dialogue; a single edit has only a first reply
+    rounds = {k.split("/")[1] for k in multi["feature_loss"]}
+    assert rounds == {"reply1", "reply2", "reply3"}
+    assert sum(r["spans"] for r in multi["feature_loss"].values()) == 9
+    assert set(single["feature_loss"]) == {"image/reply1"} and single["feature_loss"]["image/reply1"]["spans"] == 3
+    for r in multi["feature_loss"].values():
+        assert r["loss"] > 0
+    assert all(r["vs_reply1"] == 1.0 for k, r in multi["feature_loss"].items() if k.endswith("reply1"))
+    with pytest.raises(ValueError, match="no records of task 'caption_video'"):
+        bench.run(str(tiny_pipeline_dir), str(world), ["caption_video"], 3)
