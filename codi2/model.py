@@ -253,13 +253,12 @@ class CoDi2Model(nn.Module):
         mask = torch.zeros((B, T), dtype=torch.long)
         labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
         spans: dict[tuple[Modality, bool], list[tuple[int, MediaSpan]]] = {}
-        reply_of: dict[tuple[int, int], int] = {}  # (row, message index) -> 1-based assistant reply number
-        for b, (e, conv) in enumerate(zip(encs, convs)):
+        # per row, per message (MediaSpan.message): the 1-based assistant reply it belongs to
+        replies = [self.builder.reply_numbers(c) for c in convs]
+        for b, e in enumerate(encs):
             ids[b, :len(e)] = torch.tensor(e.ids)
             mask[b, :len(e)] = 1
             labels[b, :len(e)] = torch.tensor(e.labels)
-            for i, n in enumerate(self.builder.reply_numbers(conv)):
-                reply_of[b, i] = n
             for s in e.spans:
                 spans.setdefault((s.modality, s.output), []).append((b, s))
         batch = Batch(ids, mask, labels)
@@ -269,7 +268,7 @@ class CoDi2Model(nn.Module):
             st = torch.tensor([s.start for _, s in lst])
             parts = [s.part for _, s in lst]
             if is_out:
-                reply = torch.tensor([reply_of.get((b, s.message), 1) for b, s in lst])
+                reply = torch.tensor([replies[b][s.message] for b, s in lst])
                 batch.outputs[m] = SpanBatch(bi, st, targets=target_fn(m, parts), media=parts, reply=reply)
             else:
                 batch.inputs[m] = SpanBatch(bi, st, features=self.encode_media(m, parts, feature_cache))
