@@ -384,6 +384,101 @@ def test_vocoder_continues_or_is_rebuilt_when_its_architecture_changes(tmp_path,
         train_decoders(bad)
 
 
+def _pipeline_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {f"{f.parent.name}/{k}": v for f in sorted(folder.glob("*/*.safetensors")) for k, v in load_file(f).items()}
+
+
+def _killed_at(monkeypatch, n: int) -> None:
+    """Every training step of every loop clips its gradients once: the n-th such call (1-based) raises."""
+    clip, calls = torch.nn.utils.clip_grad_norm_, [0]
+
+    def clip_or_die(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == n:
+            raise KeyboardInterrupt("killed")
+        return clip(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip_or_die)
+
+
+@pytest.mark.parametrize("case", ["audio", "video_init"])
+def test_decoder_stage_killed_mid_run_goes_on_from_its_checkpoint_bit_for_bit(tmp_path, monkeypatch, case):
+    """A run killed in a loop and started again restores the loops it finished, continues the one it was in from
+    its last checkpoint, and writes the same weights as a run never stopped. ``video_init`` is the recipe's
+    ``VID_MORE`` step: more UNet steps on a trained pipeline, ``init`` = ``out``."""
+    import dataclasses
+
+    from codi2.mini.decoder_train import train_decoders
+
+    if case == "audio":  # every loop: VAE (3 steps), vocoder (3), UNet (4)
+        base = _decoder_cfg(tmp_path, ["audio"])
+        base = dataclasses.replace(base, checkpoint_every=2, audio=dataclasses.replace(
+            base.audio, vae_steps=3, vocoder_steps=3, unet_steps=4))
+        kill, m = 3 + 3 + 4, "audio"  # in the UNet's 4th step: its checkpoint after step 2 is the last
+        prepare = lambda out: None  # noqa: E731
+    else:
+        first = _decoder_cfg(tmp_path, ["image", "video"])
+        train_decoders(dataclasses.replace(first, out=str(tmp_path / "trained")))
+        base = dataclasses.replace(first, modalities=["video"], checkpoint_every=2, video=dataclasses.replace(
+            first.video, unet_steps=4, frame_every=0, high_noise_fraction=0.5, high_noise_from=850))
+        kill, m = 4, "video"
+
+        def prepare(out):
+            import shutil
+            shutil.copytree(tmp_path / "trained", out)
+    runs = {}
+    for name in ("straight", "killed"):
+        out = tmp_path / name
+        prepare(out)
+        cfg = dataclasses.replace(base, out=str(out), init=str(out) if case == "video_init" else None)
+        if name == "killed":
+            before = _pipeline_tensors(out / m) if case == "video_init" else None
+            with monkeypatch.context() as mp:
+                _killed_at(mp, kill)
+                with pytest.raises(KeyboardInterrupt):
+                    train_decoders(cfg)
+            state = out / f".{m}.resume"
+            assert (state / "unet.pt").is_file() and torch.load(state / "unet.pt", weights_only=True)["step"] == 2
+            assert not list(out.glob(f".{m}.tmp-*"))  # the build folder went with the crash; the state did not
+            if before is not None:  # init = out: the pipeline is untouched until the run is done
+                after = _pipeline_tensors(out / m)
+                assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in after)
+            # a different run is refused, naming what differs; it neither uses nor removes the state
+            with pytest.raises(ValueError, match=r"different run \(differs in: arch\.unet_steps\)"):
+                train_decoders(dataclasses.replace(cfg, **{m: dataclasses.replace(getattr(cfg, m), unet_steps=6)}))
+            assert (state / "unet.pt").is_file()
+        runs[name] = train_decoders(cfg)[m]
+        assert not (out / f".{m}.resume").exists()  # written: the checkpoints are gone
+    straight, killed = runs["straight"], runs["killed"]
+    assert "resumed_after_step" not in straight["unet"] and killed["unet"]["resumed_after_step"] == 2
+    if case == "audio":
+        assert killed["vae"]["resumed_after_step"] == 3 and killed["vocoder"]["resumed_after_step"] == 3
+    assert killed["unet"]["final_loss"] == straight["unet"]["final_loss"]
+    a, b = _pipeline_tensors(tmp_path / "straight" / m), _pipeline_tensors(tmp_path / "killed" / m)
+    assert a.keys() == b.keys() and len(a) > 10
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def test_decoder_stage_resume_false_starts_over(tmp_path, monkeypatch):
+    import dataclasses
+
+    from codi2.mini.decoder_train import train_decoders
+
+    cfg = _decoder_cfg(tmp_path, ["audio"])
+    cfg = dataclasses.replace(cfg, checkpoint_every=1)
+    with monkeypatch.context() as mp:
+        _killed_at(mp, 3)  # the vocoder's first step: the VAE's (1 step) is saved
+        with pytest.raises(KeyboardInterrupt):
+            train_decoders(cfg)
+    assert (Path(cfg.out) / ".audio.resume" / "vae.pt").is_file()
+    rep = train_decoders(dataclasses.replace(cfg, resume=False))["audio"]
+    assert "resumed_after_step" not in rep["vae"] and not (Path(cfg.out) / ".audio.resume").exists()
+    with pytest.raises(ValueError, match="checkpoint_every = -1"):
+        train_decoders(dataclasses.replace(cfg, checkpoint_every=-1))
+
+
 def test_decoder_stage_rejects_mismatched_head_targets(tmp_path):
     from codi2.mini.decoder_train import DecoderArch, build_pipeline
 

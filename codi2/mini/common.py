@@ -7,6 +7,7 @@ from stream 0, ``val`` from 1, ``test`` from 2, so held-out evaluation never see
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import random
@@ -81,6 +82,94 @@ def atomic_torch_save(obj: Any, path: "str | Path") -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+class LoopCheckpoints:
+    """Mid-run checkpoints of a component stage's training loops, so that a killed run goes on where it stopped.
+
+    The state lives in ``folder`` (e.g. ``<out>/.audio.resume``), beside the output it becomes and never inside the
+    temporary build folder (which a crash removes, and a kill leaves orphaned). Each loop (a *phase*: ``vae``,
+    ``vocoder``, ``unet`` …) calls :meth:`restore` before its first step and :meth:`save` after every step; every
+    ``every``-th step and the last one are written (atomically): the phase's modules, its optimiser, its random
+    generators, torch's global generator and ``extra`` (running losses, accumulated times). A restart with the same
+    run restores a finished phase whole and continues an unfinished one from its last checkpoint, bit for bit on the
+    same machine and thread count. Call :meth:`clear` once the stage's output is written.
+
+    ``fingerprint`` (JSON-able: the run's config and what it starts from) is written with the first checkpoint; a
+    folder holding a different run's state is refused with the keys that differ, never silently reused.
+
+    Args:
+        folder: where the state goes.
+        fingerprint: what identifies the run.
+        every: checkpoint interval in steps (0 = no checkpoints and no resuming).
+        resume: False discards any state already in ``folder`` (start over), still checkpointing from here on.
+    """
+
+    FINGERPRINT = "fingerprint.json"
+
+    def __init__(self, folder: "str | Path", fingerprint: dict, every: int, resume: bool = True):
+        if every < 0:
+            raise ValueError(f"checkpoint_every = {every}; must be >= 0 (0 = no mid-run checkpoints)")
+        self.folder, self.every = Path(folder), int(every)
+        self.text = json.dumps(fingerprint, sort_keys=True, indent=1, default=str) + "\n"
+        if self.every == 0 or not resume:
+            if self.folder.exists():
+                logger.info("discarding the resume state in %s (%s)", self.folder,
+                            "checkpoint_every = 0" if self.every == 0 else "resume = false")
+                self.clear()
+            return
+        fp = self.folder / self.FINGERPRINT
+        if fp.is_file() and fp.read_text() != self.text:
+            diff = _differing_keys(json.loads(fp.read_text()), json.loads(self.text))
+            raise ValueError(f"{self.folder} holds the resume state of a different run (differs in: "
+                             f"{', '.join(diff[:6]) or 'its format'}{' …' if len(diff) > 6 else ''}); delete that "
+                             "folder or set resume=false to start over, or run again with the settings it was made with")
+
+    def restore(self, phase: str, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer,
+                generators: dict[str, torch.Generator]) -> tuple[int, dict]:
+        """Loads ``phase``'s last checkpoint into ``modules``, ``opt`` and ``generators``.
+        Returns (steps already done, its ``extra``); (0, {}) when there is none."""
+        path = self.folder / f"{phase}.pt"
+        if self.every == 0 or not path.is_file():
+            return 0, {}
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for name, module in modules.items():
+            module.load_state_dict(state["modules"][name])
+        opt.load_state_dict(state["optimizer"])
+        for name, g in generators.items():
+            g.set_state(state["generators"][name])
+        torch.set_rng_state(state["torch_rng"])
+        logger.info("%s: resumed after step %d of %d from %s", phase, state["step"], state["total"], path)
+        return int(state["step"]), dict(state["extra"])
+
+    def save(self, phase: str, step: int, total: int, modules: dict[str, torch.nn.Module],
+             opt: torch.optim.Optimizer, generators: dict[str, torch.Generator], extra: dict) -> bool:
+        """Writes the state after ``step`` (1-based) of ``total`` when it is a checkpoint step. Returns whether it did."""
+        if self.every == 0 or (step % self.every and step != total):
+            return False
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fp = self.folder / self.FINGERPRINT
+        if not fp.is_file():
+            fp.write_text(self.text)
+        atomic_torch_save({"step": step, "total": total,
+                           "modules": {k: m.state_dict() for k, m in modules.items()},
+                           "optimizer": opt.state_dict(),
+                           "generators": {k: g.get_state() for k, g in generators.items()},
+                           "torch_rng": torch.get_rng_state(), "extra": extra}, self.folder / f"{phase}.pt")
+        return True
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys where two JSON values differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for k in sorted(set(a) | set(b)):
+            out += _differing_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".") or "(root)"]
 
 
 def check_choice(field_name: str, value: str, allowed: "tuple[str, ...] | list[str]") -> str:

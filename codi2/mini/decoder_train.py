@@ -37,6 +37,7 @@ conditions.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -51,8 +52,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from codi2.config import DecoderConfig, ModelConfig, load_model_config, resolve_path
-from codi2.mini.common import (WORLD_MODALITIES, WorldSample, atomic_dir, check_choice, seed_everything, set_threads,
-                               world_batch)
+from codi2.mini.common import (WORLD_MODALITIES, LoopCheckpoints, WorldSample, atomic_dir, check_choice, seed_everything,
+                               set_threads, world_batch)
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +168,12 @@ class DecoderTrainConfig:
         judges: a ``data_builders.world.judges.Judges`` folder; when set, the report gives judge accuracy
             on VAE reconstructions and on ``eval_n`` decoded held-out (test-split) conditions.
         eval_n / eval_steps: held-out decodes per modality and their sampling steps (0 = the model config's).
+        checkpoint_every: write each training loop's state (weights, optimiser, random generators) to
+            ``<out>/.<modality>.resume`` every this many steps, so that a killed run started again with the same
+            settings goes on from the last one, bit for bit (0: no checkpoints). The folder goes once
+            ``<out>/<modality>`` is written.
+        resume: go on from ``<out>/.<modality>.resume`` when it holds this run's state (false: discard it and
+            start over). State from a run with different settings is refused, naming what differs.
     """
 
     model: str = "configs/model/mini.yaml"
@@ -192,6 +199,8 @@ class DecoderTrainConfig:
     world_seed: int = 0
     log_every: int = 100
     num_threads: int = 0
+    checkpoint_every: int = 200
+    resume: bool = True
 
 
 # ----------------------------------------------------------------------------- tokenizers
@@ -647,8 +656,25 @@ def _normalised(wave: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- phases
+class _Clock:
+    """Wall and CPU seconds of a training loop, added to those of the runs it resumes (``extra``)."""
+
+    def __init__(self, extra: dict):
+        self.seconds0, self.cpu0 = float(extra.get("seconds", 0.0)), float(extra.get("cpu_seconds", 0.0))
+        self.t0, self.c0 = time.time(), time.process_time()
+
+    def totals(self) -> dict[str, float]:
+        return {"seconds": self.seconds0 + time.time() - self.t0,
+                "cpu_seconds": self.cpu0 + time.process_time() - self.c0}
+
+
+def _resumed(done: int) -> dict:
+    """The report's note of a loop that went on from a checkpoint after ``done`` steps."""
+    return {"resumed_after_step": done} if done else {}
+
+
 def train_vae(dec, modality: str, samples: list[WorldSample], arch: DecoderArch, kl_weight: float,
-              seed: int, log_every: int) -> dict:
+              seed: int, log_every: int, ckpt: Optional[LoopCheckpoints] = None) -> dict:
     """Trains ``dec.pipe.vae`` on the samples' pixels (image / video frames) or log-mels (audio), then sets
     its ``scaling_factor`` to 1 / std of the latents (``arch.vae_decoder_only``: only the decoder half trains and the
     scaling factor is kept). Returns ``{steps, seconds, cpu_seconds_per_step, final_mse, scaling_factor}``."""
@@ -670,9 +696,11 @@ def train_vae(dec, modality: str, samples: list[WorldSample], arch: DecoderArch,
         params = [p for p in vae.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=arch.vae_lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(seed)
-    mses: list[float] = []
-    t0, c0 = time.time(), time.process_time()
-    bar = tqdm(range(arch.vae_steps), desc=f"{modality} vae", unit="step")
+    state = ({"vae": vae}, opt, {"g": g})
+    done, extra = ckpt.restore("vae", *state) if ckpt else (0, {})
+    mses: list[float] = extra.get("mses", [])
+    clock = _Clock(extra)
+    bar = tqdm(range(done, arch.vae_steps), initial=done, total=arch.vae_steps, desc=f"{modality} vae", unit="step")
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = _lr(step, arch.vae_steps, arch.vae_lr)
@@ -686,7 +714,9 @@ def train_vae(dec, modality: str, samples: list[WorldSample], arch: DecoderArch,
         bar.set_postfix(mse=f"{mse:.4f}")
         if log_every and (step + 1) % log_every == 0:
             logger.info("%s vae step %d: mse %.5f", modality, step + 1, float(np.mean(mses[-log_every:])))
-    seconds, cpu = time.time() - t0, time.process_time() - c0
+        if ckpt:
+            ckpt.save("vae", step + 1, arch.vae_steps, *state, {"mses": mses, **clock.totals()})
+    seconds, cpu = clock.totals().values()
     vae.eval().requires_grad_(False)
     if arch.vae_decoder_only:  # the same latents: the UNets trained on them keep their scale
         scale = float(vae.config.scaling_factor)
@@ -698,11 +728,12 @@ def train_vae(dec, modality: str, samples: list[WorldSample], arch: DecoderArch,
     steps = max(1, arch.vae_steps)
     return {"steps": arch.vae_steps, "seconds": round(seconds, 1), "seconds_per_step": round(seconds / steps, 4),
             "cpu_seconds_per_step": round(cpu / steps, 4), "final_mse": float(np.mean(mses[-20:])) if mses else None,
-            "scaling_factor": scale, "decoder_only": arch.vae_decoder_only}
+            "scaling_factor": scale, "decoder_only": arch.vae_decoder_only, **_resumed(done)}
 
 
 def train_vocoder(dec, samples: list[WorldSample], arch: DecoderArch, seed: int, log_every: int,
-                  probe: Optional[Callable[[], dict]] = None, probe_every: int = 0) -> dict:
+                  probe: Optional[Callable[[], dict]] = None, probe_every: int = 0,
+                  ckpt: Optional[LoopCheckpoints] = None) -> dict:
     """Trains ``dec.pipe.vocoder`` (HiFi-GAN generator) to invert the decoder's log-mel, as HiFi-GAN's
     generator loss without the discriminator: ``45 · L1(log-mel)`` of the output against the input mel
     plus the multi-resolution STFT loss against the normalised waveform the mel was computed from, plus
@@ -723,10 +754,13 @@ def train_vocoder(dec, samples: list[WorldSample], arch: DecoderArch, seed: int,
     voc.train().requires_grad_(True)
     opt = torch.optim.AdamW(voc.parameters(), lr=arch.vocoder_lr, betas=(0.8, 0.99))
     g = torch.Generator().manual_seed(seed)
-    losses: list[float] = []
-    probes: list[dict] = []
-    t0, c0 = time.time(), time.process_time()
-    bar = tqdm(range(arch.vocoder_steps), desc="audio vocoder", unit="step")
+    state = ({"vocoder": voc}, opt, {"g": g})
+    done, extra = ckpt.restore("vocoder", *state) if ckpt else (0, {})
+    losses: list[float] = extra.get("losses", [])
+    probes: list[dict] = extra.get("probes", [])
+    clock = _Clock(extra)
+    bar = tqdm(range(done, arch.vocoder_steps), initial=done, total=arch.vocoder_steps, desc="audio vocoder",
+               unit="step")
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = _lr(step, arch.vocoder_steps, arch.vocoder_lr)
@@ -757,14 +791,17 @@ def train_vocoder(dec, samples: list[WorldSample], arch: DecoderArch, seed: int,
                 probes.append({"step": step + 1, **probe()})
             voc.train()
             logger.info("vocoder step %d: %s", step + 1, probes[-1])
-    seconds, cpu = time.time() - t0, time.process_time() - c0
+        if ckpt:
+            ckpt.save("vocoder", step + 1, arch.vocoder_steps, *state,
+                      {"losses": losses, "probes": probes, **clock.totals()})
+    seconds, cpu = clock.totals().values()
     voc.eval().requires_grad_(False)
     steps = max(1, arch.vocoder_steps)
     return {"steps": arch.vocoder_steps, "segment_frames": seg, "lr": arch.vocoder_lr,
             "mel_weight": arch.vocoder_mel_weight, "level_weight": arch.vocoder_level_weight,
             "seconds": round(seconds, 1),
             "seconds_per_step": round(seconds / steps, 4), "cpu_seconds_per_step": round(cpu / steps, 4),
-            "final_loss": float(np.mean(losses[-20:])) if losses else None, "probes": probes}
+            "final_loss": float(np.mean(losses[-20:])) if losses else None, "probes": probes, **_resumed(done)}
 
 
 def image_condition(encoder, preprocess, images: list) -> torch.Tensor:
@@ -809,7 +846,7 @@ def train_timesteps(b: int, arch: DecoderArch, g: torch.Generator, num_train_tim
 
 
 def train_unet(dec, modality: str, latents: torch.Tensor, cond: dict[str, torch.Tensor], arch: DecoderArch,
-               cfg: DecoderTrainConfig, log_every: int) -> dict:
+               cfg: DecoderTrainConfig, log_every: int, ckpt: Optional[LoopCheckpoints] = None) -> dict:
     """Trains ``dec.pipe.unet`` with the decoder's own denoising loss (``Decoder.diffusion_loss``).
 
     Video has two kinds of step: a clip batch (``batch_size`` clips of all their frames) and a frame batch
@@ -826,10 +863,12 @@ def train_unet(dec, modality: str, latents: torch.Tensor, cond: dict[str, torch.
     unet.train().requires_grad_(True)
     opt = torch.optim.AdamW(unet.parameters(), lr=arch.lr, weight_decay=0.01)
     g = torch.Generator().manual_seed(cfg.seed)
-    losses: dict[str, list[float]] = {"clip": [], "frame": []}
-    t0, c0 = time.time(), time.process_time()
+    state = ({"unet": unet}, opt, {"g": g})
+    done, extra = ckpt.restore("unet", *state) if ckpt else (0, {})
+    losses: dict[str, list[float]] = extra.get("losses", {"clip": [], "frame": []})
+    clock = _Clock(extra)
     name = f"{modality} unet"
-    bar = tqdm(range(total), desc=name, unit="step")
+    bar = tqdm(range(done, total), initial=done, total=total, desc=name, unit="step")
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = _lr(step, total, arch.lr)
@@ -862,7 +901,9 @@ def train_unet(dec, modality: str, latents: torch.Tensor, cond: dict[str, torch.
             logger.info("%s step %d: %s", name, step + 1, ", ".join(
                 f"{k + ' ' if modality == 'video' else ''}loss {np.mean(v[-log_every:]):.5f}"
                 for k, v in losses.items() if v))
-    seconds, cpu = time.time() - t0, time.process_time() - c0
+        if ckpt:
+            ckpt.save("unet", step + 1, total, *state, {"losses": losses, **clock.totals()})
+    seconds, cpu = clock.totals().values()
     unet.eval().requires_grad_(False)
     steps = max(1, total)
     main = losses["clip"]
@@ -870,7 +911,7 @@ def train_unet(dec, modality: str, latents: torch.Tensor, cond: dict[str, torch.
               "seconds": round(seconds, 1), "seconds_per_step": round(seconds / steps, 4),
               "cpu_seconds_per_step": round(cpu / steps, 4),
               "final_loss": float(np.mean(main[-50:])) if main else None,
-              "loss_first_50": float(np.mean(main[:50])) if main else None}
+              "loss_first_50": float(np.mean(main[:50])) if main else None, **_resumed(done)}
     if arch.high_noise_fraction > 0:
         report.update(high_noise_fraction=arch.high_noise_fraction, high_noise_from=arch.high_noise_from)
     if losses["frame"]:
@@ -956,16 +997,47 @@ def _encoder(cfg: DecoderTrainConfig, mcfg: ModelConfig):
     """The aligned image encoder (frozen) and its preprocessor."""
     from codi2.encoders import ImageBindEncoder, ImageBindPreprocessor
 
+    enc_cfg = dataclasses.replace(mcfg.encoder, weights=str(_encoder_path(cfg, mcfg)), dtype="float32")
+    return ImageBindEncoder(enc_cfg), ImageBindPreprocessor(enc_cfg)
+
+
+def _encoder_path(cfg: DecoderTrainConfig, mcfg: ModelConfig) -> Path:
     weights = cfg.encoder_weights
     base = None
     if weights is None:
         weights = mcfg.encoder.weights
         model_path = Path(cfg.model)
         base = model_path.parent if model_path.suffix else Path(__file__).resolve().parents[2] / "configs" / "model"
-    path = resolve_path(weights, "encoder_weights" if cfg.encoder_weights else "encoder.weights (model config)",
+    return resolve_path(weights, "encoder_weights" if cfg.encoder_weights else "encoder.weights (model config)",
                         base, expect="the aligned encoder .pth written by `codi2 train-component encoder`")
-    enc_cfg = dataclasses.replace(mcfg.encoder, weights=str(path), dtype="float32")
-    return ImageBindEncoder(enc_cfg), ImageBindPreprocessor(enc_cfg)
+
+
+def _file_digest(path: Path) -> Optional[str]:
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resume_fingerprint(cfg: DecoderTrainConfig, modality: str, mcfg: ModelConfig) -> dict:
+    """What makes one decoder's training run the same run for resuming (see :class:`LoopCheckpoints`): the
+    settings that change its weights, and digests of what it starts from (``init``'s pipeline report, the shared
+    image VAE, the image encoder). Logging, evaluation and thread settings are left out."""
+    skip = {"modalities", "judges", "eval_n", "eval_steps", "log_every", "num_threads", "checkpoint_every", "resume",
+            *WORLD_MODALITIES}
+    arch: DecoderArch = getattr(cfg, modality)
+    starts: dict[str, Optional[str]] = {}
+    if cfg.init is not None:
+        starts["init"] = _file_digest(Path(cfg.init) / modality / REPORT_FILE)
+    elif modality == "video" and arch.share_image_vae:
+        starts["image_vae"] = _file_digest(Path(cfg.out) / "image" / "vae" / "diffusion_pytorch_model.safetensors")
+    if modality == "image" and arch.unet_steps > 0:
+        starts["encoder"] = _file_digest(_encoder_path(cfg, mcfg))
+    return {"modality": modality, "arch": asdict(arch),
+            "run": {k: v for k, v in asdict(cfg).items() if k not in skip}, "starts_from": starts}
 
 
 def _decoder_config(mcfg: ModelConfig, modality: str, path: Path) -> DecoderConfig:
@@ -979,6 +1051,8 @@ def train_decoder(cfg: DecoderTrainConfig, modality: str, mcfg: ModelConfig, jud
     from codi2.decoders import build_decoder
 
     arch: DecoderArch = getattr(cfg, modality)
+    ckpt = LoopCheckpoints(Path(cfg.out) / f".{modality}.resume", resume_fingerprint(cfg, modality, mcfg),
+                           cfg.checkpoint_every, cfg.resume)
     seed_everything(cfg.seed)
     report: dict[str, Any] = {"modality": modality, "arch": asdict(arch)}
     t_render = time.time()
@@ -1034,7 +1108,7 @@ def train_decoder(cfg: DecoderTrainConfig, modality: str, mcfg: ModelConfig, jud
                     f"{sum(p.numel() for p in dec.pipe.vae.parameters()):,}")
         # 1. VAE, 2. vocoder
         if not (modality == "video" and arch.share_image_vae) and arch.vae_steps > 0:
-            report["vae"] = train_vae(dec, modality, train, arch, cfg.kl_weight, cfg.seed, cfg.log_every)
+            report["vae"] = train_vae(dec, modality, train, arch, cfg.kl_weight, cfg.seed, cfg.log_every, ckpt)
         if modality == "audio" and arch.vocoder_steps > 0:
             if not vocoder_matches(dec.pipe.vocoder, arch):
                 if int(dec.pipe.vocoder.config.model_in_dim) != arch.mel_bins:
@@ -1055,7 +1129,7 @@ def train_decoder(cfg: DecoderTrainConfig, modality: str, mcfg: ModelConfig, jud
                                hop, dec.sample_rate / hop, int(PITCH_ERROR_WARN_CENTS), off)
             probe = (lambda: vocoder_level(dec, held, judges)) if judges is not None and held else None
             report["vocoder"] = train_vocoder(dec, train, arch, cfg.seed, cfg.log_every, probe,
-                                              probe_every=max(1, arch.vocoder_steps // 8))
+                                              probe_every=max(1, arch.vocoder_steps // 8), ckpt=ckpt)
         if judges is not None and held:
             report["judge_reconstruction"] = judge_reconstructions(dec, modality, held, judges)
             logger.info("%s judge accuracy of VAE reconstructions: %s", modality, report["judge_reconstruction"])
@@ -1070,7 +1144,7 @@ def train_decoder(cfg: DecoderTrainConfig, modality: str, mcfg: ModelConfig, jud
                                  for i in range(0, len(train), 64)])  # (N, C, ...) with the trained VAE
             cond = conditions(dec, modality, train, encoder, preprocess)
             report["precompute_seconds"] = round(time.time() - t_pre, 1)
-            report["unet"] = train_unet(dec, modality, latents, cond, arch, cfg, cfg.log_every)
+            report["unet"] = train_unet(dec, modality, latents, cond, arch, cfg, cfg.log_every, ckpt)
             del latents, cond
         dec.cfg.loss_noise_level = mcfg.modalities[modality].decoder.loss_noise_level
         # 4. save the trained components into the pipeline directory
@@ -1086,6 +1160,7 @@ def train_decoder(cfg: DecoderTrainConfig, modality: str, mcfg: ModelConfig, jud
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
         vae = dec.pipe.vae
         dec.unload()
+    ckpt.clear()  # <out>/<modality> is written: its checkpoints have served
     return report, vae
 
 
