@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import shutil
 from pathlib import Path
@@ -104,6 +105,33 @@ def test_world_samples_are_seeded_and_splits_differ():
     v = world_batch("video", 0, 2, seed=1)
     assert {"shape", "colour", "size", "direction"} == set(v[0].attrs) and v[0].media.frames.shape[0] == 12
     assert len(all_objects("image")) == 240 and len(all_objects("audio")) == 48 and len(all_objects("video")) == 192
+
+
+def test_atomic_dir_replaces_on_success_and_removes_what_killed_runs_left(tmp_path):
+    import subprocess
+
+    from codi2.mini.common import atomic_dir
+
+    target = tmp_path / "audio"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f".audio.tmp-{dead.pid}-abc"  # a killed run's build folder
+    live = tmp_path / f".audio.tmp-{os.getpid()}-xyz"  # a running process's (this one)
+    other = tmp_path / ".video.tmp-1-abc"  # another target's
+    for d in (stale, live, other):
+        d.mkdir()
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as tmp:
+            (tmp / "new.txt").write_text("new")
+            raise RuntimeError("crash")
+    assert (target / "old.txt").is_file() and not tmp.exists()  # a crash keeps the target and removes its build
+    assert not stale.exists() and live.is_dir() and other.is_dir()
+    with atomic_dir(target) as tmp:
+        assert tmp.name.startswith(f".audio.tmp-{os.getpid()}-")
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
 
 
 def test_register_adds_train_component():

@@ -50,11 +50,18 @@ def set_threads(num_threads: int) -> None:
 def atomic_dir(target: "str | Path") -> Iterator[Path]:
     """Yields a temporary sibling directory; on success it replaces ``target`` (old contents removed).
 
-    A crash inside the block leaves ``target`` untouched and removes the temporary directory.
+    A crash inside the block leaves ``target`` untouched and removes the temporary directory. A killed process
+    cannot remove it: its name carries the process id, and the next ``atomic_dir`` of the same target removes those
+    of processes no longer running.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    for stale in target.parent.glob(f".{target.name}.tmp-*-*"):
+        pid = stale.name[len(f".{target.name}.tmp-"):].split("-", 1)[0]
+        if stale.is_dir() and pid.isdigit() and not _running(int(pid)):
+            logger.info("removing %s, left by process %s (no longer running)", stale, pid)
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     try:
         yield tmp
     except BaseException:
@@ -67,6 +74,17 @@ def atomic_dir(target: "str | Path") -> Iterator[Path]:
     tmp.rename(target)
     if old is not None:
         shutil.rmtree(old)
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
 
 
 def atomic_torch_save(obj: Any, path: "str | Path") -> Path:
