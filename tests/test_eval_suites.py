@@ -189,6 +189,39 @@ def test_world_suite_evaluates_in_context_records_at_each_shot_count(ws, tmp_pat
         R.build_suite(dataclasses.replace(cfg, shots=[0]), model=object())
 
 
+def test_edit_named_reads_the_change_the_reply_states():
+    from codi2.eval.suites import edit_named
+    from data_builders.world.world import parse_caption
+
+    colour = [{"attr": "colour", "value": "green"}]
+    assert edit_named("The change makes it green. Here it is:", colour, parse_caption) == 1.0
+    assert edit_named("The change makes it yellow. Here you go:", colour, parse_caption) == 0.0  # another value
+    assert edit_named("The change makes it a square. Done:", colour, parse_caption) == 0.0  # another attribute
+    assert edit_named("", colour, parse_caption) == edit_named(None, colour, parse_caption) == 0.0  # said nothing
+    assert edit_named("The change moves it to the middle.", [{"attr": "position", "value": "center"}],
+                      parse_caption) == 1.0  # the parser's synonyms
+    assert edit_named("anything", [], parse_caption) == 0.0
+
+
+def test_world_suite_scores_the_named_change_of_in_context_edits(ws, pipe, tmp_path):
+    from data_builders.world import build_world
+    from data_builders.world.judges import JudgeConfig, Judges
+
+    world = build_world(tmp_path / "world", n=3, seed=0, tasks=["icl_edit_image", "edit_image"], split="test")
+    Judges(JudgeConfig(width=4, hidden=8)).save(tmp_path / "judges")
+    cfg = EvalConfig(suite="world", model=ws["model"], data=str(world), judges=str(tmp_path / "judges"),
+                     shots=[1], **FAST)
+    r = run_eval(cfg, tmp_path / "out", pipeline=pipe)
+    by_task = {}
+    for smp in r["samples"]:
+        by_task.setdefault(smp["task"], []).append(smp)
+    assert set(by_task) == {"icl_edit_image", "edit_image"}
+    for smp in by_task["icl_edit_image"]:  # the random model's words name nothing it was shown
+        assert smp["metrics"]["edit_named"] in (0.0, 1.0) and "edit_acc" in smp["metrics"]
+    assert all("edit_named" not in smp["metrics"] for smp in by_task["edit_image"])  # there the user names it
+    assert "edit_named" in r["metrics"]["by_task"]["icl_edit_image"]
+
+
 def test_paired_shots_compares_the_same_items():
     recs = [{"id": f"k{k}/q{i}", "task": "t", "shots": k, "metrics": {"exact": v, "acc": 0.5}}
             for i, row in enumerate([(0, 1, 1), (0, 0, 1), (1, 0, 1), (1, 1, 1)]) for k, v in zip((1, 2, 4), row)]

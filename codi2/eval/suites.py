@@ -29,7 +29,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -496,6 +496,19 @@ WORLD_TARGETS: tuple[tuple[str, str, Optional[int], str, float], ...] = (
     ("joint image + sound coherent", "joint_image_audio", None, "coherence", 0.85),
 )
 JOINT_TASKS = ("joint_image_audio", "joint_open")  # scored for coherence, joint reply vs two separate replies
+IN_CONTEXT_EDIT_TASKS = ("icl_edit_image", "icl_edit_audio")  # the change shown by exemplar pairs, never named
+
+
+def edit_named(text: str, edits: Sequence[dict], parse: Callable[[str], dict]) -> float:
+    """1.0 when the reply's words (read by the world's caption parser ``parse``) give every edited attribute its
+    new value, e.g. "The change makes it green. Here it is:" for ``[{"attr": "colour", "value": "green"}]``; else 0.
+
+    On in-context records it tells reading the change off the exemplars from drawing it: the world's replies say the
+    change before the output, so a model trained on them that names it wrong has inferred the wrong edit. (A model
+    that does not state the change scores 0 whatever it draws.)
+    """
+    said = parse(text or "")
+    return float(bool(edits) and all(said.get(e["attr"]) == e["value"] for e in edits))
 OPEN_TEMPERATURE = 1.0  # the open joint task's replies sample the object they choose (Run.temperature)
 
 
@@ -527,7 +540,8 @@ class WorldSuite(Suite):
 
     Per sample: ``acc`` (fraction of target attributes the judges / the caption parser find), ``exact`` (all
     right), ``acc_<attribute>``, ``key`` (the prompt's key attributes all right, see ``KEY_ATTRS``) and, for
-    editing tasks, ``edit_acc`` (the edited attributes right) and ``preserve_acc`` (the others kept).
+    editing tasks, ``edit_acc`` (the edited attributes right) and ``preserve_acc`` (the others kept); in-context
+    editing tasks add ``edit_named`` (the reply's words name the change right, see :func:`edit_named`).
     Joint image + sound records add ``coherence`` (the judged image and sound agree on shape, colour
     and size) and ``sim`` (cosine of the encoder embeddings of the two outputs) for the joint reply, and
     ``coherence_separate`` / ``sim_separate`` for two separate generations from the same prompt (one allowed
@@ -686,6 +700,8 @@ class WorldSuite(Suite):
             kept = [ok for a, ok in checks if a not in edited]
             if kept:
                 out["preserve_acc"] = float(np.mean(kept))
+            if sample.task in IN_CONTEXT_EDIT_TASKS:
+                out["edit_named"] = edit_named(gen["main"].text, edits, self.parse_caption)
         if sample.task in JOINT_TASKS:
             for key, (gi, ga) in {"": (gen["main"], gen["main"]), "_separate": (gen["image"], gen["audio"])}.items():
                 pi, pa = gi.first("image"), ga.first("audio")
