@@ -11,6 +11,16 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 
 
+def load_benchmark(name: str):
+    """Imports ``benchmarks/<name>.py`` (a standalone script, not a package module) for a test."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer_file(tmp_path_factory) -> Path:
     from codi2.llm import train_sentencepiece

@@ -1,17 +1,13 @@
 """benchmarks/encode.py runs on the tiny encoder and writes its JSON."""
 from __future__ import annotations
 
-import importlib.util
 import json
 
-from codi2.config import repo_root
+from .conftest import load_benchmark
 
 
 def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("benchmarks_encode", repo_root() / "benchmarks" / "encode.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("encode")
 
 
 def test_encode_benchmark_tiny(tmp_path):

@@ -1,20 +1,15 @@
 """benchmarks/guidance_scale.py runs on the tiny pipeline (random decoders and judges) and writes its JSON."""
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
-from codi2.config import repo_root
+from .conftest import load_benchmark
 
 
 def _load_benchmark():
-    path = repo_root() / "benchmarks" / "guidance_scale.py"
-    spec = importlib.util.spec_from_file_location("benchmarks_guidance", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("guidance_scale")
 
 
 def test_guidance_benchmark_tiny(tiny_pipeline_dir, tmp_path):
@@ -44,16 +39,11 @@ def test_guidance_benchmark_tiny(tiny_pipeline_dir, tmp_path):
 
 def test_image_decoder_benchmark_tiny(tiny_pipeline_dir, tmp_path):
     """benchmarks/image_decoder.py: two decoders side by side on the same renders, conditions and seeds."""
-    import importlib.util
-
     from codi2.config import load_model_config
     from data_builders.world.judges import JudgeConfig, Judges
 
     Judges(JudgeConfig(width=4, hidden=8)).save(tmp_path / "judges")
-    spec = importlib.util.spec_from_file_location("benchmarks_image_decoder",
-                                                  repo_root() / "benchmarks" / "image_decoder.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("image_decoder")
     cfg = load_model_config(str(tiny_pipeline_dir / "config.yaml"))
     image = tiny_pipeline_dir / cfg.modalities["image"].decoder.path
     out = tmp_path / "d.json"
@@ -79,14 +69,9 @@ def test_image_decoder_benchmark_tiny(tiny_pipeline_dir, tmp_path):
 
 def test_round_losses_benchmark_tiny(tiny_pipeline_dir, tmp_path):
     """benchmarks/round_losses.py: held-out feature loss by dialogue round, per task, from one model load."""
-    import importlib.util
-
     from data_builders.world import build_world
 
-    spec = importlib.util.spec_from_file_location("benchmarks_round_losses",
-                                                  repo_root() / "benchmarks" / "round_losses.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("round_losses")
     world = build_world(tmp_path / "world", n=8, seed=3, tasks=["multi_round_edit", "edit_image"], split="test")
     out = tmp_path / "r.json"
     assert bench.main(["--model", str(tiny_pipeline_dir), "--data", str(world), "--tasks", "multi_round_edit",

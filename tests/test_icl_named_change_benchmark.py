@@ -1,20 +1,15 @@
 """benchmarks/icl_named_change.py splits an in-context run's wrong outputs by the change the reply named."""
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
-from codi2.config import repo_root
+from .conftest import load_benchmark
 
 
 def _load_benchmark():
-    path = repo_root() / "benchmarks" / "icl_named_change.py"
-    spec = importlib.util.spec_from_file_location("benchmarks_icl_named_change", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("icl_named_change")
 
 
 def _meta(edit_attr: str, value: str, first: dict, query: dict) -> dict:

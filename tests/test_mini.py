@@ -19,6 +19,8 @@ from codi2.mini import STAGES, load_stage_config, register
 from codi2.mini.common import all_objects, world_batch, world_sample
 from codi2.modality import Modality
 
+from .conftest import load_benchmark
+
 REPO = Path(__file__).resolve().parent.parent
 TINY_ARCH = {"block_out_channels": [8, 16], "vae_block_out_channels": [8, 16], "norm_num_groups": 4,
              "attention_head_dim": 2, "vae_steps": 1, "vocoder_steps": 1, "unet_steps": 2, "batch_size": 2,
@@ -315,13 +317,9 @@ def test_decoder_stage_image_and_video_pipelines_decode(tmp_path):
         vid = moved.decode(moved.targets(["a red circle moving up"]), seed=0, scheduler=name)[0]
         assert vid.frames.shape == (2, 64, 64, 3) and np.isfinite(vid.frames).all()
     # benchmarks/terminal_leak.py on it: zero terminal SNR leaves nothing of the clip in x_999
-    import importlib.util
-
     from data_builders.world.judges import JudgeConfig, Judges
 
-    spec = importlib.util.spec_from_file_location("terminal_leak", REPO / "benchmarks" / "terminal_leak.py")
-    leak = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(leak)
+    leak = load_benchmark("terminal_leak")
     res = leak.probe(str(out / "video"), Judges(JudgeConfig(width=4, hidden=8, modalities=("video",))), 2, [999, 500])
     assert res["prediction_type"] == "v_prediction" and res["rescale_betas_zero_snr"]
     assert [r["t"] for r in res["rows"]] == [999, 500] and res["rows"][0]["sqrt_alpha_bar"] < 1e-3
