@@ -1,9 +1,10 @@
 """Where do in-context edits fail: in reading the change off the exemplar pairs, or in drawing it? Side by side for
 every shot count of a finished ``codi2 eval --suite world`` run: the output right or wrong against the change the
 reply's words name (the world's replies say it before the output: "The change makes it green. Here it is:"), and
-for a change named wrong, what was named instead: a value of the first exemplar's own object (``A`` of
-A : A' :: B : ?), a value the query already has, another value, or nothing. No model is run; it reads the run's
-``results.json`` and the records' ``meta`` from their manifests.
+for a change named wrong, what was named instead: a value the first exemplar pair shares (``A`` and ``A'`` of
+A : A' :: B : ?, so the "after" picture described rather than the difference), the first exemplar's old value (the
+change read backwards), a value the query already has, another value, or nothing. No model is run; it reads the
+run's ``results.json`` and the records' ``meta`` from their manifests.
 
     python benchmarks/icl_named_change.py --results benchmarks/results/mini_world_eval_n100.json \
         --data runs/mini/data/test2400 --out benchmarks/results/icl_named_change.json
@@ -20,7 +21,8 @@ from typing import Optional, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 NAMED_RIGHT = "the change"
-KINDS = (NAMED_RIGHT, "a value of the first exemplar", "a value the query has", "another value", "nothing")
+KINDS = (NAMED_RIGHT, "a value the exemplar pair shares", "the exemplar's old value", "a value the query has",
+         "another value", "nothing")
 
 
 def named_kind(text: str, meta: dict) -> str:
@@ -34,11 +36,11 @@ def named_kind(text: str, meta: dict) -> str:
     if not said:
         return "nothing"
     attr, value = next(iter(said.items()))  # the first value the reply states: the change, in the world's replies
-    first, query = meta["inputs"][0]["attrs"], meta["inputs"][-1]["attrs"]
+    before, after, query = (meta["inputs"][i]["attrs"] for i in (0, 1, -1))
     if query.get(attr) == value:
         return "a value the query has"
-    if first.get(attr) == value:
-        return "a value of the first exemplar"
+    if before.get(attr) == value:
+        return "a value the exemplar pair shares" if after.get(attr) == value else "the exemplar's old value"
     return "another value"
 
 
