@@ -119,25 +119,25 @@ fi
 # ---- 2. components: two single-thread chains side by side
 chain_a() {
   [[ -f "$RUN/encoder.pth" ]] || codi2 train-component encoder configs/train/mini-encoder.yaml \
-      out="$RUN/encoder.pth" "${ENC[@]}" > "$RUN/logs/encoder.log" 2>&1
+      out="$RUN/encoder.pth" "${ENC[@]}" >> "$RUN/logs/encoder.log" 2>&1
   for m in image video; do  # video reuses the image VAE (read from $RUN/decoders/image/vae)
     [[ -f "$RUN/decoders/$m/model_index.json" ]] || codi2 train-component decoder configs/train/mini-decoders.yaml \
-        out="$RUN/decoders" "modalities=[$m]" "${DEC[@]}" > "$RUN/logs/decoder_$m.log" 2>&1
+        out="$RUN/decoders" "modalities=[$m]" "${DEC[@]}" >> "$RUN/logs/decoder_$m.log" 2>&1
   done
   if [[ ! -f "$RUN/decoders/.video-refined" ]]; then
     codi2 train-component decoder configs/train/mini-decoders.yaml init="$RUN/decoders" out="$RUN/decoders" \
-        "modalities=[video]" "${VID_MORE[@]}" > "$RUN/logs/decoder_video_more.log" 2>&1
+        "modalities=[video]" "${VID_MORE[@]}" >> "$RUN/logs/decoder_video_more.log" 2>&1
     touch "$RUN/decoders/.video-refined"
   fi
 }
 chain_b() {
   [[ -f "$RUN/llm/config.json" ]] || codi2 train-component llm configs/train/mini-llm.yaml \
-      out="$RUN/llm" "${LLM[@]}" > "$RUN/logs/llm.log" 2>&1
+      out="$RUN/llm" "${LLM[@]}" >> "$RUN/logs/llm.log" 2>&1
   [[ -f "$RUN/decoders/audio/model_index.json" ]] || codi2 train-component decoder configs/train/mini-decoders.yaml \
-      out="$RUN/decoders" "modalities=[audio]" "${DEC[@]}" > "$RUN/logs/decoder_audio.log" 2>&1
+      out="$RUN/decoders" "modalities=[audio]" "${DEC[@]}" >> "$RUN/logs/decoder_audio.log" 2>&1
   if [[ ! -f "$RUN/decoders/.vocoder-level" ]]; then  # then the vocoder with the level term (README: Sound)
     codi2 train-component decoder configs/train/mini-decoders.yaml init="$RUN/decoders" out="$RUN/decoders" \
-        "modalities=[audio]" "${VOC_LEVEL[@]}" > "$RUN/logs/decoder_audio_level.log" 2>&1
+        "modalities=[audio]" "${VOC_LEVEL[@]}" >> "$RUN/logs/decoder_audio_level.log" 2>&1
     touch "$RUN/decoders/.vocoder-level"
   fi
 }
@@ -167,29 +167,29 @@ export OMP_NUM_THREADS=1  # two single-thread jobs share the two cores
 if [[ ! -f "$RUN/stage1/final/config.yaml" ]]; then
   log "stage 1: projector alignment"
   codi2 train configs/train/mini-stage1.yaml output_dir="$RUN/stage1" \
-      "data.manifests=[$RUN/data/stage1/manifest.jsonl]" "${ST1[@]}" > "$RUN/logs/stage1.log" 2>&1
+      "data.manifests=[$RUN/data/stage1/manifest.jsonl]" "${ST1[@]}" >> "$RUN/logs/stage1.log" 2>&1
 fi
 if [[ ! -f "$RUN/stage2/final/config.yaml" ]]; then
   log "stage 2: instruction tuning"
   codi2 train configs/train/mini-stage2.yaml output_dir="$RUN/stage2" model.pipeline="$RUN/stage1/final" \
-      "data.manifests=[$RUN/data/train/manifest.jsonl]" "${ST2[@]}" > "$RUN/logs/stage2.log" 2>&1
+      "data.manifests=[$RUN/data/train/manifest.jsonl]" "${ST2[@]}" >> "$RUN/logs/stage2.log" 2>&1
 fi
 if [[ ! -f "$RUN/stage3/final/config.yaml" ]]; then
   log "stage 3: instruction tuning, image and sound phases weighted up"
   codi2 train configs/train/mini-stage3.yaml output_dir="$RUN/stage3" model.pipeline="$RUN/stage2/final" \
-      "data.manifests=[$RUN/data/train/manifest.jsonl]" "${ST3[@]}" > "$RUN/logs/stage3.log" 2>&1
+      "data.manifests=[$RUN/data/train/manifest.jsonl]" "${ST3[@]}" >> "$RUN/logs/stage3.log" 2>&1
 fi
 if [[ ! -f "$RUN/stage4/final/config.yaml" ]]; then
   log "stage 4: in-context editing pass (+ $RUN/data/icl)"
   codi2 train configs/train/mini-stage4.yaml output_dir="$RUN/stage4" model.pipeline="$RUN/stage3/final" \
       "data.manifests=[$RUN/data/train/manifest.jsonl,$RUN/data/icl/manifest.jsonl]" "${ST4[@]}" \
-      > "$RUN/logs/stage4.log" 2>&1
+      >> "$RUN/logs/stage4.log" 2>&1
 fi
 if [[ ! -f "$RUN/stage5/final/config.yaml" ]]; then
   log "stage 5: video and multi-round pass (+ $RUN/data/vidx, $RUN/data/mrx)"
   codi2 train configs/train/mini-stage5.yaml output_dir="$RUN/stage5" model.pipeline="$RUN/stage4/final" \
       "data.manifests=[$RUN/data/train/manifest.jsonl,$RUN/data/icl/manifest.jsonl,$RUN/data/vidx/manifest.jsonl,$RUN/data/mrx/manifest.jsonl]" \
-      "${ST5[@]}" > "$RUN/logs/stage5.log" 2>&1
+      "${ST5[@]}" >> "$RUN/logs/stage5.log" 2>&1
 fi
 wait $pr || { log "image decoder refinement failed: see $RUN/logs/decoder_image_*.log"; exit 1; }
 if [[ ! -f "$RUN/decoders/.video-vae-sharpened" ]]; then  # the video decoder shares the image VAE's latents: it
@@ -202,7 +202,7 @@ if [[ ! -f "$RUN/stage6/final/config.yaml" ]]; then
   log "stage 6: in-context picture pass (+ $RUN/data/icl7, $RUN/data/img8)"
   codi2 train configs/train/mini-stage6.yaml output_dir="$RUN/stage6" model.pipeline="$RUN/stage5/final" \
       "data.manifests=[$RUN/data/train/manifest.jsonl,$RUN/data/icl/manifest.jsonl,$RUN/data/icl7/manifest.jsonl,$RUN/data/img8/manifest.jsonl,$RUN/data/vidx/manifest.jsonl,$RUN/data/mrx/manifest.jsonl]" \
-      "${ST6[@]}" > "$RUN/logs/stage6.log" 2>&1
+      "${ST6[@]}" >> "$RUN/logs/stage6.log" 2>&1
 fi
 if [[ -f "$RUN/stage7/train_config.json" ]] && grep -q '"stage": "projector_alignment"' "$RUN/stage7/train_config.json"; then
   # a run folder from before the editing pass, whose stage 7 was the video-head re-fit (now stage 8)
@@ -213,12 +213,12 @@ if [[ ! -f "$RUN/stage7/final/config.yaml" ]]; then
   log "stage 7: editing pass (+ $RUN/data/mr13, mr15, ed14, open12)"
   codi2 train configs/train/mini-stage7.yaml output_dir="$RUN/stage7" model.pipeline="$RUN/stage6/final" \
       "data.manifests=[$RUN/data/train/manifest.jsonl,$RUN/data/icl/manifest.jsonl,$RUN/data/mrx/manifest.jsonl,$RUN/data/mr13/manifest.jsonl,$RUN/data/mr15/manifest.jsonl,$RUN/data/ed14/manifest.jsonl,$RUN/data/open12/manifest.jsonl]" \
-      "${ST7[@]}" > "$RUN/logs/stage7.log" 2>&1
+      "${ST7[@]}" >> "$RUN/logs/stage7.log" 2>&1
 fi
 if [[ ! -f "$RUN/stage8/final/config.yaml" ]]; then
   log "stage 8: the video head re-fitted to stage 7's LLM (everything else frozen; + $RUN/data/vgen)"
   codi2 train configs/train/mini-video-head.yaml output_dir="$RUN/stage8" model.pipeline="$RUN/stage7/final" \
-      "data.manifests=[$RUN/data/vgen/manifest.jsonl]" "${ST8[@]}" > "$RUN/logs/stage8.log" 2>&1
+      "data.manifests=[$RUN/data/vgen/manifest.jsonl]" "${ST8[@]}" >> "$RUN/logs/stage8.log" 2>&1
 fi
 
 # ---- 4. bundle and evaluate
@@ -226,6 +226,6 @@ log "bundle -> $OUT"
 python -m codi2.mini.bundle "$RUN/stage8/final" "$OUT" --judges "$RUN/judges" --sampling-from configs/model/mini.yaml
 log "world evaluation -> $RUN/eval"
 codi2 eval --suite world --model "$OUT" --data "$RUN/data/test" "$RUN/data/opentest" --out "$RUN/eval" --resume "${EVAL[@]}" \
-    > "$RUN/logs/eval.log" 2>&1
+    >> "$RUN/logs/eval.log" 2>&1
 grep -A40 "Mini-world targets" "$RUN/eval/report.md" || tail -n 30 "$RUN/logs/eval.log"
 log "done: $OUT"

@@ -207,6 +207,45 @@ def test_encoder_stage_writes_a_strictly_loadable_checkpoint(tmp_path):
     assert report["cpu_seconds_per_step"] > 0 and set(report["final_loss"]) == {"image", "audio", "video"}
 
 
+def test_encoder_stage_killed_mid_run_goes_on_from_its_checkpoint_bit_for_bit(tmp_path, monkeypatch):
+    """Killed in its 4th step (checkpoint after step 2), started again: the same weights as a run never stopped; a
+    run with other settings is refused, naming them; resume=false starts over."""
+    import dataclasses
+
+    from codi2.mini.encoder_align import EncoderAlignConfig, train_encoder
+
+    def cfg(name, **kw):
+        return EncoderAlignConfig(model="tiny", out=str(tmp_path / name / "enc.pth"), steps=4, batch_size=3,
+                                  warmup_steps=1, eval_n=2, eval_every=2, pool_size=4, lr=1e-2, checkpoint_every=2,
+                                  log_every=0, **kw)
+
+    straight = train_encoder(cfg("straight"))
+    state = tmp_path / "killed" / ".enc.pth.resume"
+    with monkeypatch.context() as mp:
+        _killed_at(mp, 4)
+        with pytest.raises(KeyboardInterrupt):
+            train_encoder(cfg("killed"))
+    assert torch.load(state / "align.pt", weights_only=True)["step"] == 2
+    assert not (tmp_path / "killed" / "enc.pth").exists()
+    with pytest.raises(ValueError, match=r"different run \(differs in: run\.lr\)"):
+        train_encoder(dataclasses.replace(cfg("killed"), lr=2e-2))
+    killed = train_encoder(cfg("killed"))
+    assert not state.exists() and killed["resumed_after_step"] == 2 and "resumed_after_step" not in straight
+    assert killed["final_loss"] == straight["final_loss"] and killed["evals"] == straight["evals"]
+    a = torch.load(tmp_path / "straight" / "enc.pth", weights_only=True)
+    b = torch.load(tmp_path / "killed" / "enc.pth", weights_only=True)
+    assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []
+    # resume = false discards the state and trains from the first step
+    with monkeypatch.context() as mp:
+        _killed_at(mp, 3)
+        with pytest.raises(KeyboardInterrupt):
+            train_encoder(cfg("over"))
+    assert (tmp_path / "over" / ".enc.pth.resume" / "align.pt").is_file()
+    over = train_encoder(cfg("over", resume=False))
+    assert "resumed_after_step" not in over and not (tmp_path / "over" / ".enc.pth.resume").exists()
+    assert over["final_loss"] == straight["final_loss"]
+
+
 # ----------------------------------------------------------------------------- stage 3: LLM
 def test_llm_stage_builds_a_codi2_model_from_the_pretrained_dir(tmp_path):
     from codi2.mini.llm_pretrain import LLMArchitecture, LLMPretrainConfig, pretrain_llm, world_conversations
@@ -229,6 +268,47 @@ def test_llm_stage_builds_a_codi2_model_from_the_pretrained_dir(tmp_path):
     assert model.tokenizer.vocab_size == report["vocab_size"] and model.llm.hidden_size == 32
     # the chat markers are single pieces of the new tokenizer
     assert len(model.tokenizer.encode("[INST]", add_special_tokens=False)) == 1
+
+
+def test_llm_stage_killed_mid_run_goes_on_with_its_tokenizer_and_checkpoint_bit_for_bit(tmp_path, monkeypatch):
+    """Killed in its 4th step, started again: the tokenizer is the one the checkpoint was trained with (not trained
+    again), and the model is the same, bit for bit, as that of a run never stopped."""
+    import dataclasses
+
+    import sentencepiece as spm
+
+    import codi2.llm
+    from codi2.mini.llm_pretrain import LLMArchitecture, LLMPretrainConfig, pretrain_llm
+    from safetensors.torch import load_file
+
+    arch = LLMArchitecture(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                           num_key_value_heads=4, max_position_embeddings=128)
+    base = LLMPretrainConfig(arch=arch, vocab_size=400, n_records=48, n_val_records=16, n_captions=16, block_size=32,
+                             batch_size=2, steps=4, warmup_steps=1, eval_batches=1, log_every=0, checkpoint_every=2)
+    straight = pretrain_llm(dataclasses.replace(base, out=str(tmp_path / "straight")))
+    cfg = dataclasses.replace(base, out=str(tmp_path / "killed"))
+    state = tmp_path / ".killed.resume"
+    with monkeypatch.context() as mp:
+        _killed_at(mp, 4)
+        with pytest.raises(KeyboardInterrupt):
+            pretrain_llm(cfg)
+    assert torch.load(state / "llm.pt", weights_only=True)["step"] == 2
+    kept = (state / "tokenizer.model").read_bytes()
+    assert not (tmp_path / "killed").exists() and not list(tmp_path.glob(".killed.tmp-*"))
+    with pytest.raises(ValueError, match=r"differs in: run\.arch\.hidden_size"):
+        pretrain_llm(dataclasses.replace(cfg, arch=dataclasses.replace(arch, hidden_size=64)))
+    with monkeypatch.context() as mp:  # the kept tokenizer is used: training another would fail here
+        mp.setattr(codi2.llm, "train_sentencepiece", lambda *a, **k: pytest.fail("tokenizer trained again"))
+        killed = pretrain_llm(cfg)
+    assert not state.exists() and killed["resumed_after_step"] == 2 and "resumed_after_step" not in straight
+    assert killed["final_loss"] == straight["final_loss"] and killed["val_loss"] == straight["val_loss"]
+    s, k = tmp_path / "straight", tmp_path / "killed"
+    assert (k / "tokenizer.model").read_bytes() == kept  # the file itself (it names its build folder) ...
+    pieces = [[(p.id_to_piece(i), p.get_score(i)) for i in range(p.get_piece_size())]
+              for p in (spm.SentencePieceProcessor(model_file=str(d / "tokenizer.model")) for d in (s, k))]
+    assert pieces[0] == pieces[1] and len(pieces[0]) > 300  # ... and the same pieces as the straight run's
+    a, b = load_file(s / "model.safetensors"), load_file(k / "model.safetensors")
+    assert a.keys() == b.keys() and [n for n in a if not torch.equal(a[n], b[n])] == []
 
 
 # ----------------------------------------------------------------------------- stage 2: decoders

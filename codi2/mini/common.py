@@ -7,12 +7,14 @@ from stream 0, ``val`` from 1, ``test`` from 2, so held-out evaluation never see
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import random
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -165,10 +167,7 @@ class LoopCheckpoints:
         """Writes the state after ``step`` (1-based) of ``total`` when it is a checkpoint step. Returns whether it did."""
         if self.every == 0 or (step % self.every and step != total):
             return False
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fp = self.folder / self.FINGERPRINT
-        if not fp.is_file():
-            fp.write_text(self.text)
+        self._claim()
         atomic_torch_save({"step": step, "total": total,
                            "modules": {k: m.state_dict() for k, m in modules.items()},
                            "optimizer": opt.state_dict(),
@@ -176,8 +175,62 @@ class LoopCheckpoints:
                            "torch_rng": torch.get_rng_state(), "extra": extra}, self.folder / f"{phase}.pt")
         return True
 
+    def keep(self, name: str, src: "str | Path") -> Optional[Path]:
+        """Copies a file the run made before its loops (e.g. a trained tokenizer, which the checkpoints' weights
+        depend on) into the state, so that a restart reuses it instead of making it again. No-op (None) when
+        checkpoints are off."""
+        if self.every == 0:
+            return None
+        self._claim()
+        dst = self.folder / name
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=self.folder)
+        os.close(fd)
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+        return dst
+
+    def kept(self, name: str) -> Optional[Path]:
+        """The file :meth:`keep` stored under ``name`` for this run, or None."""
+        path = self.folder / name
+        return path if self.every and path.is_file() else None
+
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _claim(self) -> None:
+        """Creates the folder and writes this run's fingerprint into it (once)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fp = self.folder / self.FINGERPRINT
+        if not fp.is_file():
+            fp.write_text(self.text)
+
+
+class LoopClock:
+    """Wall and CPU seconds of a training loop, added to those of the runs it resumes (a checkpoint's ``extra``)."""
+
+    def __init__(self, extra: dict):
+        self.seconds0, self.cpu0 = float(extra.get("seconds", 0.0)), float(extra.get("cpu_seconds", 0.0))
+        self.t0, self.c0 = time.time(), time.process_time()
+
+    def totals(self) -> dict[str, float]:
+        return {"seconds": self.seconds0 + time.time() - self.t0,
+                "cpu_seconds": self.cpu0 + time.process_time() - self.c0}
+
+
+def resumed_note(done: int) -> dict:
+    """The report's note of a loop that went on from a checkpoint after ``done`` steps."""
+    return {"resumed_after_step": done} if done else {}
+
+
+def file_digest(path: Path) -> Optional[str]:
+    """sha256 of a whole file; None when there is no such file."""
+    if not path.is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:

@@ -37,7 +37,6 @@ conditions.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -52,8 +51,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from codi2.config import DecoderConfig, ModelConfig, load_model_config, resolve_path
-from codi2.mini.common import (WORLD_MODALITIES, LoopCheckpoints, WorldSample, atomic_dir, check_choice, seed_everything,
-                               set_threads, world_batch)
+from codi2.mini.common import (WORLD_MODALITIES, LoopCheckpoints, LoopClock, WorldSample, atomic_dir, check_choice,
+                               file_digest, resumed_note, seed_everything, set_threads, world_batch)
 
 logger = logging.getLogger(__name__)
 
@@ -656,23 +655,6 @@ def _normalised(wave: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- phases
-class _Clock:
-    """Wall and CPU seconds of a training loop, added to those of the runs it resumes (``extra``)."""
-
-    def __init__(self, extra: dict):
-        self.seconds0, self.cpu0 = float(extra.get("seconds", 0.0)), float(extra.get("cpu_seconds", 0.0))
-        self.t0, self.c0 = time.time(), time.process_time()
-
-    def totals(self) -> dict[str, float]:
-        return {"seconds": self.seconds0 + time.time() - self.t0,
-                "cpu_seconds": self.cpu0 + time.process_time() - self.c0}
-
-
-def _resumed(done: int) -> dict:
-    """The report's note of a loop that went on from a checkpoint after ``done`` steps."""
-    return {"resumed_after_step": done} if done else {}
-
-
 def train_vae(dec, modality: str, samples: list[WorldSample], arch: DecoderArch, kl_weight: float,
               seed: int, log_every: int, ckpt: Optional[LoopCheckpoints] = None) -> dict:
     """Trains ``dec.pipe.vae`` on the samples' pixels (image / video frames) or log-mels (audio), then sets
@@ -699,7 +681,7 @@ def train_vae(dec, modality: str, samples: list[WorldSample], arch: DecoderArch,
     state = ({"vae": vae}, opt, {"g": g})
     done, extra = ckpt.restore("vae", *state) if ckpt else (0, {})
     mses: list[float] = extra.get("mses", [])
-    clock = _Clock(extra)
+    clock = LoopClock(extra)
     bar = tqdm(range(done, arch.vae_steps), initial=done, total=arch.vae_steps, desc=f"{modality} vae", unit="step")
     for step in bar:
         for group in opt.param_groups:
@@ -728,7 +710,7 @@ def train_vae(dec, modality: str, samples: list[WorldSample], arch: DecoderArch,
     steps = max(1, arch.vae_steps)
     return {"steps": arch.vae_steps, "seconds": round(seconds, 1), "seconds_per_step": round(seconds / steps, 4),
             "cpu_seconds_per_step": round(cpu / steps, 4), "final_mse": float(np.mean(mses[-20:])) if mses else None,
-            "scaling_factor": scale, "decoder_only": arch.vae_decoder_only, **_resumed(done)}
+            "scaling_factor": scale, "decoder_only": arch.vae_decoder_only, **resumed_note(done)}
 
 
 def train_vocoder(dec, samples: list[WorldSample], arch: DecoderArch, seed: int, log_every: int,
@@ -758,7 +740,7 @@ def train_vocoder(dec, samples: list[WorldSample], arch: DecoderArch, seed: int,
     done, extra = ckpt.restore("vocoder", *state) if ckpt else (0, {})
     losses: list[float] = extra.get("losses", [])
     probes: list[dict] = extra.get("probes", [])
-    clock = _Clock(extra)
+    clock = LoopClock(extra)
     bar = tqdm(range(done, arch.vocoder_steps), initial=done, total=arch.vocoder_steps, desc="audio vocoder",
                unit="step")
     for step in bar:
@@ -801,7 +783,7 @@ def train_vocoder(dec, samples: list[WorldSample], arch: DecoderArch, seed: int,
             "mel_weight": arch.vocoder_mel_weight, "level_weight": arch.vocoder_level_weight,
             "seconds": round(seconds, 1),
             "seconds_per_step": round(seconds / steps, 4), "cpu_seconds_per_step": round(cpu / steps, 4),
-            "final_loss": float(np.mean(losses[-20:])) if losses else None, "probes": probes, **_resumed(done)}
+            "final_loss": float(np.mean(losses[-20:])) if losses else None, "probes": probes, **resumed_note(done)}
 
 
 def image_condition(encoder, preprocess, images: list) -> torch.Tensor:
@@ -866,7 +848,7 @@ def train_unet(dec, modality: str, latents: torch.Tensor, cond: dict[str, torch.
     state = ({"unet": unet}, opt, {"g": g})
     done, extra = ckpt.restore("unet", *state) if ckpt else (0, {})
     losses: dict[str, list[float]] = extra.get("losses", {"clip": [], "frame": []})
-    clock = _Clock(extra)
+    clock = LoopClock(extra)
     name = f"{modality} unet"
     bar = tqdm(range(done, total), initial=done, total=total, desc=name, unit="step")
     for step in bar:
@@ -911,7 +893,7 @@ def train_unet(dec, modality: str, latents: torch.Tensor, cond: dict[str, torch.
               "seconds": round(seconds, 1), "seconds_per_step": round(seconds / steps, 4),
               "cpu_seconds_per_step": round(cpu / steps, 4),
               "final_loss": float(np.mean(main[-50:])) if main else None,
-              "loss_first_50": float(np.mean(main[:50])) if main else None, **_resumed(done)}
+              "loss_first_50": float(np.mean(main[:50])) if main else None, **resumed_note(done)}
     if arch.high_noise_fraction > 0:
         report.update(high_noise_fraction=arch.high_noise_fraction, high_noise_from=arch.high_noise_from)
     if losses["frame"]:
@@ -1012,16 +994,6 @@ def _encoder_path(cfg: DecoderTrainConfig, mcfg: ModelConfig) -> Path:
                         base, expect="the aligned encoder .pth written by `codi2 train-component encoder`")
 
 
-def _file_digest(path: Path) -> Optional[str]:
-    if not path.is_file():
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def resume_fingerprint(cfg: DecoderTrainConfig, modality: str, mcfg: ModelConfig) -> dict:
     """What makes one decoder's training run the same run for resuming (see :class:`LoopCheckpoints`): the
     settings that change its weights, and digests of what it starts from (``init``'s pipeline report, the shared
@@ -1031,11 +1003,11 @@ def resume_fingerprint(cfg: DecoderTrainConfig, modality: str, mcfg: ModelConfig
     arch: DecoderArch = getattr(cfg, modality)
     starts: dict[str, Optional[str]] = {}
     if cfg.init is not None:
-        starts["init"] = _file_digest(Path(cfg.init) / modality / REPORT_FILE)
+        starts["init"] = file_digest(Path(cfg.init) / modality / REPORT_FILE)
     elif modality == "video" and arch.share_image_vae:
-        starts["image_vae"] = _file_digest(Path(cfg.out) / "image" / "vae" / "diffusion_pytorch_model.safetensors")
+        starts["image_vae"] = file_digest(Path(cfg.out) / "image" / "vae" / "diffusion_pytorch_model.safetensors")
     if modality == "image" and arch.unet_steps > 0:
-        starts["encoder"] = _file_digest(_encoder_path(cfg, mcfg))
+        starts["encoder"] = file_digest(_encoder_path(cfg, mcfg))
     return {"modality": modality, "arch": asdict(arch),
             "run": {k: v for k, v in asdict(cfg).items() if k not in skip}, "starts_from": starts}
 

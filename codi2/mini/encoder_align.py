@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from codi2.config import ImageBindConfig, load_config, load_model_config
-from codi2.mini.common import (WORLD_MODALITIES, all_objects, atomic_torch_save, attrs_key, check_choice,
-                               seed_everything, set_threads, world_batch)
+from codi2.mini.common import (WORLD_MODALITIES, LoopCheckpoints, LoopClock, all_objects, atomic_torch_save, attrs_key,
+                               check_choice, file_digest, resumed_note, seed_everything, set_threads, world_batch)
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,10 @@ class EncoderAlignConfig:
         pool_size: 0 renders every batch fresh; N > 0 renders N samples per modality once (preprocessed,
             kept in memory as float16) and draws every batch from that pool (5-10x faster steps on a CPU).
         num_threads: torch intra-op threads (0: torch default).
+        checkpoint_every: write the loop's state (weights, optimiser, generators, losses) to
+            ``.<out name>.resume`` beside ``out`` every this many steps, so that a killed run started again with the
+            same settings goes on from there and writes the same weights (0: no checkpoints).
+        resume: go on from that state when it holds this run's (false: discard it and start over).
     """
 
     model: str = "configs/model/mini.yaml"
@@ -77,6 +81,8 @@ class EncoderAlignConfig:
     log_every: int = 50
     pool_size: int = 0
     num_threads: int = 0
+    checkpoint_every: int = 200
+    resume: bool = True
 
 
 # ----------------------------------------------------------------------------- batches
@@ -197,11 +203,21 @@ def encoder_config(cfg: EncoderAlignConfig) -> ImageBindConfig:
     return dataclasses.replace(enc, weights=None, dtype="float32")
 
 
+def resume_fingerprint(cfg: EncoderAlignConfig) -> dict:
+    """What makes an alignment run the same run for resuming (:class:`~codi2.mini.common.LoopCheckpoints`): the
+    architecture, the settings that change the weights, and the digest of ``init``. Logging, evaluation and threads
+    are left out."""
+    skip = {"eval_n", "eval_every", "log_every", "num_threads", "checkpoint_every", "resume"}
+    return {"encoder": asdict(encoder_config(cfg)), "run": {k: v for k, v in asdict(cfg).items() if k not in skip},
+            "starts_from": {"init": file_digest(Path(cfg.init))} if cfg.init is not None else {}}
+
+
 def train_encoder(cfg: EncoderAlignConfig) -> dict:
     """Trains the encoder and writes ``cfg.out`` (+ ``.json``). Returns the report (also in the json).
 
     Report: ``steps``, ``seconds``, ``seconds_per_step``, ``final_loss`` {modality}, ``retrieval``
-    {modality: :func:`retrieval_accuracy`}, ``encoder`` (the architecture), ``params``.
+    {modality: :func:`retrieval_accuracy`}, ``encoder`` (the architecture), ``params``; ``resumed_after_step``
+    when the run went on from a checkpoint (``seconds`` then adds up every run's).
     """
     from codi2.encoders import ImageBindModel, ImageBindPreprocessor, load_imagebind_weights
 
@@ -212,6 +228,9 @@ def train_encoder(cfg: EncoderAlignConfig) -> dict:
     if cfg.steps < 1 or cfg.batch_size < 2:
         raise ValueError(f"steps = {cfg.steps}, batch_size = {cfg.batch_size}; need steps >= 1 and batch_size >= 2")
     set_threads(cfg.num_threads)
+    out = Path(cfg.out)
+    ckpt = LoopCheckpoints(out.with_name(f".{out.name}.resume"), resume_fingerprint(cfg), cfg.checkpoint_every,
+                           cfg.resume)
     seed_everything(cfg.seed)
     enc_cfg = encoder_config(cfg)
     model = ImageBindModel(enc_cfg, frozen=False).train()
@@ -233,10 +252,12 @@ def train_encoder(cfg: EncoderAlignConfig) -> dict:
         pools = {m: WorldPool(pre, m, cfg.pool_size, cfg.world_seed) for m in cfg.modalities}
         logger.info("rendered pools of %d samples per modality in %.1f s", cfg.pool_size, time.time() - t_pool)
     g = torch.Generator().manual_seed(cfg.seed)
-    history: dict[str, list[float]] = {m: [] for m in cfg.modalities}
-    evals: list[dict] = []
-    t0, c0 = time.time(), time.process_time()
-    bar = tqdm(range(cfg.steps), desc="encoder", unit="step")
+    state = ({"model": model}, opt, {"g": g})
+    done, extra = ckpt.restore("align", *state)
+    history: dict[str, list[float]] = extra.get("history", {m: [] for m in cfg.modalities})
+    evals: list[dict] = extra.get("evals", [])
+    clock = LoopClock(extra)
+    bar = tqdm(range(done, cfg.steps), initial=done, total=cfg.steps, desc="encoder", unit="step")
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
@@ -268,24 +289,25 @@ def train_encoder(cfg: EncoderAlignConfig) -> dict:
             evals.append({"step": step + 1, **{m: retrieval_accuracy(model, enc_cfg, m, cfg.eval_n, cfg.world_seed)
                                                for m in cfg.modalities}})
             logger.info("eval at step %d: %s", step + 1, evals[-1])
-    seconds, cpu_seconds = time.time() - t0, time.process_time() - c0
+        ckpt.save("align", step + 1, cfg.steps, *state, {"history": history, "evals": evals, **clock.totals()})
+    seconds, cpu_seconds = clock.totals().values()
     retrieval = {}
     if cfg.eval_n > 0:
         retrieval = {m: retrieval_accuracy(model, enc_cfg, m, cfg.eval_n, cfg.world_seed) for m in cfg.modalities}
         logger.info("held-out retrieval (media -> text, top-1): %s", {m: r["top1"] for m, r in retrieval.items()})
 
     model.eval()
-    out = Path(cfg.out)
     atomic_torch_save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out)
     report = {"steps": cfg.steps, "batch_size": cfg.batch_size, "seconds": round(seconds, 1),
               "seconds_per_step": round(seconds / cfg.steps, 4),
               "cpu_seconds_per_step": round(cpu_seconds / cfg.steps, 4), "threads": torch.get_num_threads(),
               "params": n_params,
               "final_loss": {m: v[-1] for m, v in history.items()}, "retrieval": retrieval, "evals": evals,
-              "encoder": asdict(enc_cfg), "config": asdict(cfg)}
+              "encoder": asdict(enc_cfg), "config": asdict(cfg), **resumed_note(done)}
     tmp = out.with_name(f".{out.name}.json.tmp")
     tmp.write_text(json.dumps(report, indent=2) + "\n")
     tmp.replace(out.with_name(out.name + ".json"))
+    ckpt.clear()
     logger.info("saved encoder to %s (%.1f s, %.3f s/step)", out, seconds, seconds / cfg.steps)
     return report
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +32,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from codi2.config import LLMConfig
-from codi2.mini.common import SPLITS, atomic_dir, check_choice, seed_everything, set_threads
+from codi2.mini.common import (SPLITS, LoopCheckpoints, LoopClock, atomic_dir, check_choice, resumed_note,
+                               seed_everything, set_threads)
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +72,10 @@ class LLMPretrainConfig:
         lr / min_lr / weight_decay / warmup_steps / grad_clip: AdamW, linear warm-up, cosine to ``min_lr``.
         world_seed / seed: data and torch seeds.
         eval_batches: held-out batches for the perplexity report.
+        checkpoint_every: write the loop's state (weights, optimiser, generators, losses, and the trained tokenizer)
+            to ``.<out name>.resume`` beside ``out`` every this many steps, so that a killed run started again with
+            the same settings goes on from there and writes the same model (0: no checkpoints).
+        resume: go on from that state when it holds this run's (false: discard it and start over).
     """
 
     out: str = "runs/mini/llm"
@@ -92,6 +98,8 @@ class LLMPretrainConfig:
     eval_batches: int = 8
     log_every: int = 100
     num_threads: int = 0
+    checkpoint_every: int = 200
+    resume: bool = True
 
 
 # ----------------------------------------------------------------------------- corpus
@@ -202,12 +210,20 @@ def _eval_loss(model: Any, data: torch.Tensor, block: int, batches: int, batch_s
     return float(np.mean(losses))
 
 
+def resume_fingerprint(cfg: LLMPretrainConfig) -> dict:
+    """What makes a pre-training run the same run for resuming (:class:`~codi2.mini.common.LoopCheckpoints`): the
+    settings that change the tokenizer or the weights. Logging, evaluation and threads are left out."""
+    skip = {"eval_batches", "log_every", "num_threads", "checkpoint_every", "resume"}
+    return {"run": {k: v for k, v in asdict(cfg).items() if k not in skip}}
+
+
 def pretrain_llm(cfg: LLMPretrainConfig) -> dict:
     """Trains the tokenizer and the Llama, writes ``cfg.out`` atomically. Returns the report.
 
     Report: ``vocab_size``, ``params``, ``train_tokens``, ``steps``, ``seconds``, ``seconds_per_step``,
     ``final_loss``, ``val_loss`` / ``val_ppl`` (held-out val-split conversations), ``sample`` (greedy
-    reply to a held-out prompt).
+    reply to a held-out prompt); ``resumed_after_step`` when the run went on from a checkpoint (``seconds`` then
+    adds up every run's).
     """
     from transformers import LlamaForCausalLM
 
@@ -220,6 +236,9 @@ def pretrain_llm(cfg: LLMPretrainConfig) -> dict:
         raise ValueError(f"block_size = {cfg.block_size} exceeds arch.max_position_embeddings = "
                          f"{cfg.arch.max_position_embeddings}")
     set_threads(cfg.num_threads)
+    out = Path(cfg.out)
+    ckpt = LoopCheckpoints(out.with_name(f".{out.name}.resume"), resume_fingerprint(cfg), cfg.checkpoint_every,
+                           cfg.resume)
     seed_everything(cfg.seed)
     t0 = time.time()
     train_convs = world_conversations(cfg.n_records, cfg.world_seed, "train")
@@ -229,11 +248,18 @@ def pretrain_llm(cfg: LLMPretrainConfig) -> dict:
 
     with atomic_dir(cfg.out) as tmp:
         # 1. tokenizer: sentencepiece on the chat-formatted corpus (markers kept whole)
-        plain = [m["content"] for conv in train_convs for m in conv] + train_caps
-        model_file = train_sentencepiece(plain, cfg.vocab_size, tmp / "tokenizer", hard_vocab_limit=False,
-                                         user_defined_symbols=CHAT_MARKERS)
-        model_file.rename(tmp / TOKENIZER_FILE)
-        (tmp / "tokenizer.vocab").unlink(missing_ok=True)
+        #    (a resumed run takes the one its checkpoints were trained with)
+        kept = ckpt.kept(TOKENIZER_FILE)
+        if kept is not None:
+            shutil.copyfile(kept, tmp / TOKENIZER_FILE)
+            logger.info("tokenizer: the resumed run's, from %s", kept)
+        else:
+            plain = [m["content"] for conv in train_convs for m in conv] + train_caps
+            model_file = train_sentencepiece(plain, cfg.vocab_size, tmp / "tokenizer", hard_vocab_limit=False,
+                                             user_defined_symbols=CHAT_MARKERS)
+            model_file.rename(tmp / TOKENIZER_FILE)
+            (tmp / "tokenizer.vocab").unlink(missing_ok=True)
+            ckpt.keep(TOKENIZER_FILE, tmp / TOKENIZER_FILE)
         tok = load_tokenizer(LLMConfig(tokenizer=str(tmp / TOKENIZER_FILE)), special_tokens=[])
         train_ids = _pack(tok, chat_texts(tok, train_convs, cfg.system_prompt), train_caps)
         val_ids = _pack(tok, chat_texts(tok, val_convs, cfg.system_prompt), [])
@@ -259,9 +285,11 @@ def pretrain_llm(cfg: LLMPretrainConfig) -> dict:
 
         # 3. train
         g = torch.Generator().manual_seed(cfg.seed)
-        losses: list[float] = []
-        t_train, c_train = time.time(), time.process_time()
-        bar = tqdm(range(cfg.steps), desc="llm", unit="step")
+        state = ({"model": model}, opt, {"g": g})
+        done, extra = ckpt.restore("llm", *state)
+        losses: list[float] = extra.get("losses", [])
+        clock = LoopClock(extra)
+        bar = tqdm(range(done, cfg.steps), initial=done, total=cfg.steps, desc="llm", unit="step")
         for step in bar:
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, cfg)
@@ -278,7 +306,8 @@ def pretrain_llm(cfg: LLMPretrainConfig) -> dict:
             if cfg.log_every and (step + 1) % cfg.log_every == 0:
                 logger.info("step %d: loss %.4f (lr %.2e)", step + 1, float(np.mean(losses[-cfg.log_every:])),
                             _lr_at(step, cfg))
-        seconds, cpu_seconds = time.time() - t_train, time.process_time() - c_train
+            ckpt.save("llm", step + 1, cfg.steps, *state, {"losses": losses, **clock.totals()})
+        seconds, cpu_seconds = clock.totals().values()
         val_loss = _eval_loss(model, val_ids, cfg.block_size, cfg.eval_batches, cfg.batch_size)
         sample = _greedy_reply(model, tok, val_convs[0][:1], cfg.system_prompt)
         logger.info("held-out loss %.4f (ppl %.2f); sample reply to %r: %r", val_loss, math.exp(val_loss),
@@ -292,8 +321,10 @@ def pretrain_llm(cfg: LLMPretrainConfig) -> dict:
                   "seconds_per_step": round(seconds / cfg.steps, 4),
                   "cpu_seconds_per_step": round(cpu_seconds / cfg.steps, 4), "threads": torch.get_num_threads(),
                   "final_loss": float(np.mean(losses[-20:])),
-                  "val_loss": val_loss, "val_ppl": math.exp(val_loss), "sample": sample, "config": asdict(cfg)}
+                  "val_loss": val_loss, "val_ppl": math.exp(val_loss), "sample": sample, "config": asdict(cfg),
+                  **resumed_note(done)}
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    ckpt.clear()
     logger.info("saved the mini LLM to %s (%.1f s training, %.3f s/step)", cfg.out, seconds, seconds / cfg.steps)
     return report
 
