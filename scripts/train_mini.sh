@@ -19,10 +19,12 @@
 #    (mini-video-head.yaml: the video head re-fitted, everything else frozen) from stage 7's;
 #    beside them, 6000 more image-UNet steps, 3000 on a zero-terminal-SNR schedule, then 2000 steps of the VAE's
 #    decoder half alone (its encoder frozen); that VAE goes into the video decoder too, which shares its latents
-# 4. the bundle (the stage-8 export + the judges) and `codi2 eval --suite world` on the test split and the open-prompt test set
+# 4. the components compared with those of the bundle about to be replaced (python -m codi2.mini.reproduce ->
+#    runs/mini/reproduce.json), the bundle (the stage-8 export + the judges) and `codi2 eval --suite world` on the
+#    test split and the open-prompt test set
 #
-# Every step skips itself when its artifact exists, so re-running after a crash resumes (the trainer stages
-# also resume from their own checkpoints). RUN=DIR and OUT=DIR move the work and bundle folders; EVAL_N=N sets
+# Every step skips itself when its artifact exists, so re-running after a crash resumes (the trainer stages and
+# the component steps also resume from their own checkpoints). RUN=DIR and OUT=DIR move the work and bundle folders; EVAL_N=N sets
 # the held-out records per task of the final evaluation (default 30).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -222,6 +224,11 @@ if [[ ! -f "$RUN/stage8/final/config.yaml" ]]; then
 fi
 
 # ---- 4. bundle and evaluate
+if [[ -f "$OUT/recipe.json" ]]; then  # before it is replaced: do the components match the bundle's, figure for figure?
+  log "components against $OUT/recipe.json -> $RUN/reproduce.json"
+  python -m codi2.mini.reproduce "$RUN" --bundle "$OUT" --out "$RUN/reproduce.json" | tee -a "$RUN/logs/reproduce.log" \
+      || log "some components differ from $OUT's (see $RUN/reproduce.json); going on"
+fi
 log "bundle -> $OUT"
 python -m codi2.mini.bundle "$RUN/stage8/final" "$OUT" --judges "$RUN/judges" --sampling-from configs/model/mini.yaml
 log "world evaluation -> $RUN/eval"

@@ -782,3 +782,63 @@ def test_bundle_takes_decoder_sampling_settings_from_the_model_config(tmp_path, 
                   sampling_from=newer, fp16=False)["decoder_sampling"]["changed"] == {}
     assert bundle(tiny_pipeline_dir, tmp_path / "d", tmp_path / "judges", run_dir=tmp_path / "run",
                   fp16=False)["decoder_sampling"] is None
+
+
+# ----------------------------------------------------------------------------- does a re-run reproduce the bundle?
+def test_reproduce_compares_a_run_folder_with_the_bundle_record_and_weights(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from codi2.mini.reproduce import compare_run, main
+
+    run, bundle = tmp_path / "run", tmp_path / "bundle"
+    for d in (run / "llm", run / "decoders" / "image", run / "decoders" / "audio", bundle / "encoder", bundle / "llm"):
+        d.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    enc = {"vision.w": torch.randn(3, 2, generator=g), "text.w": torch.randn(2, generator=g)}
+    torch.save(enc, run / "encoder.pth")
+    torch.save({"vision.w": enc["vision.w"].half()}, bundle / "encoder" / "imagebind.pth")  # no text tower
+    llm = {"embed": torch.randn(4, 2, generator=g), "w": torch.randn(2, 2, generator=g)}
+    save_file(llm, run / "llm" / "model.safetensors")
+    grown = torch.cat([llm["embed"], torch.randn(2, 2, generator=g)])  # + media-token rows of the trainer stages
+    save_file({"embed": grown.half(), "w": llm["w"].half()}, bundle / "llm" / "model.safetensors")
+    reports = {"encoder": {"steps": 2, "final_loss": {"image": 0.5}, "retrieval": {"image": {"top1": 0.9}}, "evals": []},
+               "llm": {"steps": 2, "vocab_size": 4, "final_loss": 0.3, "val_loss": 0.25, "sample": "a red circle"}}
+    (run / "encoder.pth.json").write_text(json.dumps(reports["encoder"]))
+    (run / "llm" / "pretrain.json").write_text(json.dumps(reports["llm"]))
+    fresh = {"vae": {"steps": 3, "final_mse": 0.01}, "unet": {"steps": 4, "final_loss": 0.7}}
+    (run / "decoders" / "image" / "train.json").write_text(json.dumps(fresh))
+    (run / "decoders" / "audio" / "train.json").write_text(json.dumps({"vocoder": {"steps": 3, "final_loss": 13.25}}))
+    recipe = {"components": {**reports, "decoder_image": {"unet": {"steps": 9, "final_loss": 0.6}, "previous": fresh},
+                             "decoder_audio": {"vocoder": {"steps": 3, "final_loss": 13.5}},
+                             "decoder_video": {"unet": {"steps": 1, "final_loss": 0.7}}}}
+    (bundle / "recipe.json").write_text(json.dumps(recipe))
+
+    res = compare_run(run, bundle)
+    c = res["components"]
+    assert c["encoder"]["equal"] and c["encoder"]["weights"]["files"]["encoder/imagebind.pth"]["compared"] == 1
+    assert c["llm"]["equal"] and c["llm"]["weights"]["files"]["llm/model.safetensors"]["first_rows_only"] == 1
+    # the run's fresh image decoder against the bundle's fresh one; its weights wait for the bundle's 2nd step
+    assert c["decoder_image"]["equal"] and c["decoder_image"]["steps"] == 1 and "skipped" in c["decoder_image"]["weights"]
+    assert set(c["decoder_image"]["fields"]) == {"step1.vae.steps", "step1.vae.final_mse", "step1.unet.steps",
+                                                 "step1.unet.final_loss"}
+    audio = c["decoder_audio"]  # a loss that differs is named, with by how much; so are its missing weights
+    assert not audio["equal"] and audio["fields"]["step1.vocoder.final_loss"]["abs_diff"] == pytest.approx(0.25)
+    assert res["reproduced"] == ["encoder", "llm", "decoder_image"] and res["differ"] == ["decoder_audio"]
+    assert res["not_in_run"] == ["decoder_video"]
+    assert main([str(run), "--bundle", str(bundle), "--out", str(tmp_path / "r.json")]) == 1
+    printed = capsys.readouterr().out
+    assert "llm: 5 reported figures exactly; 2 tensors equal" in printed
+    assert "decoder_audio (its first 1 of 1 steps): 2 reported figures NOT: step1.vocoder.final_loss 13.25 vs 13.5" in printed
+    assert json.loads((tmp_path / "r.json").read_text())["differ"] == ["decoder_audio"]
+
+    # one weight off by a float16 step is found, and how far
+    llm["w"][0, 0] += 0.01
+    save_file(llm, run / "llm" / "model.safetensors")
+    w = compare_run(run, bundle)["components"]["llm"]["weights"]["files"]["llm/model.safetensors"]
+    assert w["differ"] == ["w"] and 0.005 < w["max_abs_diff"] < 0.02
+    shutil.rmtree(run / "decoders" / "audio")
+    (run / "llm" / "model.safetensors").unlink()
+    assert not compare_run(run, bundle)["components"]["llm"]["equal"]  # a weight file the run lacks
+    with pytest.raises(SystemExit):  # not a bundle: a clear error, exit status 2
+        main([str(run), "--bundle", str(run)])
+    assert "recipe.json not found" in capsys.readouterr().err
