@@ -828,7 +828,7 @@ def test_reproduce_compares_a_run_folder_with_the_bundle_record_and_weights(tmp_
     assert main([str(run), "--bundle", str(bundle), "--out", str(tmp_path / "r.json")]) == 1
     printed = capsys.readouterr().out
     assert "llm: 5 reported figures exactly; 2 tensors equal" in printed
-    assert "decoder_audio (its first 1 of 1 steps): 2 reported figures NOT: step1.vocoder.final_loss 13.25 vs 13.5" in printed
+    assert "decoder_audio (1 of the bundle's 1 steps): 2 reported figures NOT: step1.vocoder.final_loss 13.25 vs 13.5" in printed
     assert json.loads((tmp_path / "r.json").read_text())["differ"] == ["decoder_audio"]
 
     # one weight off by a float16 step is found, and how far

@@ -159,7 +159,7 @@ def _summary(name: str, res: dict) -> str:
         wtext = f"{n} tensors {'equal' if w['equal'] else 'DIFFER'}"
     else:
         wtext = f"weights not compared ({w['skipped']})" if "skipped" in w else "weights not compared"
-    steps = f" (its first {res['steps']} of {res['bundle_steps']} steps)" if "steps" in res else ""
+    steps = f" ({res['steps']} of the bundle's {res['bundle_steps']} steps)" if "steps" in res else ""
     verdict = "exactly" if not bad else "NOT: " + ", ".join(
         f"{k} {v['run']} vs {v['bundle']}" for k, v in list(res["fields"].items()) if not v["equal"])[:400]
     return f"{name}{steps}: {len(res['fields'])} reported figures {verdict}; {wtext}"
