@@ -142,8 +142,8 @@ def compare_run(run_dir: "str | Path", bundle: "str | Path" = "checkpoints/codi2
             res["weights"] = {"files": per_file, "equal": bool(per_file) and all(v["equal"] for v in per_file.values())}
             res["equal"] = res["equal"] and res["weights"]["equal"]
         elif weights:
-            res["weights"] = {"skipped": f"the run went through {res['run_steps']} of the bundle's "
-                                         f"{res['bundle_steps']} steps of this decoder"}
+            res["weights"] = {"skipped": f"the run's decoder went through {res['run_steps']} steps, the bundle's "
+                                         f"through {res['bundle_steps']}"}
         out["components"][name] = res
     out["reproduced"] = [n for n, r in out["components"].items() if r["equal"]]
     out["differ"] = [n for n, r in out["components"].items() if not r["equal"]]
@@ -152,7 +152,7 @@ def compare_run(run_dir: "str | Path", bundle: "str | Path" = "checkpoints/codi2
 
 
 def _summary(name: str, res: dict) -> str:
-    bad = [k for k, v in res["fields"].items() if not v["equal"]]
+    bad = [f"{k} {v['run']} vs {v['bundle']}" for k, v in res["fields"].items() if not v["equal"]]
     w = res.get("weights", {})
     if "files" in w:
         n = sum(f.get("compared", 0) for f in w["files"].values())
@@ -160,8 +160,7 @@ def _summary(name: str, res: dict) -> str:
     else:
         wtext = f"weights not compared ({w['skipped']})" if "skipped" in w else "weights not compared"
     steps = f" ({res['steps']} of the bundle's {res['bundle_steps']} steps)" if "steps" in res else ""
-    verdict = "exactly" if not bad else "NOT: " + ", ".join(
-        f"{k} {v['run']} vs {v['bundle']}" for k, v in list(res["fields"].items()) if not v["equal"])[:400]
+    verdict = "NOT: " + ", ".join(bad)[:400] if bad else "exactly"
     return f"{name}{steps}: {len(res['fields'])} reported figures {verdict}; {wtext}"
 
 
