@@ -208,9 +208,10 @@ def test_encoder_stage_writes_a_strictly_loadable_checkpoint(tmp_path):
 
 
 def test_encoder_stage_killed_mid_run_goes_on_from_its_checkpoint_bit_for_bit(tmp_path, monkeypatch):
-    """Killed in its 4th step (checkpoint after step 2), started again: the same weights as a run never stopped; a
-    run with other settings is refused, naming them; resume=false starts over."""
+    """Killed in its 4th step (checkpoint after step 2), started again (its run folder moved meanwhile): the same
+    weights as a run never stopped; a run with other settings is refused, naming them; resume=false starts over."""
     import dataclasses
+    import shutil
 
     from codi2.mini.encoder_align import EncoderAlignConfig, train_encoder
 
@@ -229,11 +230,13 @@ def test_encoder_stage_killed_mid_run_goes_on_from_its_checkpoint_bit_for_bit(tm
     assert not (tmp_path / "killed" / "enc.pth").exists()
     with pytest.raises(ValueError, match=r"different run \(differs in: run\.lr\)"):
         train_encoder(dataclasses.replace(cfg("killed"), lr=2e-2))
-    killed = train_encoder(cfg("killed"))
-    assert not state.exists() and killed["resumed_after_step"] == 2 and "resumed_after_step" not in straight
+    shutil.move(tmp_path / "killed", tmp_path / "moved")  # paths are not part of the run: it resumes elsewhere
+    killed = train_encoder(cfg("moved"))
+    assert not (tmp_path / "moved" / ".enc.pth.resume").exists()
+    assert killed["resumed_after_step"] == 2 and "resumed_after_step" not in straight
     assert killed["final_loss"] == straight["final_loss"] and killed["evals"] == straight["evals"]
     a = torch.load(tmp_path / "straight" / "enc.pth", weights_only=True)
-    b = torch.load(tmp_path / "killed" / "enc.pth", weights_only=True)
+    b = torch.load(tmp_path / "moved" / "enc.pth", weights_only=True)
     assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []
     # resume = false discards the state and trains from the first step
     with monkeypatch.context() as mp:
@@ -271,9 +274,11 @@ def test_llm_stage_builds_a_codi2_model_from_the_pretrained_dir(tmp_path):
 
 
 def test_llm_stage_killed_mid_run_goes_on_with_its_tokenizer_and_checkpoint_bit_for_bit(tmp_path, monkeypatch):
-    """Killed in its 4th step, started again: the tokenizer is the one the checkpoint was trained with (not trained
-    again), and the model is the same, bit for bit, as that of a run never stopped."""
+    """Killed in its 4th step, started again under another ``out`` (its state moved with it): the tokenizer is the
+    one the checkpoint was trained with (not trained again), and the model is the same, bit for bit, as that of a
+    run never stopped."""
     import dataclasses
+    import shutil
 
     import sentencepiece as spm
 
@@ -297,12 +302,15 @@ def test_llm_stage_killed_mid_run_goes_on_with_its_tokenizer_and_checkpoint_bit_
     assert not (tmp_path / "killed").exists() and not list(tmp_path.glob(".killed.tmp-*"))
     with pytest.raises(ValueError, match=r"differs in: run\.arch\.hidden_size"):
         pretrain_llm(dataclasses.replace(cfg, arch=dataclasses.replace(arch, hidden_size=64)))
+    (tmp_path / "elsewhere").mkdir()
+    shutil.move(state, tmp_path / "elsewhere" / ".killed.resume")
     with monkeypatch.context() as mp:  # the kept tokenizer is used: training another would fail here
         mp.setattr(codi2.llm, "train_sentencepiece", lambda *a, **k: pytest.fail("tokenizer trained again"))
-        killed = pretrain_llm(cfg)
-    assert not state.exists() and killed["resumed_after_step"] == 2 and "resumed_after_step" not in straight
+        killed = pretrain_llm(dataclasses.replace(cfg, out=str(tmp_path / "elsewhere" / "killed")))
+    assert not (tmp_path / "elsewhere" / ".killed.resume").exists()
+    assert killed["resumed_after_step"] == 2 and "resumed_after_step" not in straight
     assert killed["final_loss"] == straight["final_loss"] and killed["val_loss"] == straight["val_loss"]
-    s, k = tmp_path / "straight", tmp_path / "killed"
+    s, k = tmp_path / "straight", tmp_path / "elsewhere" / "killed"
     assert (k / "tokenizer.model").read_bytes() == kept  # the file itself (it names its build folder) ...
     pieces = [[(p.id_to_piece(i), p.get_score(i)) for i in range(p.get_piece_size())]
               for p in (spm.SentencePieceProcessor(model_file=str(d / "tokenizer.model")) for d in (s, k))]
@@ -513,8 +521,10 @@ def _killed_at(monkeypatch, n: int) -> None:
 def test_decoder_stage_killed_mid_run_goes_on_from_its_checkpoint_bit_for_bit(tmp_path, monkeypatch, case):
     """A run killed in a loop and started again restores the loops it finished, continues the one it was in from
     its last checkpoint, and writes the same weights as a run never stopped. ``video_init`` is the recipe's
-    ``VID_MORE`` step: more UNet steps on a trained pipeline, ``init`` = ``out``."""
+    ``VID_MORE`` step: more UNet steps on a trained pipeline, ``init`` = ``out``. The killed run's folder is moved
+    before it starts again: paths are not part of the run, what they hold is."""
     import dataclasses
+    import shutil
 
     from codi2.mini.decoder_train import train_decoders
 
@@ -555,6 +565,9 @@ def test_decoder_stage_killed_mid_run_goes_on_from_its_checkpoint_bit_for_bit(tm
             with pytest.raises(ValueError, match=r"different run \(differs in: arch\.unet_steps\)"):
                 train_decoders(dataclasses.replace(cfg, **{m: dataclasses.replace(getattr(cfg, m), unet_steps=6)}))
             assert (state / "unet.pt").is_file()
+            shutil.move(out, tmp_path / "moved")
+            out = tmp_path / "moved"
+            cfg = dataclasses.replace(cfg, out=str(out), init=str(out) if case == "video_init" else None)
         runs[name] = train_decoders(cfg)[m]
         assert not (out / f".{m}.resume").exists()  # written: the checkpoints are gone
     straight, killed = runs["straight"], runs["killed"]
@@ -562,7 +575,7 @@ def test_decoder_stage_killed_mid_run_goes_on_from_its_checkpoint_bit_for_bit(tm
     if case == "audio":
         assert killed["vae"]["resumed_after_step"] == 3 and killed["vocoder"]["resumed_after_step"] == 3
     assert killed["unet"]["final_loss"] == straight["unet"]["final_loss"]
-    a, b = _pipeline_tensors(tmp_path / "straight" / m), _pipeline_tensors(tmp_path / "killed" / m)
+    a, b = _pipeline_tensors(tmp_path / "straight" / m), _pipeline_tensors(tmp_path / "moved" / m)
     assert a.keys() == b.keys() and len(a) > 10
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
 

@@ -997,9 +997,10 @@ def _encoder_path(cfg: DecoderTrainConfig, mcfg: ModelConfig) -> Path:
 def resume_fingerprint(cfg: DecoderTrainConfig, modality: str, mcfg: ModelConfig) -> dict:
     """What makes one decoder's training run the same run for resuming (see :class:`LoopCheckpoints`): the
     settings that change its weights, and digests of what it starts from (``init``'s pipeline report, the shared
-    image VAE, the image encoder). Logging, evaluation and thread settings are left out."""
+    image VAE, the image encoder). Logging, evaluation and thread settings are left out, and so are the paths
+    (``out``, ``init``, ``encoder_weights``: their contents count, by digest), so a moved run folder still resumes."""
     skip = {"modalities", "judges", "eval_n", "eval_steps", "log_every", "num_threads", "checkpoint_every", "resume",
-            *WORLD_MODALITIES}
+            "out", "init", "encoder_weights", *WORLD_MODALITIES}
     arch: DecoderArch = getattr(cfg, modality)
     starts: dict[str, Optional[str]] = {}
     if cfg.init is not None:

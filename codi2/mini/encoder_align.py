@@ -205,9 +205,9 @@ def encoder_config(cfg: EncoderAlignConfig) -> ImageBindConfig:
 
 def resume_fingerprint(cfg: EncoderAlignConfig) -> dict:
     """What makes an alignment run the same run for resuming (:class:`~codi2.mini.common.LoopCheckpoints`): the
-    architecture, the settings that change the weights, and the digest of ``init``. Logging, evaluation and threads
-    are left out."""
-    skip = {"eval_n", "eval_every", "log_every", "num_threads", "checkpoint_every", "resume"}
+    architecture, the settings that change the weights, and the digest of ``init``. Logging, evaluation, threads and
+    the paths (``out``, ``init``: its contents count) are left out, so a moved run folder still resumes."""
+    skip = {"eval_n", "eval_every", "log_every", "num_threads", "checkpoint_every", "resume", "out", "init"}
     return {"encoder": asdict(encoder_config(cfg)), "run": {k: v for k, v in asdict(cfg).items() if k not in skip},
             "starts_from": {"init": file_digest(Path(cfg.init))} if cfg.init is not None else {}}
 

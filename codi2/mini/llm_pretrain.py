@@ -212,8 +212,9 @@ def _eval_loss(model: Any, data: torch.Tensor, block: int, batches: int, batch_s
 
 def resume_fingerprint(cfg: LLMPretrainConfig) -> dict:
     """What makes a pre-training run the same run for resuming (:class:`~codi2.mini.common.LoopCheckpoints`): the
-    settings that change the tokenizer or the weights. Logging, evaluation and threads are left out."""
-    skip = {"eval_batches", "log_every", "num_threads", "checkpoint_every", "resume"}
+    settings that change the tokenizer or the weights. Logging, evaluation, threads and ``out`` are left out (a
+    moved run folder still resumes)."""
+    skip = {"eval_batches", "log_every", "num_threads", "checkpoint_every", "resume", "out"}
     return {"run": {k: v for k, v in asdict(cfg).items() if k not in skip}}
 
 
