@@ -849,6 +849,10 @@ def test_reproduce_compares_a_run_folder_with_the_bundle_record_and_weights(tmp_
     save_file(llm, run / "llm" / "model.safetensors")
     w = compare_run(run, bundle)["components"]["llm"]["weights"]["files"]["llm/model.safetensors"]
     assert w["differ"] == ["w"] and 0.005 < w["max_abs_diff"] < 0.02
+    assert main([str(run), "--bundle", str(bundle)]) == 1  # the line says how many tensors differ, and where
+    printed = capsys.readouterr().out
+    assert "llm: 5 reported figures exactly; 1 of 2 compared tensors equal, NOT: llm/model.safetensors: 1 of 2, " \
+           "max |diff| 0.0" in printed and "weights NOT compared: the bundle holds none for it" in printed
     shutil.rmtree(run / "decoders" / "audio")
     (run / "llm" / "model.safetensors").unlink()
     assert not compare_run(run, bundle)["components"]["llm"]["equal"]  # a weight file the run lacks

@@ -156,7 +156,18 @@ def _summary(name: str, res: dict) -> str:
     w = res.get("weights", {})
     if "files" in w:
         n = sum(f.get("compared", 0) for f in w["files"].values())
-        wtext = f"{n} tensors {'equal' if w['equal'] else 'DIFFER'}"
+        if w["equal"]:
+            wtext = f"{n} tensors equal"
+        elif not w["files"]:
+            wtext = "weights NOT compared: the bundle holds none for it"
+        else:  # how many, and where: e.g. only one sub-model's tensors
+            off = {f: v for f, v in w["files"].items() if not v["equal"]}
+            n_bad = sum(len(v.get("differ", [])) for v in off.values())
+            where = "; ".join(
+                f"{f}: " + (f"missing in the run ({len(v['missing_in_run'])})" if "differ" not in v or v["missing_in_run"]
+                            else f"{len(v['differ'])} of {v['compared']}, max |diff| {v['max_abs_diff']:.3g}")
+                for f, v in off.items())
+            wtext = f"{n - n_bad} of {n} compared tensors equal, NOT: {where}"[:600]
     else:
         wtext = f"weights not compared ({w['skipped']})" if "skipped" in w else "weights not compared"
     steps = f" ({res['steps']} of the bundle's {res['bundle_steps']} steps)" if "steps" in res else ""
