@@ -856,6 +856,8 @@ def test_reproduce_compares_a_run_folder_with_the_bundle_record_and_weights(tmp_
     shutil.rmtree(run / "decoders" / "audio")
     (run / "llm" / "model.safetensors").unlink()
     assert not compare_run(run, bundle)["components"]["llm"]["equal"]  # a weight file the run lacks
+    assert main([str(run), "--bundle", str(bundle)]) == 1
+    assert "llm/model.safetensors: the run has no such file" in capsys.readouterr().out
     with pytest.raises(SystemExit):  # not a bundle: a clear error, exit status 2
         main([str(run), "--bundle", str(run)])
     assert "recipe.json not found" in capsys.readouterr().err

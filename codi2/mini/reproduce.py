@@ -163,11 +163,16 @@ def _summary(name: str, res: dict) -> str:
         else:  # how many, and where: e.g. only one sub-model's tensors
             off = {f: v for f, v in w["files"].items() if not v["equal"]}
             n_bad = sum(len(v.get("differ", [])) for v in off.values())
-            where = "; ".join(
-                f"{f}: " + (f"missing in the run ({len(v['missing_in_run'])})" if "differ" not in v or v["missing_in_run"]
-                            else f"{len(v['differ'])} of {v['compared']}, max |diff| {v['max_abs_diff']:.3g}")
-                for f, v in off.items())
-            wtext = f"{n - n_bad} of {n} compared tensors equal, NOT: {where}"[:600]
+            where = []
+            for f, v in off.items():
+                if "compared" not in v:
+                    where.append(f"{f}: the run has no such file")
+                    continue
+                if v["differ"]:
+                    where.append(f"{f}: {len(v['differ'])} of {v['compared']}, max |diff| {v['max_abs_diff']:.3g}")
+                if v["missing_in_run"]:
+                    where.append(f"{f}: {len(v['missing_in_run'])} tensors missing in the run")
+            wtext = f"{n - n_bad} of {n} compared tensors equal, NOT: {'; '.join(where)}"[:600]
     else:
         wtext = f"weights not compared ({w['skipped']})" if "skipped" in w else "weights not compared"
     steps = f" ({res['steps']} of the bundle's {res['bundle_steps']} steps)" if "steps" in res else ""
