@@ -299,10 +299,11 @@ class Judges:
         """Trains every judge in ``config.modalities`` on ``n`` fresh renders and tests on ``n_eval`` others.
 
         ``self.report[modality]``: ``seconds``, ``loss_history`` (per step), ``heldout_accuracy`` {attr: acc}.
-        ``max_steps`` stops early (for quick tests).
+        ``max_steps`` stops early (for quick tests). The same arguments give the same weights, bit for bit
+        (on the same thread count), whatever the global RNG state was.
         """
+        torch.manual_seed(seed)  # before the networks are built: their initial weights come from it
         judges = cls(config)
-        torch.manual_seed(seed)
         for m in judges.config.modalities:
             t0 = time.time()
             x, y = render_batch(m, seed, 0, n, noisy=True)
