@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-from typing import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -15,14 +13,18 @@ from data_builders.world.world import MODALITY_ATTRS, WorldObject, render_image,
 
 
 @pytest.fixture(scope="module")
-def tiny_judges() -> Iterator[Judges]:
+def tiny_judges() -> Judges:
     """A few steps on a handful of renders: enough to see learning, seconds on CPU (one thread: these
     nets are too small to gain from more, and on a busy machine two threads are ten times slower)."""
+    return _train_tiny()
+
+
+def _train_tiny() -> Judges:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield Judges.train(seed=0, n=64, n_eval=32, epochs=100, batch_size=16, lr=3e-3, max_steps=40,
-                           config=JudgeConfig(width=4, hidden=16))
+        return Judges.train(seed=0, n=64, n_eval=32, epochs=100, batch_size=16, lr=3e-3, max_steps=40,
+                            config=JudgeConfig(width=4, hidden=16))
     finally:
         torch.set_num_threads(threads)
 
@@ -111,14 +113,8 @@ def test_evaluate_manifest(tiny_judges, tmp_path):
 def test_training_is_reproducible_whatever_the_global_rng_state(tiny_judges):
     """The same seed gives the same judges bit for bit: the networks' initial weights too, not just the batches
     (they were once built before the seed was set, so every run's judges differed)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.manual_seed(12345)  # a global RNG state unlike the fixture's
-        again = Judges.train(seed=0, n=64, n_eval=32, epochs=100, batch_size=16, lr=3e-3, max_steps=40,
-                             config=JudgeConfig(width=4, hidden=16))
-    finally:
-        torch.set_num_threads(threads)
+    torch.manual_seed(12345)  # a global RNG state unlike the fixture's
+    again = _train_tiny()
     for m in ("image", "audio", "video"):
         a, b = tiny_judges.models[m].state_dict(), again.models[m].state_dict()
         assert a.keys() == b.keys()
