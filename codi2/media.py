@@ -1010,11 +1010,19 @@ _VIDEO_ENCODERS = {
 }
 
 
+# save_video's H.264 settings. no-asm: x264's assembly paths now and then encode the same frames to another
+# bitstream (119 of 300 world clips and 4 of 4 clips of 24 x 576 x 320, each saved three times in one process), so
+# seeded data and outputs differed from one run to the next; its C paths do not (0 of 300, 0 of 4), at 2-4x the
+# encoding time, small beside any decoder (benchmarks/video_encode.py).
+X264_OPTIONS = {"crf": "18", "preset": "veryfast", "x264-params": "no-asm=1"}
+
+
 def save_video(video: Video, path: PathLike, fps: Optional[float] = None) -> Path:
     """Saves a video: mp4/m4v/mov (H.264 via libx264, else MPEG-4 Part 2; AAC audio), webm/mkv
     (VP9, else VP8; Opus audio), or gif (Pillow; no audio, colours quantised to 256).
 
     H.264/VP8/VP9 use 4:2:0 chroma, so odd widths/heights are padded by one pixel (edge copy).
+    H.264 files are byte-reproducible: the same frames give the same bytes (x264 without its assembly paths).
     The audio track, when present, is muxed (and resampled if the encoder needs another rate).
 
     Args:
@@ -1076,7 +1084,7 @@ def _write_av_video(path: PathLike, frames: np.ndarray, rate: Fraction, vcodec: 
         if vcodec.startswith("libvpx"):
             stream.options = {"deadline": "realtime", "cpu-used": "8", "crf": "10", "b:v": "0"}
         elif vcodec in ("libx264", "h264"):
-            stream.options = {"crf": "18", "preset": "veryfast"}
+            stream.options = dict(X264_OPTIONS)
         else:
             stream.bit_rate = max(2_000_000, int(frames.shape[1] * frames.shape[2] * float(rate) * 0.5))
         astream = None

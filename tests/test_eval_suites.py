@@ -142,8 +142,10 @@ def test_world_suite(ws, pipe, tmp_path):
     assert all(0 <= s["metrics"]["acc"] <= 1 for s in r["samples"])
     targets = {t["label"]: t for t in r["metrics"]["targets"]}
     assert targets["image captioning"]["n"] == 1 and targets["text -> image: shape and colour right"]["n"] == 0
-    assert "joint coherence > separate coherence" in targets
-    assert "Mini-world targets" in (tmp_path / "out" / "report.md").read_text()
+    assert targets["joint coherence > separate coherence"]["target"] is False  # reported beside the targets
+    assert targets["image captioning"]["target"] is True
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "Mini-world targets" in report and "Reported beside them, not targets" in report
     assert set(r["metrics"]["by_task"]) == set(tasks)
 
 
@@ -220,6 +222,34 @@ def test_world_suite_scores_the_named_change_of_in_context_edits(ws, pipe, tmp_p
         assert smp["metrics"]["edit_named"] in (0.0, 1.0) and "edit_acc" in smp["metrics"]
     assert all("edit_named" not in smp["metrics"] for smp in by_task["edit_image"])  # there the user names it
     assert "edit_named" in r["metrics"]["by_task"]["icl_edit_image"]
+
+
+def test_world_targets_count_the_open_joint_comparison_and_report_the_named_one_beside(tmp_path):
+    """Joint vs separate replies is a target where the prompt leaves the object open (joint_open); on prompts that
+    name the whole object it is reported beside the targets, and the report's count leaves it out."""
+    from codi2.eval.report import write_report
+
+    def rec(task, **m):
+        return {"task": task, "shots": 0, "metrics": m}
+
+    records = [rec("caption_image", acc=1.0), rec("caption_audio", acc=0.5),
+               rec("joint_image_audio", coherence=1.0, coherence_separate=1.0, sim=0.5, sim_separate=0.6),
+               rec("joint_open", coherence=1.0, coherence_separate=0.0, sim=0.6, sim_separate=0.2)]
+    rows = {t["label"]: t for t in S.world_targets(records)}
+    named, opened = rows["joint coherence > separate coherence"], rows["open joint coherence > separate coherence"]
+    assert (named["target"], named["pass"], named["value"]) == (False, False, 0.0)
+    assert (opened["target"], opened["pass"], opened["value"]) == (True, True, 1.0)
+    assert rows["joint sim > separate sim"]["target"] is False and rows["open joint sim > separate sim"]["pass"]
+    assert all(t["target"] for t in rows.values() if t["task"] not in S.JOINT_TASKS)
+    empty = {"overall": {}, "by_shots": {}, "by_task": {}}
+    path = write_report({"suite": "world", "config": {"model": "m", "data": "d", "shots": [0], "n": 4, "seed": 0},
+                         "metrics": {**empty, "targets": list(rows.values())}}, tmp_path)
+    report = path.read_text()
+    # measured: image captioning (met), sound captioning (not), joint coherence, the open coherence and SIM (met)
+    assert "4 of the 5 measured targets met (9 without records in this run)." in report
+    targets, beside = report.split("Reported beside them")
+    assert "| joint coherence > separate coherence |" in beside and "| joint coherence >" not in targets
+    assert "| open joint coherence > separate coherence |" in targets
 
 
 def test_paired_shots_compares_the_same_items():
@@ -357,6 +387,7 @@ def test_world_open_joint_task_samples_its_choice_and_asks_the_separate_replies_
     assert "coherence" in first["metrics"] and "coherence_separate" in first["metrics"]
     labels = [t["label"] for t in S.world_targets(out["samples"])]
     assert "open joint coherence > separate coherence" in labels
+    assert all(t["target"] for t in S.world_targets(out["samples"]) if t["task"] == "joint_open")
     bad = tmp_path / "bad"
     bad.mkdir()
     rec["meta"].pop("separate")

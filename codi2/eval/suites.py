@@ -20,7 +20,8 @@ Suites
                  LSD, KL (softmax, sigmoid) per sample; FD and FAD per shot count.
     world        the mini world (``data_builders.world``): every task's targets judged by the attribute judges,
                  joint-output coherence and SIM (encoder cosine of the co-generated image and sound) for joint
-                 generation vs separate generation.
+                 generation vs separate generation (a target on open prompts, reported on named ones:
+                 ``JOINT_COMPARISON_IS_TARGET``).
 """
 from __future__ import annotations
 
@@ -496,6 +497,13 @@ WORLD_TARGETS: tuple[tuple[str, str, Optional[int], str, float], ...] = (
     ("joint image + sound coherent", "joint_image_audio", None, "coherence", 0.85),
 )
 JOINT_TASKS = ("joint_image_audio", "joint_open")  # scored for coherence, joint reply vs two separate replies
+# Joint vs separate replies (coherence and SIM), and whether the comparison is one of the targets. CoDi's comparison
+# is made where the prompt leaves the object open (its captions name a dog, not which dog): `joint_open`, where one
+# reply must choose once and two replies choose apart. `joint_image_audio` prompts name the whole object, which fixes
+# every attribute a sound has, so two replies agree whenever each is right; there the comparison only says which
+# of two ways of asking is the more accurate, and it is reported, not counted: between models trained by this
+# recipe it ranged from -3.3 to +26.7 points on 30 records, while the open comparison stayed at +80 to +87.
+JOINT_COMPARISON_IS_TARGET = {"joint_image_audio": False, "joint_open": True}
 IN_CONTEXT_EDIT_TASKS = ("icl_edit_image", "icl_edit_audio")  # the change shown by exemplar pairs, never named
 
 
@@ -513,15 +521,17 @@ OPEN_TEMPERATURE = 1.0  # the open joint task's replies sample the object they c
 
 
 def world_targets(records: Sequence[dict]) -> list[dict]:
-    """The mini-world issue's figures from per-sample records: value, threshold, pass; plus the comparisons
-    (in-context accuracy by shots, joint vs separate coherence and SIM)."""
+    """The mini-world issue's figures from per-sample records: value, threshold, pass, and ``target`` (counted
+    among the targets, or a comparison reported beside them); plus joint vs separate coherence and SIM for each
+    joint task present (see ``JOINT_COMPARISON_IS_TARGET``)."""
     out = []
     for label, task, shots, metric, threshold in WORLD_TARGETS:
         vals = [r["metrics"][metric] for r in records if r["task"] == task and metric in r["metrics"]
                 and (shots is None or r["shots"] == shots)]
         value = float(np.mean(vals)) if vals else None
         out.append({"label": label, "task": task, "shots": shots, "metric": metric, "threshold": threshold,
-                    "n": len(vals), "value": value, "pass": value is not None and value >= threshold})
+                    "n": len(vals), "value": value, "pass": value is not None and value >= threshold,
+                    "target": True})
     for task in JOINT_TASKS:
         joint = [r["metrics"] for r in records if r["task"] == task]
         prefix = "joint" if task == "joint_image_audio" else "open joint"
@@ -531,7 +541,8 @@ def world_targets(records: Sequence[dict]) -> list[dict]:
             if a and b:
                 out.append({"label": f"{prefix} {metric} > separate {metric}", "task": task, "shots": None,
                             "metric": f"{metric} - {metric}_separate", "threshold": 0.0, "n": len(a),
-                            "value": float(np.mean(a) - np.mean(b)), "pass": float(np.mean(a)) > float(np.mean(b))})
+                            "value": float(np.mean(a) - np.mean(b)), "pass": float(np.mean(a)) > float(np.mean(b)),
+                            "target": JOINT_COMPARISON_IS_TARGET[task]})
     return out
 
 
