@@ -97,7 +97,7 @@ def plot_tasks(results: dict, path: Path) -> bool:
 
 
 def _target_rows(rows: list[dict], what: str, verdict: str) -> list[str]:
-    lines = [f"| {what} | task | shots | metric | value | threshold | n | {verdict} |", "|---|---|---|---|---|---|---|---|"]
+    lines = [f"| {what} | task | shots | metric | value | threshold | n | {verdict} |", "|---" * 8 + "|"]
     for t in rows:
         value = "–" if t["value"] is None else f"{t['value']:.3f}"
         lines.append(f"| {t['label']} | {t['task']} | {t['shots'] if t['shots'] is not None else 'all'} | "
@@ -137,14 +137,16 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
         targets = [t for t in m["targets"] if t.get("target", True)]
         beside = [t for t in m["targets"] if not t.get("target", True)]
         measured = [t for t in targets if t["value"] is not None]
-        lines += ["", "## Mini-world targets", "",
-                  f"{sum(t['pass'] for t in measured)} of the {len(measured)} measured targets met"
-                  + (f" ({len(targets) - len(measured)} without records in this run)." if len(measured) < len(targets)
-                     else "."), ""] + _target_rows(targets, "target", "pass")
+        missing = len(targets) - len(measured)
+        count = f"{sum(t['pass'] for t in measured)} of the {len(measured)} measured targets met"
+        lines += ["", "## Mini-world targets", "", count + (f" ({missing} without records in this run)." if missing
+                                                             else "."), ""]
+        lines += _target_rows(targets, "target", "pass")
         if beside:
             lines += ["", "Reported beside them, not targets (joint vs separate replies on prompts that name the "
                       "whole object: two replies agree whenever each is right, so this only compares their "
-                      "accuracy; the target comparison is the open prompts'):", ""] + _target_rows(beside, "comparison", "holds")
+                      "accuracy; the target comparison is the open prompts'):", ""]
+            lines += _target_rows(beside, "comparison", "holds")
     if m.get("set"):
         lines += ["", "## Set-level metrics (point values)", ""]
         groups = {"all": m["set"].get("overall", {})}

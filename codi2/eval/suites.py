@@ -502,7 +502,7 @@ JOINT_TASKS = ("joint_image_audio", "joint_open")  # scored for coherence, joint
 # reply must choose once and two replies choose apart. `joint_image_audio` prompts name the whole object, which fixes
 # every attribute a sound has, so two replies agree whenever each is right; there the comparison only says which
 # of two ways of asking is the more accurate, and it is reported, not counted: between models trained by this
-# recipe it ranged from -3.3 to +26.7 points on 30 records, while the open comparison stayed at +80 to +87.
+# recipe it ranged from -3.3 to +26.7 points on 30 records, while the open comparison stayed at +76.7 to +86.7.
 JOINT_COMPARISON_IS_TARGET = {"joint_image_audio": False, "joint_open": True}
 IN_CONTEXT_EDIT_TASKS = ("icl_edit_image", "icl_edit_audio")  # the change shown by exemplar pairs, never named
 
