@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The mini model's whole recipe (issue 5), from a clean checkout to checkpoints/codi2-mini:
 #
-#   bash scripts/train_mini.sh            # full size: about 5 h 15 min on an idle 2-core CPU (README: stage times)
+#   bash scripts/train_mini.sh            # full size: about 5 h 35 min on an idle 2-core CPU (README: stage times)
 #   bash scripts/train_mini.sh --smoke    # the same stages at toy sizes, a few minutes (CI runs it)
 #
 # 1. world data (runs/mini/data/{stage1,train,icl,vidx,mrx,icl7,img8,mr13,mr15,ed14,open12,vgen,test,opentest})
@@ -15,8 +15,10 @@
 #    mini-stage5 (+ 3000 video records and 2000 three-round editing records, the text and video phases weighted
 #    up) from stage 4's, mini-stage6 (+ 8000 in-context picture records and 3000 fresh picture-editing /
 #    text -> picture records) from stage 5's, mini-stage7 (the editing pass: + 10000 three-round editing
-#    dialogues, 2000 picture and sound edits and 3000 open-prompt records) from stage 6's, and stage 8
-#    (mini-video-head.yaml: the video head re-fitted, everything else frozen) from stage 7's;
+#    dialogues, 2000 picture and sound edits and 3000 open-prompt records) from stage 6's, stage 8
+#    (mini-video-head.yaml: the video head re-fitted, everything else frozen) from stage 7's, mini-stage9 (a second
+#    in-context picture pass: stage 6's mix for 2000 steps) from stage 8's, and stage 10 (the video head again)
+#    from stage 9's;
 #    beside them, 6000 more image-UNet steps, 3000 on a zero-terminal-SNR schedule, then 2000 steps of the VAE's
 #    decoder half alone (its encoder frozen); that VAE goes into the video decoder too, which shares its latents
 # 4. the components compared with those of the bundle about to be replaced (python -m codi2.mini.reproduce ->
@@ -61,11 +63,13 @@ if (( smoke )); then
   ST6=(max_steps=4 batch_size=4 save_every=2 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
   ST7=(max_steps=4 batch_size=4 save_every=2 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
   ST8=(max_steps=4 batch_size=4 save_every=2 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
+  ST9=(max_steps=4 batch_size=4 save_every=2 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
+  ST10=(max_steps=4 batch_size=4 save_every=2 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
   N_MR13=8; N_MR15=8; N_ED14=8; N_OPEN12=8; N_OPENTEST=4
   EVAL=(--n 1 --steps 2)
 else
   RUN="${RUN:-runs/mini}"; OUT="${OUT:-checkpoints/codi2-mini}"
-  ENC=(); LLM=(); DEC=(); ST1=(); ST2=(); ST3=(); ST4=(); ST5=(); ST6=(); ST7=(); ST8=(); EVAL=(--n "${EVAL_N:-30}")
+  ENC=(); LLM=(); DEC=(); ST1=(); ST2=(); ST3=(); ST4=(); ST5=(); ST6=(); ST7=(); ST8=(); ST9=(); ST10=(); EVAL=(--n "${EVAL_N:-30}")
   IMG_MORE=(image.vae_steps=0 image.unet_steps=6000)
   # then onto a zero-terminal-SNR schedule (as the video decoder), 30 % of the timesteps at t >= 850 (README: Pictures)
   IMG_ZSNR=(image.vae_steps=0 image.unet_steps=3000 image.lr=2.0e-4 image.zero_snr=true image.prediction_type=v_prediction
@@ -110,7 +114,7 @@ build "$RUN/data/mr13" "$N_MR13" train 13 --tasks multi_round_edit  # stage 7's 
 build "$RUN/data/mr15" "$N_MR15" train 15 --tasks multi_round_edit  # (two builds: 4000 + 6000)
 build "$RUN/data/ed14" "$N_ED14" train 14 --tasks edit_image edit_audio  # stage 7's fresh picture and sound edits
 build "$RUN/data/open12" "$N_OPEN12" train 12 --tasks gen_open_image gen_open_audio joint_open  # stage 7's open prompts
-build "$RUN/data/vgen" "$N_VGEN" train 6 --tasks gen_video  # stage 8's video-head re-fit
+build "$RUN/data/vgen" "$N_VGEN" train 6 --tasks gen_video  # stages 8 and 10: the video-head re-fits
 build "$RUN/data/test" "$N_TEST" test 0
 build "$RUN/data/opentest" "$N_OPENTEST" test 10 --tasks joint_open  # open prompts: joint vs separate replies
 if [[ ! -f "$RUN/judges/judges.json" ]]; then
@@ -222,6 +226,17 @@ if [[ ! -f "$RUN/stage8/final/config.yaml" ]]; then
   codi2 train configs/train/mini-video-head.yaml output_dir="$RUN/stage8" model.pipeline="$RUN/stage7/final" \
       "data.manifests=[$RUN/data/vgen/manifest.jsonl]" "${ST8[@]}" >> "$RUN/logs/stage8.log" 2>&1
 fi
+if [[ ! -f "$RUN/stage9/final/config.yaml" ]]; then
+  log "stage 9: a second in-context picture pass (stage 6's mix, 2000 steps)"
+  codi2 train configs/train/mini-stage9.yaml output_dir="$RUN/stage9" model.pipeline="$RUN/stage8/final" \
+      "data.manifests=[$RUN/data/train/manifest.jsonl,$RUN/data/icl/manifest.jsonl,$RUN/data/icl7/manifest.jsonl,$RUN/data/img8/manifest.jsonl,$RUN/data/vidx/manifest.jsonl,$RUN/data/mrx/manifest.jsonl]" \
+      "${ST9[@]}" >> "$RUN/logs/stage9.log" 2>&1
+fi
+if [[ ! -f "$RUN/stage10/final/config.yaml" ]]; then
+  log "stage 10: the video head re-fitted to stage 9's LLM (everything else frozen; + $RUN/data/vgen)"
+  codi2 train configs/train/mini-video-head.yaml output_dir="$RUN/stage10" model.pipeline="$RUN/stage9/final" \
+      "data.manifests=[$RUN/data/vgen/manifest.jsonl]" "${ST10[@]}" >> "$RUN/logs/stage10.log" 2>&1
+fi
 
 # ---- 4. bundle and evaluate
 if [[ -f "$OUT/recipe.json" ]]; then  # before it is replaced: do the components match the bundle's, figure for figure?
@@ -230,7 +245,7 @@ if [[ -f "$OUT/recipe.json" ]]; then  # before it is replaced: do the components
       || log "some components differ from $OUT's (see $RUN/reproduce.json); going on"
 fi
 log "bundle -> $OUT"
-python -m codi2.mini.bundle "$RUN/stage8/final" "$OUT" --judges "$RUN/judges" --sampling-from configs/model/mini.yaml
+python -m codi2.mini.bundle "$RUN/stage10/final" "$OUT" --judges "$RUN/judges" --sampling-from configs/model/mini.yaml
 log "world evaluation -> $RUN/eval"
 codi2 eval --suite world --model "$OUT" --data "$RUN/data/test" "$RUN/data/opentest" --out "$RUN/eval" --resume "${EVAL[@]}" \
     >> "$RUN/logs/eval.log" 2>&1

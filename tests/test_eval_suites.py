@@ -203,6 +203,9 @@ def test_edit_named_reads_the_change_the_reply_states():
     assert edit_named("The change moves it to the middle.", [{"attr": "position", "value": "center"}],
                       parse_caption) == 1.0  # the parser's synonyms
     assert edit_named("anything", [], parse_caption) == 0.0
+    caption = "a large green square at the top"  # names the new colour, and everything else
+    assert edit_named(caption, colour, parse_caption) == 1.0 and edit_named(caption, colour, parse_caption, alone=True) == 0.0
+    assert edit_named("The change makes it green.", colour, parse_caption, alone=True) == 1.0
 
 
 def test_world_suite_scores_the_named_change_of_in_context_edits(ws, pipe, tmp_path):
@@ -222,6 +225,66 @@ def test_world_suite_scores_the_named_change_of_in_context_edits(ws, pipe, tmp_p
         assert smp["metrics"]["edit_named"] in (0.0, 1.0) and "edit_acc" in smp["metrics"]
     assert all("edit_named" not in smp["metrics"] for smp in by_task["edit_image"])  # there the user names it
     assert "edit_named" in r["metrics"]["by_task"]["icl_edit_image"]
+
+
+def test_world_suite_scores_spot_the_change_and_splits_edits_by_the_attribute_changed(ws, pipe, tmp_path):
+    from data_builders.world import build_world
+    from data_builders.world.build import change_words
+    from data_builders.world.judges import JudgeConfig, Judges
+
+    world = build_world(tmp_path / "world", n=8, seed=0, tasks=["spot_change_image", "spot_change_audio",
+                                                                  "edit_image", "caption_image"], split="test")
+    Judges(JudgeConfig(width=4, hidden=8)).save(tmp_path / "judges")
+    cfg = EvalConfig(suite="world", model=ws["model"], data=str(world), judges=str(tmp_path / "judges"), **FAST)
+    suite = R.build_suite(cfg, model=object())
+    manifest = {rec["id"]: rec for rec in map(json.loads, world.read_text().splitlines())}
+    spots = [smp for smp in suite.samples() if smp.task in S.SPOT_TASKS]
+    assert len(spots) == 4 and all(smp.runs[0].outputs == () for smp in spots)  # text only: nothing to draw
+    for smp in spots:  # scored by the words alone
+        edit = smp.ref["edits"][0]
+        right = S.Generated(change_words(edit["attr"], edit["value"]), [])
+        wrong = S.Generated("The change makes it a star." if edit["attr"] != "shape" else "The change makes it red.", [])
+        assert suite.score(smp, {"main": right}) == {"edit_named": 1.0, "exact": 1.0}
+        assert suite.score(smp, {"main": wrong}) == {"edit_named": 0.0, "exact": 0.0}
+        second = S.Generated(_caption_of_second(manifest[smp.id]), [])  # names the new value, and more
+        assert suite.score(smp, {"main": second}) == {"edit_named": 0.0, "exact": 0.0}
+        assert suite.breakdown(smp) == {"changed": edit["attr"]}
+    r = run_eval(cfg, tmp_path / "out", pipeline=pipe)
+    rows = r["metrics"]["by_breakdown"]
+    edits = {smp["id"]: smp for smp in r["samples"] if smp["task"] != "caption_image"}
+    assert sum(row["metrics"]["exact"]["n"] for row in rows) == len(edits)  # every editing sample once, captions none
+    for row in rows:
+        members = [smp for smp in edits.values() if smp["task"] == row["task"]
+                   and manifest[smp["id"]]["meta"]["edits"][-1]["attr"] == row["value"]]
+        assert row["by"] == "changed" and row["metrics"]["exact"]["n"] == len(members)
+        assert row["metrics"]["exact"]["mean"] == pytest.approx(
+            sum(smp["metrics"]["exact"] for smp in members) / len(members), abs=1e-4)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## By the attribute changed" in report
+    assert sum(line.startswith("| spot_change_") for line in report.split("## By the attribute changed")[1]
+               .split("##")[0].splitlines()) == len({(row["task"], row["value"]) for row in rows
+                                                    if row["task"].startswith("spot")})
+
+
+def _caption_of_second(record: dict) -> str:
+    """The canonical caption of a spot-the-change record's second render."""
+    from data_builders.world.world import WorldObject, caption
+
+    second = record["meta"]["inputs"][1]
+    return caption(second["modality"], WorldObject(**{"position": "center", **second["attrs"]}))
+
+
+def test_by_breakdown_keeps_tasks_and_shot_counts_apart():
+    recs = [{"id": f"k{k}/q{i}", "task": "icl", "shots": k, "metrics": {"exact": float(i % 2 == 0 or k == 2)}}
+            for i in range(4) for k in (1, 2)] + [{"id": "e0", "task": "edit", "shots": 0, "metrics": {"exact": 1.0}},
+                                                  {"id": "c0", "task": "caption", "shots": 0, "metrics": {"acc": 1.0}}]
+    keys = {f"k{k}/q{i}": {"changed": "colour" if i < 2 else "shape"} for i in range(4) for k in (1, 2)}
+    keys["e0"] = {"changed": "colour"}
+    rows = R.by_breakdown(recs, keys, n_boot=100, seed=0)
+    got = {(r["task"], r["shots"], r["value"]): (r["metrics"]["exact"]["mean"], r["metrics"]["exact"]["n"]) for r in rows}
+    assert got == {("edit", 0, "colour"): (1.0, 1), ("icl", 1, "colour"): (0.5, 2), ("icl", 1, "shape"): (0.5, 2),
+                   ("icl", 2, "colour"): (1.0, 2), ("icl", 2, "shape"): (1.0, 2)}
+    assert R.by_breakdown(recs, {}, n_boot=100, seed=0) == []
 
 
 def test_world_targets_count_the_open_joint_comparison_and_report_the_named_one_beside(tmp_path):

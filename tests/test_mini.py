@@ -38,7 +38,7 @@ def test_stage_configs_and_mini_model_config_load():
 
     stages = {n: load_train_config(str(REPO / "configs" / "train" / f"{n}.yaml"))
               for n in ("mini-stage1", "mini-stage2", "mini-stage3", "mini-stage4", "mini-stage5", "mini-stage6",
-                        "mini-stage6-words", "mini-stage6-steps", "mini-stage7", "mini-video-head")}
+                        "mini-stage6-words", "mini-stage6-steps", "mini-stage7", "mini-stage9", "mini-video-head")}
     assert stages["mini-stage1"].stage == "projector_alignment"
     for n in (2, 3, 4, 5, 6, 7):  # the recipe's chain of exports
         assert stages[f"mini-stage{n}"].model.pipeline.endswith(f"stage{n - 1}/final")
@@ -72,6 +72,12 @@ def test_stage_configs_and_mini_model_config_load():
     assert "modalities.image.head.loss_weight=10.0" in seven.model.overrides
     assert load_model_config("mini", seven.model.overrides).modalities["image"].head.loss_weight == 10.0
     assert load_model_config("mini").modalities["image"].head.loss_weight == 1.0
+    # stage 9, the second in-context picture pass: stage 6 again (its data, weights and optimiser) for half the steps,
+    # from stage 8's export (stage 7 + the video head), without stage 7's picture-loss weighting
+    nine = stages["mini-stage9"]
+    assert nine.model.pipeline.endswith("stage8/final") and not nine.model.overrides
+    assert nine.data.manifests == six.data.manifests and nine.phases == six.phases and nine.optim == six.optim
+    assert nine.stage == six.stage and nine.batch_size == six.batch_size and nine.max_steps == six.max_steps // 2
     mini = load_model_config("mini")
     assert mini.modalities["image"].head.targets["image_embeds"] == [mini.encoder.out_embed_dim]
     assert mini.modalities["audio"].head.targets["prompt_embeds"][0] == mini.modalities["audio"].decoder.prompt_len
@@ -89,13 +95,13 @@ def test_recipe_script_trains_each_stage_on_its_configs_data():
     built = set(re.findall(r'^build "\$RUN/data/(\w+)"', script, re.M))
     calls = re.findall(r'codi2 train (configs/train/[\w-]+\.yaml) output_dir="\$RUN/(\w+)".*?'
                        r'"data\.manifests=\[([^\]]*)\]"', script, re.S)
-    assert [c[1] for c in calls] == [f"stage{n}" for n in range(1, 9)]
+    assert [c[1] for c in calls] == [f"stage{n}" for n in range(1, 11)]
     for cfg_path, stage, manifests in calls:
         dirs = [m.split("/")[-2] for m in manifests.split(",")]
         assert set(dirs) <= built, (stage, set(dirs) - built)
         cfg = load_train_config(str(REPO / cfg_path))
         assert dirs == [m.split("/")[-2] for m in cfg.data.manifests], stage
-    assert 'codi2.mini.bundle "$RUN/stage8/final"' in script
+    assert 'codi2.mini.bundle "$RUN/stage10/final"' in script
 
 
 def test_world_samples_are_seeded_and_splits_differ():

@@ -313,11 +313,40 @@ def test_cli(tmp_path):
         WorldObject("star", "pink", "small")
 
 
+def test_spot_the_change_shows_two_renders_one_attribute_apart_and_names_the_change(tmp_path):
+    """spot_change_image / spot_change_audio: the in-context tasks' first step alone. Two uncaptioned renders of
+    one object with the same look, exactly one attribute apart (the one in meta.edits), and a reply that is the
+    in-context replies' first sentence; not in the default mix."""
+    assert not set(wb.SPOT_TASKS) & set(wb.TASKS + wb.OPEN_TASKS)
+    recs = _records(wb.build_world(tmp_path / "s", n=40, seed=5, tasks=list(wb.SPOT_TASKS)))
+    changed = set()
+    for r in recs:
+        modality = r["meta"]["task"].rsplit("_", 1)[1]
+        (edit,) = r["meta"]["edits"]
+        user, reply = r["messages"]
+        media = [p for p in user["content"] if p["type"] != "text"]
+        assert [p["type"] for p in media] == [modality, modality] and not any("caption" in p for p in media)
+        before, after = (x["attrs"] for x in r["meta"]["inputs"])
+        assert {a for a in before if before[a] != after[a]} == {edit["attr"]} and after[edit["attr"]] == edit["value"]
+        assert reply["content"] == [{"type": "text", "text": wb.change_words(edit["attr"], edit["value"])}]
+        assert r["meta"]["targets"] == [] and r["meta"]["shots"] == 0
+        for j, msg in enumerate(r["messages"]):
+            message_from_dict(msg, f"{r['id']}.messages[{j}]")  # the training schema reads it
+        changed.add((modality, edit["attr"]))
+    assert changed == {("image", a) for a in ("shape", "colour", "size", "position")} | \
+        {("audio", a) for a in ("shape", "colour", "size")}  # a sound has no position
+    a = load_image(tmp_path / "s" / recs[0]["messages"][0]["content"][0]["path"])
+    b = load_image(tmp_path / "s" / recs[0]["messages"][0]["content"][1]["path"])
+    assert a.size == b.size and a.tobytes() != b.tobytes()
+    default = _records(wb.build_world(tmp_path / "d", n=len(wb.TASKS), seed=0))
+    assert not {r["meta"]["task"] for r in default} & set(wb.SPOT_TASKS)
+
+
 def test_open_tasks_name_one_attribute_and_the_reply_names_the_choice(tmp_path):
     """gen_open_image / gen_open_audio / joint_open: the prompt names a colour or a shape, the reply names the whole
     object it shows (whose captions the heads' targets come from), meta.targets keep only the asked attribute;
     they are not in the default mix, so the recipe's data does not change."""
-    assert not set(wb.OPEN_TASKS) & set(wb.TASKS) and wb.ALL_TASKS == wb.TASKS + wb.OPEN_TASKS
+    assert not set(wb.OPEN_TASKS) & set(wb.TASKS) and wb.ALL_TASKS == wb.TASKS + wb.OPEN_TASKS + wb.SPOT_TASKS
     m = wb.build_world(tmp_path / "o", n=12, seed=2, tasks=list(wb.OPEN_TASKS))
     recs = _records(m)
     assert {r["meta"]["task"] for r in recs} == set(wb.OPEN_TASKS)

@@ -105,6 +105,20 @@ def _target_rows(rows: list[dict], what: str, verdict: str) -> list[str]:
     return lines
 
 
+BREAKDOWN_METRICS = ("exact", "edit_named", "edit_acc", "preserve_acc")  # the split tables' columns, when present
+BREAKDOWN_TITLES = {"changed": "By the attribute changed (editing tasks; a three-round dialogue: its last round's edit)"}
+
+
+def _breakdown_rows(rows: list[dict], name: str) -> list[str]:
+    metrics = [k for k in BREAKDOWN_METRICS if any(k in r["metrics"] for r in rows)]
+    lines = [f"| task | shots | {name} | " + " | ".join(_label(k) for k in metrics) + " |",
+             "|---|---|---|" + "---|" * len(metrics)]
+    for r in rows:
+        lines.append(f"| {r['task']} | {r['shots']} | {r['value']} | "
+                     + " | ".join(_cell(r["metrics"][k]) if k in r["metrics"] else "–" for k in metrics) + " |")
+    return lines
+
+
 def write_report(results: dict[str, Any], out_dir: Path) -> Path:
     """Writes ``report.md`` (+ ``plot_shots.png`` / ``plot_tasks.png`` when there is more than one group)."""
     out = Path(out_dir)
@@ -133,6 +147,10 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
                 f"{_cell(g[n])}, +{g[n]['better']} / −{g[n]['worse']}" if n in g else "–" for n in names) + " |")
     if len(m["by_task"]) > 1:
         lines += ["", "## By task", ""] + _table(m["by_task"], "task")
+    for name in sorted({r["by"] for r in m.get("by_breakdown", [])}):
+        rows = [r for r in m["by_breakdown"] if r["by"] == name]
+        lines += ["", f"## {BREAKDOWN_TITLES.get(name, f'By {name}')}", ""]
+        lines += _breakdown_rows(rows, name)
     if m.get("targets"):
         targets = [t for t in m["targets"] if t.get("target", True)]
         beside = [t for t in m["targets"] if not t.get("target", True)]

@@ -223,6 +223,19 @@ def aggregate(records: Sequence[dict], n_boot: int, seed: int, in_context_only: 
     }
 
 
+def by_breakdown(records: Sequence[dict], keys: dict[str, dict[str, str]], n_boot: int, seed: int) -> list[dict]:
+    """Each task's metrics split by what its samples vary by (``keys``: sample id -> ``Suite.breakdown``, e.g.
+    ``{"changed": "position"}``): rows ``{"by", "value", "task", "shots", "metrics"}`` in (by, task, shots, value)
+    order. Shot counts stay apart, since a sample at k shots and the same item at 2k are not independent."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        for name, value in keys.get(r["id"], {}).items():
+            groups.setdefault((name, r["task"], r["shots"], value), []).append(r)
+    return [{"by": name, "task": task, "shots": shots, "value": value,
+             "metrics": group_metrics(groups[(name, task, shots, value)], n_boot, seed)}
+            for name, task, shots, value in sorted(groups)]
+
+
 def set_metrics(suite: Suite, samples: Sequence[Sample], gens: Sequence[dict[str, Generated]]) -> dict[str, Any]:
     """Set-level metrics (FD, FAD …) overall and per shot count; no CI (point values)."""
     items = list(zip(samples, gens))
@@ -404,6 +417,8 @@ def run_eval(cfg: EvalConfig, out_dir: "str | Path", resume: bool = False, devic
                          "backbones": backbone_fingerprints(cfg)},
         "versions": versions(),
         "metrics": {**aggregate(records, cfg.n_boot, cfg.seed, suite.by_shots_in_context_only),
+                    "by_breakdown": by_breakdown(records, {s.id: suite.breakdown(s) for s in samples}, cfg.n_boot,
+                                                 cfg.seed),
                     "set": set_metrics(suite, samples, gens)},
         "samples": records,
     }

@@ -220,6 +220,11 @@ class Suite:
         """Set-level metrics of a group of samples (e.g. all samples with the same shot count)."""
         return {}
 
+    def breakdown(self, sample: Sample) -> dict[str, str]:
+        """What a sample varies by beyond its task and shots, e.g. ``{"changed": "position"}``: the report
+        splits each task's metrics by it (``metrics.by_breakdown``, see ``runner.by_breakdown``)."""
+        return {}
+
     def data_files(self) -> list[Path]:
         """Files whose content defines the data (fingerprinted into results.json)."""
         raise NotImplementedError
@@ -505,18 +510,22 @@ JOINT_TASKS = ("joint_image_audio", "joint_open")  # scored for coherence, joint
 # recipe it ranged from -3.3 to +26.7 points on 30 records, while the open comparison stayed at +76.7 to +86.7.
 JOINT_COMPARISON_IS_TARGET = {"joint_image_audio": False, "joint_open": True}
 IN_CONTEXT_EDIT_TASKS = ("icl_edit_image", "icl_edit_audio")  # the change shown by exemplar pairs, never named
+SPOT_TASKS = ("spot_change_image", "spot_change_audio")  # two inputs, the reply names the change: text only
 
 
-def edit_named(text: str, edits: Sequence[dict], parse: Callable[[str], dict]) -> float:
+def edit_named(text: str, edits: Sequence[dict], parse: Callable[[str], dict], alone: bool = False) -> float:
     """1.0 when the reply's words (read by the world's caption parser ``parse``) give every edited attribute its
     new value, e.g. "The change makes it green. Here it is:" for ``[{"attr": "colour", "value": "green"}]``; else 0.
+    ``alone``: and they name no other attribute (spot-the-change replies, where a caption of the second render
+    names the new value too, without any comparison).
 
     On in-context records it tells reading the change off the exemplars from drawing it: the world's replies say the
     change before the output, so a model trained on them that names it wrong has inferred the wrong edit. (A model
     that does not state the change scores 0 whatever it draws.)
     """
     said = parse(text or "")
-    return float(bool(edits) and all(said.get(e["attr"]) == e["value"] for e in edits))
+    right = bool(edits) and all(said.get(e["attr"]) == e["value"] for e in edits)
+    return float(right and (not alone or set(said) == {e["attr"] for e in edits}))
 OPEN_TEMPERATURE = 1.0  # the open joint task's replies sample the object they choose (Run.temperature)
 
 
@@ -559,6 +568,11 @@ class WorldSuite(Suite):
     only an image, the other only a sound, each reply started with its modality's opening token: a model asked
     for both that insists on the picture first would otherwise make no sound at all in the sound-only reply,
     and the comparison would count that as incoherence).
+
+    Spot-the-change records (``SPOT_TASKS``: two renders, one attribute changed) have no output to judge: their
+    ``edit_named`` (= ``exact``) says whether the reply names the change and nothing else (a caption of the
+    second render would name the new value without comparing), the in-context tasks' first step alone.
+    Every editing sample is also split by the attribute it changes (:meth:`breakdown`).
 
     In-context records (``meta.shots`` > 0 exemplar pairs) are evaluated at every ``--shots`` count k with
     1 <= k <= their pairs, keeping the first k pairs of the user turn (the same query and target at each k;
@@ -683,7 +697,15 @@ class WorldSuite(Suite):
                 e = m.encoder.encode_audio(m.preprocess.audio(load_audio(path))[None].to(dev)).embed
         return e[0].double().cpu().numpy()
 
+    def breakdown(self, sample: Sample) -> dict[str, str]:
+        """``{"changed": attribute}`` of an editing sample (a three-round dialogue: its last round's edit)."""
+        edits = sample.ref.get("edits") or []
+        return {"changed": edits[-1]["attr"]} if edits else {}
+
     def score(self, sample: Sample, gen: dict[str, Generated]) -> dict[str, float]:
+        if sample.task in SPOT_TASKS:
+            named = edit_named(gen["main"].text, sample.ref.get("edits") or [], self.parse_caption, alone=True)
+            return {"edit_named": named, "exact": named}
         checks: list[tuple[str, bool]] = []  # (attribute, judged right) over every target of the last turn
         seen: dict[str, int] = {}
         for t in sample.ref["targets"]:

@@ -8,7 +8,7 @@ references — the mini LLM, the aligned encoder, the decoders — written in, s
 * ``recipe.json``: where every part came from: the component reports (encoder retrieval, LLM validation loss,
   decoder losses), the trainer stages' configs, the decoder sampling settings it set, and the byte size of each part.
 
-    python -m codi2.mini.bundle runs/mini/stage8/final checkpoints/codi2-mini --judges runs/mini/judges
+    python -m codi2.mini.bundle runs/mini/stage10/final checkpoints/codi2-mini --judges runs/mini/judges
 
 The decoders' sampling settings (scheduler, steps, guidance, noise level) are not learned: they are chosen by the
 benchmarks (``benchmarks/sampler_steps.py``, ``benchmarks/guidance_scale.py``) and kept in
@@ -152,7 +152,7 @@ def bundle(pipeline_dir: "str | Path", out: "str | Path", judges: "str | Path",
     src, out, judges = Path(pipeline_dir), Path(out), Path(judges)
     if not (src / "config.yaml").is_file():
         raise FileNotFoundError(f"{src} is not a codi2 model directory (no config.yaml); give the trainer's "
-                                f"export, e.g. runs/mini/stage8/final")
+                                f"export, e.g. runs/mini/stage10/final")
     for f in ("judges.json", "judges.safetensors"):
         if not (judges / f).is_file():
             raise FileNotFoundError(f"{judges / f} missing; train the judges with "
@@ -162,7 +162,7 @@ def bundle(pipeline_dir: "str | Path", out: "str | Path", judges: "str | Path",
         from codi2.config import load_model_config
 
         want_sampling = load_model_config(sampling_from)
-    run_dir = Path(run_dir) if run_dir is not None else src.parent.parent  # runs/mini/stage8/final -> runs/mini
+    run_dir = Path(run_dir) if run_dir is not None else src.parent.parent  # runs/mini/stage10/final -> runs/mini
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -200,7 +200,7 @@ def bundle(pipeline_dir: "str | Path", out: "str | Path", judges: "str | Path",
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m codi2.mini.bundle", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("pipeline", help="the trainer's exported model directory (runs/mini/stage8/final)")
+    p.add_argument("pipeline", help="the trainer's exported model directory (runs/mini/stage10/final)")
     p.add_argument("out", help="bundle folder (checkpoints/codi2-mini)")
     p.add_argument("--judges", required=True, help="world judges folder (runs/mini/judges)")
     p.add_argument("--run-dir", help="the recipe's run folder with the component reports (default: two levels "

@@ -73,7 +73,12 @@ TASKS: tuple[str, ...] = (
 # joint-generation setting, where one reply that makes a picture and a sound must choose once and two separate
 # replies choose twice. Not in the default mix (``--tasks`` names them), so the recipe's data is unchanged.
 OPEN_TASKS: tuple[str, ...] = ("gen_open_image", "gen_open_audio", "joint_open")
-ALL_TASKS: tuple[str, ...] = TASKS + OPEN_TASKS
+# Two renders of one object, one attribute changed; the reply names the change in the words an in-context reply
+# starts with (``change_words``), and nothing else. The in-context tasks' first step on its own: a training aid
+# (two inputs, a one-sentence text reply, no output media) and a quick diagnostic (text only, scored by
+# ``edit_named``). Not in the default mix either.
+SPOT_TASKS: tuple[str, ...] = ("spot_change_image", "spot_change_audio")
+ALL_TASKS: tuple[str, ...] = TASKS + OPEN_TASKS + SPOT_TASKS
 OPEN_ATTRS = ("colour", "shape")  # what an open prompt names: the rest is the model's choice
 
 
@@ -404,6 +409,26 @@ def _icl_task(modality: str) -> Callable[[_Task], None]:
     return run
 
 
+SPOT_QUESTIONS = ("What changed?", "What is the change from the first to the second?", "How does the second differ?",
+                  "What was changed here?")
+
+
+def _spot_change_task(modality: str) -> Callable[[_Task], None]:
+    """A, then A' (one attribute changed, same render seed): "What changed?" -> "The change makes it green."
+    The inputs carry no captions (they would name the change)."""
+
+    def run(t: _Task) -> None:
+        obj, seed = t.obj(), t.seed()
+        attr, value = _pick_edit(t, obj, modality)
+        t.edits.append({"attr": attr, "value": value})
+        t.conv.say("user", t.media(modality, obj, seed, with_caption=False),
+                   t.media(modality, obj.with_(**{attr: value}), seed, with_caption=False),
+                   _text(_choice(t.rng, SPOT_QUESTIONS)))
+        t.conv.say("assistant", _text(change_words(attr, value)))
+
+    return run
+
+
 def exemplar_words(ex: WorldObject, attr: str, value: str, modality: str) -> str:
     """How the assistant reads the first exemplar pair before naming the change, in canonical words, e.g.
     ``In the example, a small red circle at the top becomes a small green circle at the top.`` The model
@@ -552,6 +577,8 @@ TASK_FNS: dict[str, Callable[[_Task], None]] = {
     "gen_open_image": _gen_open_task("image"),
     "gen_open_audio": _gen_open_task("audio"),
     "joint_open": _joint_open,
+    "spot_change_image": _spot_change_task("image"),
+    "spot_change_audio": _spot_change_task("audio"),
 }
 assert tuple(TASK_FNS) == ALL_TASKS
 
@@ -586,7 +613,7 @@ def build_world(out_dir: "str | Path", n: int, seed: int, tasks: Optional[Sequen
         out_dir: output folder (created).
         n: number of records; record i has task ``tasks[i % len(tasks)]``.
         seed: world seed; the same (seed, split, n, tasks, variations) gives a byte-identical manifest.
-        tasks: task names (default: all of ``TASKS``; ``OPEN_TASKS`` only when named).
+        tasks: task names (default: all of ``TASKS``; ``OPEN_TASKS`` and ``SPOT_TASKS`` only when named).
         split: train / val / test; each renders from its own disjoint seed stream.
         variations: render variations per world seed and split (more = more distinct files).
         icl_shots: exemplar pairs of every in-context record (1-4; default: drawn from 1-4 per record).
@@ -636,7 +663,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, required=True, help="number of conversations")
     p.add_argument("--seed", type=int, default=0, help="world seed")
     p.add_argument("--tasks", nargs="+", choices=ALL_TASKS, default=None, metavar="TASK",
-                   help=f"tasks to include (default: all but the open ones): {', '.join(ALL_TASKS)}")
+                   help=f"tasks to include (default: all but the open and spot-the-change ones): {', '.join(ALL_TASKS)}")
     p.add_argument("--split", choices=SPLITS, default="train", help="seed stream: train / val / test")
     p.add_argument("--variations", type=int, default=16, help="render variations per split")
     p.add_argument("--icl-shots", type=int, default=None, metavar="K",
