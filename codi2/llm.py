@@ -437,14 +437,24 @@ class LLM(nn.Module):
         return groups
 
     # -- adapter I/O
-    def save_adapter(self, directory: "str | Path") -> Path:
+    def save_adapter(self, directory: "str | Path", base_model: Optional[str] = None) -> Path:
         """Writes the standard peft adapter (``adapter_config.json``, ``adapter_model.safetensors``).
 
         Loadable by :meth:`load_adapter` or ``PeftModel.from_pretrained(base, directory)`` where ``base`` is
         the same Llama resized to ``len(tokenizer)``. Embedding matrices are not saved (only the new rows).
+
+        ``base_model`` is written as the config's ``base_model_name_or_path`` (peft otherwise records the
+        folder the base weights were loaded from, an absolute path of the machine that saved it); a
+        :class:`~codi2.pipeline.CoDi2Pipeline` directory passes its config's ``llm.path`` (``"llm"``, relative
+        to the directory, when the base is stored inside it).
         """
         directory = Path(directory)
         self.model.save_pretrained(str(directory), save_embedding_layers=False)
+        if base_model is not None:
+            cfg_path = directory / ADAPTER_CONFIG
+            saved = json.loads(cfg_path.read_text())
+            saved["base_model_name_or_path"] = str(base_model)
+            cfg_path.write_text(json.dumps(saved, indent=2, sort_keys=True))  # as peft writes it
         return directory
 
     def load_adapter(self, directory: "str | Path") -> None:

@@ -105,7 +105,7 @@ class CoDi2Pipeline:
                 mc = dataclasses.replace(mc, decoder=dataclasses.replace(mc.decoder, path=f"decoders/{name}"))
             mods[name] = mc
         cfg = dataclasses.replace(cfg, modalities=mods)
-        m.llm.save_adapter(d / ADAPTER_DIR)
+        m.llm.save_adapter(d / ADAPTER_DIR, base_model=cfg.llm.path)
         save_trainable(m, d / PROJECTORS_HEADS_FILE)
         (d / CONFIG_FILE).write_text(to_yaml(cfg))
         return d

@@ -119,6 +119,22 @@ def test_adapter_is_standard_peft(tiny_pipeline_dir):
     assert any("lora_A" in n for n, _ in peft_model.named_parameters())
 
 
+def test_saved_adapter_names_its_base_relative_to_the_directory(tiny_pipeline_dir, tmp_path):
+    # peft records where the base weights were loaded from (an absolute path of this machine); the directory
+    # must name its own base instead, so it can be moved and shipped
+    from peft import PeftModel
+    from transformers import LlamaForCausalLM
+
+    pipe = CoDi2Pipeline.from_pretrained(tiny_pipeline_dir)
+    out = pipe.save_pretrained(tmp_path / "moved", self_contained=True)
+    saved = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert saved["base_model_name_or_path"] == "llm"
+    assert str(tmp_path) not in (out / "adapter" / "adapter_config.json").read_text()
+    assert str(tiny_pipeline_dir) not in (out / "adapter" / "adapter_config.json").read_text()
+    base = LlamaForCausalLM.from_pretrained(str(out / saved["base_model_name_or_path"]))
+    assert any("lora_A" in n for n, _ in PeftModel.from_pretrained(base, str(out / "adapter")).named_parameters())
+
+
 def test_diffusion_loss_flows_into_the_head(tiny_pipeline_dir):
     pipe = CoDi2Pipeline.from_pretrained(tiny_pipeline_dir, overrides=["modalities.image.head.diffusion_loss_weight=1.0"])
     model = pipe.model.train()
