@@ -22,7 +22,7 @@
 #    beside them, 6000 more image-UNet steps, 3000 on a zero-terminal-SNR schedule, then 2000 steps of the VAE's
 #    decoder half alone (its encoder frozen); that VAE goes into the video decoder too, which shares its latents
 # 4. the components compared with those of the bundle about to be replaced (python -m codi2.mini.reproduce ->
-#    runs/mini/reproduce.json), the bundle (the stage-8 export + the judges) and `codi2 eval --suite world` on the
+#    runs/mini/reproduce.json), the bundle (the stage-10 export + the judges) and `codi2 eval --suite world` on the
 #    test split and the open-prompt test set
 #
 # Every step skips itself when its artifact exists, so re-running after a crash resumes (the trainer stages and
@@ -71,12 +71,12 @@ else
   RUN="${RUN:-runs/mini}"; OUT="${OUT:-checkpoints/codi2-mini}"
   ENC=(); LLM=(); DEC=(); ST1=(); ST2=(); ST3=(); ST4=(); ST5=(); ST6=(); ST7=(); ST8=(); ST9=(); ST10=(); EVAL=(--n "${EVAL_N:-30}")
   IMG_MORE=(image.vae_steps=0 image.unet_steps=6000)
-  # then onto a zero-terminal-SNR schedule (as the video decoder), 30 % of the timesteps at t >= 850 (README: Pictures)
+  # then onto a zero-terminal-SNR schedule (as the video decoder), 30 % of the timesteps at t >= 850 (docs/mini_model.md: Pictures)
   IMG_ZSNR=(image.vae_steps=0 image.unet_steps=3000 image.lr=2.0e-4 image.zero_snr=true image.prediction_type=v_prediction
             image.high_noise_fraction=0.3 image.high_noise_from=850)
-  # and the VAE's decoder half alone, its encoder (the latents every UNet was trained on) frozen (README: Pictures)
+  # and the VAE's decoder half alone, its encoder (the latents every UNet was trained on) frozen (docs/mini_model.md: Pictures)
   IMG_VAE=(image.vae_steps=2000 image.vae_decoder_only=true image.vae_lr=5.0e-4 image.unet_steps=0)
-  # clips only, half of them at t >= 850, where the direction of motion is set (README: Video)
+  # clips only, half of them at t >= 850, where the direction of motion is set (docs/mini_model.md: Video)
   VID_MORE=(video.unet_steps=1400 video.text_encoder_steps=0 video.frame_every=0 video.batch_size=8 video.high_noise_fraction=0.5
             video.high_noise_from=850 video.lr=5.0e-4)
   # the vocoder again with the spectral-convergence level term on: log-mel L1 alone leaves held tones quiet
@@ -141,7 +141,7 @@ chain_b() {
       out="$RUN/llm" "${LLM[@]}" >> "$RUN/logs/llm.log" 2>&1
   [[ -f "$RUN/decoders/audio/model_index.json" ]] || codi2 train-component decoder configs/train/mini-decoders.yaml \
       out="$RUN/decoders" "modalities=[audio]" "${DEC[@]}" >> "$RUN/logs/decoder_audio.log" 2>&1
-  if [[ ! -f "$RUN/decoders/.vocoder-level" ]]; then  # then the vocoder with the level term (README: Sound)
+  if [[ ! -f "$RUN/decoders/.vocoder-level" ]]; then  # then the vocoder with the level term (docs/mini_model.md: Sound)
     codi2 train-component decoder configs/train/mini-decoders.yaml init="$RUN/decoders" out="$RUN/decoders" \
         "modalities=[audio]" "${VOC_LEVEL[@]}" >> "$RUN/logs/decoder_audio_level.log" 2>&1
     touch "$RUN/decoders/.vocoder-level"

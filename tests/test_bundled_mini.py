@@ -55,7 +55,7 @@ def test_mini_model_captions_generates_and_edits(mini, tmp_path):
     assert mean("gen_image", "key") >= 4 / 6  # shape and colour of the picture right
     assert mean("edit_image", "edit_acc") >= 3 / 6  # the asked-for attribute changed
     # pitch, timbre and size (loudness and length) of the sound all right (chance 1/48); 6 / 6 here since the vocoder
-    # keeps the level (README "Sound"): before, long loud tones came out quiet and were heard as small
+    # keeps the level (docs/mini_model.md, "Sound"): before, long loud tones came out quiet and were heard as small
     assert mean("gen_audio", "exact") >= 5 / 6
 
 
@@ -66,7 +66,7 @@ def test_mini_model_videos_move_the_way_they_are_asked(mini, tmp_path):
     world = build_world(tmp_path / "world", n=6, seed=7, tasks=["gen_video"], split="test")
     cfg = EvalConfig(suite="world", model=str(BUNDLE), data=str(world), seed=0, n_boot=50)
     by_task = run_eval(cfg, tmp_path / "out", pipeline=mini)["metrics"]["by_task"]
-    # the direction of motion (chance 1/4) comes from the video decoder's trained text encoder (README "Video"):
+    # the direction of motion (chance 1/4) comes from the video decoder's trained text encoder (docs/mini_model.md, "Video"):
     # with a random one it was at chance, then 53 % end to end
     assert by_task["gen_video"]["acc_direction"]["mean"] >= 4 / 6
     assert by_task["gen_video"]["acc_size"]["mean"] >= 4 / 6
@@ -84,7 +84,7 @@ def test_mini_model_draws_orange_orange_at_its_configured_guidance(mini):
 
     # The picture decoder from the encoder's exact embeddings (the LLM taken out), at the guidance the bundle's
     # config gives it. At 3.0 this zero-terminal-SNR decoder over-drove colour and drew orange as red: 24 / 32 of
-    # these held-out renders right; at 1.5, the configured scale, 30 / 32 (README "Pictures: less guidance")
+    # these held-out renders right; at 1.5, the configured scale, 30 / 32 (docs/mini_model.md, "Pictures: less guidance")
     model = mini.model
     dec = model.decoder(Modality("image"))
     held = [s for s in world_batch("image", 0, 200, 7, "test", canonical=True) if s.attrs["colour"] == "orange"]
