@@ -453,8 +453,16 @@ class LLM(nn.Module):
         if base_model is not None:
             cfg_path = directory / ADAPTER_CONFIG
             saved = json.loads(cfg_path.read_text())
+            base_cfg = self.model.get_base_model().config
+            recorded = {saved.get("base_model_name_or_path"), getattr(base_cfg, "_name_or_path", None)}
             saved["base_model_name_or_path"] = str(base_model)
             cfg_path.write_text(json.dumps(saved, indent=2, sort_keys=True))  # as peft writes it
+            card = directory / "README.md"  # peft's model card names the base too (front matter and tags)
+            if card.is_file():
+                text = card.read_text()
+                for old in sorted((r for r in recorded if r), key=len, reverse=True):
+                    text = text.replace(str(old), str(base_model))
+                card.write_text(text)
         return directory
 
     def load_adapter(self, directory: "str | Path") -> None:

@@ -32,6 +32,7 @@ def test_bundle_is_self_contained_and_within_budget():
     assert "/runs/" not in text and "/work/" not in text, "the bundle references files outside itself"
     adapter = json.loads((BUNDLE / "adapter" / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == "llm", "the adapter must name the bundle's own base LLM"
+    assert "/work/" not in (BUNDLE / "adapter" / "README.md").read_text()
     recipe = json.loads((BUNDLE / "recipe.json").read_text())
     assert recipe["total_mb"] <= 60
     assert (BUNDLE / "judges" / "judges.safetensors").is_file()

@@ -130,7 +130,9 @@ def test_saved_adapter_names_its_base_relative_to_the_directory(tiny_pipeline_di
     saved = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert saved["base_model_name_or_path"] == "llm"
     assert str(tmp_path) not in (out / "adapter" / "adapter_config.json").read_text()
-    assert str(tiny_pipeline_dir) not in (out / "adapter" / "adapter_config.json").read_text()
+    for f in ("adapter_config.json", "README.md"):  # README.md: peft's model card
+        assert str(tiny_pipeline_dir) not in (out / "adapter" / f).read_text(), f
+    assert "base_model: llm" in (out / "adapter" / "README.md").read_text()
     base = LlamaForCausalLM.from_pretrained(str(out / saved["base_model_name_or_path"]))
     assert any("lora_A" in n for n, _ in PeftModel.from_pretrained(base, str(out / "adapter")).named_parameters())
 
