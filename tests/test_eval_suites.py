@@ -147,6 +147,33 @@ def test_world_suite(ws, pipe, tmp_path):
     report = (tmp_path / "out" / "report.md").read_text()
     assert "Mini-world targets" in report and "Reported beside them, not targets" in report
     assert set(r["metrics"]["by_task"]) == set(tasks)
+    assert r["fingerprints"]["backbones"] == {"judges": R.dir_fingerprint(tmp_path / "judges")}
+
+
+def test_world_data_fingerprint_is_the_data_alone_wherever_it_and_the_judges_are(ws, tmp_path):
+    # the same records and media give the same data fingerprint from any folder; the judges are a backbone,
+    # fingerprinted on their own (they used to be hashed with the data, relative to a folder above both)
+    import shutil
+
+    from data_builders.world import build_world
+    from data_builders.world.judges import JudgeConfig, Judges
+
+    world = build_world(tmp_path / "a" / "world", n=3, seed=0, tasks=["caption_image", "edit_audio"], split="test")
+    shutil.copytree(world.parent, tmp_path / "b" / "deeper" / "copy")
+    Judges(JudgeConfig(width=4, hidden=8)).save(tmp_path / "j1")
+    shutil.copytree(tmp_path / "j1", tmp_path / "far" / "away" / "j2")
+
+    def prints(data, judges):
+        suite = R.build_suite(EvalConfig(suite="world", model=ws["model"], data=str(data), judges=str(judges), **FAST),
+                              model=object())
+        assert not any("judges" in str(p) for p in suite.data_files())
+        return R.fingerprint(suite.data_files()), R.dir_fingerprint(suite.backbone_dirs()["judges"])
+
+    here = prints(world, tmp_path / "j1")
+    assert prints(tmp_path / "b" / "deeper" / "copy" / "manifest.jsonl", tmp_path / "far" / "away" / "j2") == here
+    Judges(JudgeConfig(width=6, hidden=8)).save(tmp_path / "far" / "away" / "j2")  # other judges, same data
+    data, judges = prints(world, tmp_path / "far" / "away" / "j2")
+    assert data == here[0] and judges != here[1]
 
 
 def test_world_separate_generations_always_make_their_one_modality(ws, pipe, tmp_path):

@@ -226,8 +226,14 @@ class Suite:
         return {}
 
     def data_files(self) -> list[Path]:
-        """Files whose content defines the data (fingerprinted into results.json)."""
+        """Files whose content defines the data (fingerprinted into results.json). Data only: a scorer's weights
+        belong in :meth:`backbone_dirs`, or the data's fingerprint would depend on where the two are kept."""
         raise NotImplementedError
+
+    def backbone_dirs(self) -> dict[str, Path]:
+        """Scoring backbones the suite resolved itself (not named in the config, e.g. the world suite's judges
+        taken from the model's ``judges/``): fingerprinted into results.json beside the configured ones."""
+        return {}
 
 
 # ---- DreamBench
@@ -745,8 +751,11 @@ class WorldSuite(Suite):
                 out["sim" + key] = float(M.cosine(self._embed("image", pi), self._embed("audio", pa))[0])
         return out
 
+    def backbone_dirs(self) -> dict[str, Path]:
+        return {"judges": self.judges_dir}
+
     def data_files(self) -> list[Path]:
-        files = {*self.manifests, self.judges_dir / self.J.WEIGHTS_FILE, self.judges_dir / self.J.CONFIG_FILE}
+        files = set(self.manifests)
         for r, mp in zip(self.records, self._sources):
             root = mp.parent
             for m in r["messages"]:
