@@ -453,16 +453,17 @@ class LLM(nn.Module):
         if base_model is not None:
             cfg_path = directory / ADAPTER_CONFIG
             saved = json.loads(cfg_path.read_text())
-            base_cfg = self.model.get_base_model().config
-            recorded = {saved.get("base_model_name_or_path"), getattr(base_cfg, "_name_or_path", None)}
             saved["base_model_name_or_path"] = str(base_model)
             cfg_path.write_text(json.dumps(saved, indent=2, sort_keys=True))  # as peft writes it
-            card = directory / "README.md"  # peft's model card names the base too (front matter and tags)
+            card = directory / "README.md"  # peft's model card names the base too, in its front matter
             if card.is_file():
-                text = card.read_text()
-                for old in sorted((r for r in recorded if r), key=len, reverse=True):
-                    text = text.replace(str(old), str(base_model))
-                card.write_text(text)
+                lines = card.read_text().split("\n")
+                for i, line in enumerate(lines):
+                    if line.startswith("base_model:"):
+                        lines[i] = f"base_model: {base_model}"
+                    elif line.startswith("- base_model:adapter:"):
+                        lines[i] = f"- base_model:adapter:{base_model}"
+                card.write_text("\n".join(lines))
         return directory
 
     def load_adapter(self, directory: "str | Path") -> None:
