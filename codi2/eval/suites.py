@@ -532,6 +532,8 @@ def edit_named(text: str, edits: Sequence[dict], parse: Callable[[str], dict], a
     said = parse(text or "")
     right = bool(edits) and all(said.get(e["attr"]) == e["value"] for e in edits)
     return float(right and (not alone or set(said) == {e["attr"] for e in edits}))
+
+
 OPEN_TEMPERATURE = 1.0  # the open joint task's replies sample the object they choose (Run.temperature)
 
 
