@@ -7,8 +7,10 @@
 # 1. world data (runs/mini/data/{stage1,train,icl,vidx,mrx,icl7,img8,mr13,mr15,ed14,open12,vgen,test,opentest})
 #    and the world judges (runs/mini/judges)
 # 2. component pre-training, two chains side by side on one thread each (codi2/mini):
-#      A: encoder -> decoders image+video (the video decoder's text encoder first) -> 1400 more video-UNet steps
+#      A: encoder -> decoders image+video (the video decoder's text encoder first)
 #      B: llm -> decoder audio -> 2000 more vocoder steps with the level term
+#    then 1400 more video-UNet steps (VID_MORE) beside the trainer stages 1-5 (into runs/mini/decoders.more,
+#    moved into runs/mini/decoders after stage 5)
 # 3. the LoRA + projector + head stages through the trainer: mini-stage1 (projector alignment), then
 #    mini-stage2 (instruction tuning) from stage 1's export, mini-stage3 (a second pass weighted to the
 #    image and sound phases) from stage 2's, mini-stage4 (+ 6000 in-context editing records) from stage 3's,
@@ -127,14 +129,10 @@ chain_a() {
   [[ -f "$RUN/encoder.pth" ]] || codi2 train-component encoder configs/train/mini-encoder.yaml \
       out="$RUN/encoder.pth" "${ENC[@]}" >> "$RUN/logs/encoder.log" 2>&1
   for m in image video; do  # video reuses the image VAE (read from $RUN/decoders/image/vae)
-    [[ -f "$RUN/decoders/$m/model_index.json" ]] || codi2 train-component decoder configs/train/mini-decoders.yaml \
+    [[ -f "$RUN/decoders/$m/model_index.json" || ( $m == video && -f "$RUN/decoders.more/video/model_index.json" ) ]] \
+      || codi2 train-component decoder configs/train/mini-decoders.yaml \
         out="$RUN/decoders" "modalities=[$m]" "${DEC[@]}" >> "$RUN/logs/decoder_$m.log" 2>&1
   done
-  if [[ ! -f "$RUN/decoders/.video-refined" ]]; then
-    codi2 train-component decoder configs/train/mini-decoders.yaml init="$RUN/decoders" out="$RUN/decoders" \
-        "modalities=[video]" "${VID_MORE[@]}" >> "$RUN/logs/decoder_video_more.log" 2>&1
-    touch "$RUN/decoders/.video-refined"
-  fi
 }
 chain_b() {
   [[ -f "$RUN/llm/config.json" ]] || codi2 train-component llm configs/train/mini-llm.yaml \
@@ -152,6 +150,17 @@ chain_a & pa=$!
 chain_b & pb=$!
 wait $pa || { log "chain A (encoder, image/video decoders) failed: see $RUN/logs"; exit 1; }
 wait $pb || { log "chain B (llm, audio decoder) failed: see $RUN/logs"; exit 1; }
+
+# VID_MORE: more video-UNet steps, beside trainer stages 1-5 (which read only the video decoder's text encoder, and
+# VID_MORE does not train it). It writes $RUN/decoders.more/video, moved into $RUN/decoders/video after stage 5, so
+# stages 1-5 see one video decoder throughout.
+video_more() {
+  [[ -f "$RUN/decoders/.video-refined" || -f "$RUN/decoders.more/video/model_index.json" ]] \
+    || codi2 train-component decoder configs/train/mini-decoders.yaml init="$RUN/decoders" out="$RUN/decoders.more" \
+        "modalities=[video]" "${VID_MORE[@]}" >> "$RUN/logs/decoder_video_more.log" 2>&1
+}
+log "video decoder: ${VID_MORE[*]} -> $RUN/decoders.more (beside the trainer stages)"
+video_more & pv=$!
 
 # ---- 3. LoRA + projector + head stages (the trainer of train/), and beside them more image-UNet steps:
 # the trainer needs the decoders only for their frozen text encoders (head targets), never their UNets
@@ -198,6 +207,13 @@ if [[ ! -f "$RUN/stage5/final/config.yaml" ]]; then
       "${ST5[@]}" >> "$RUN/logs/stage5.log" 2>&1
 fi
 wait $pr || { log "image decoder refinement failed: see $RUN/logs/decoder_image_*.log"; exit 1; }
+wait $pv || { log "video decoder refinement failed: see $RUN/logs/decoder_video_more.log"; exit 1; }
+if [[ -f "$RUN/decoders.more/video/model_index.json" ]]; then  # a kill between the two steps redoes both
+  rm -rf "$RUN/decoders/video"
+  mv "$RUN/decoders.more/video" "$RUN/decoders/video"
+fi
+rmdir "$RUN/decoders.more" 2> /dev/null || true
+touch "$RUN/decoders/.video-refined"
 if [[ ! -f "$RUN/decoders/.video-vae-sharpened" ]]; then  # the video decoder shares the image VAE's latents: it
   rm -rf "$RUN/decoders/video/vae"                          # takes the sharpened decoder half too (its head targets'
   cp -r "$RUN/decoders/image/vae" "$RUN/decoders/video/vae"  # cache keys change, so stage 6 recomputes them once)
