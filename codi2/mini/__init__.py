@@ -15,24 +15,14 @@ Each stage is seeded, shows a progress bar, logs, and writes its artifact atomic
 ``configs/model/mini.yaml`` expects it (``runs/mini/…``, relative to the current directory). Order:
 encoder, then decoder (the image decoder is conditioned on the aligned encoder); llm is independent.
 
-Recipe on 2 cores: every stage config sets ``num_threads: 1`` and two chains run side by side
-(``decoder`` takes ``modalities=[...]``):
+Recipe on 2 cores (``scripts/train_mini.sh``): every stage config sets ``num_threads: 1`` and two chains run
+side by side (``decoder`` takes ``modalities=[...]``):
 
-    chain A: encoder  ->  decoder modalities=[image,video]     (video reuses the image VAE)
-    chain B: llm      ->  decoder modalities=[audio]
+    chain A: encoder  ->  decoder modalities=[image], then [video]   (video reuses the image VAE)
+    chain B: llm      ->  decoder modalities=[audio], then the vocoder again with its level term
 
-Measured cost (single-thread CPU seconds per optimiser step, ``process_time``, shared 2-core CPU, Nov 2026)
-and the configs' step counts:
-
-    encoder   batch 32 x 3 modalities   0.57 s  x 3000 steps  = 28 min   (+ ~5 min rendering the pools)
-    llm       8 x 256 tokens            0.70 s  x 2500        = 29 min
-    image     VAE batch 16              1.15 s  (batch 8: ~0.6 s x 1500 = 15 min)
-              UNet batch 16             0.28 s  x 6000        = 28 min
-    audio     VAE batch 16              2.43 s  (batch 8: ~1.2 s x 1500 = 30 min)
-              vocoder batch 16          0.45 s  x 2000        = 15 min
-              UNet batch 16             0.97 s  x 4000        = 65 min
-    video     UNet batch 4              1.38 s  x 3000        = 69 min
-    chain A ~ 2.4 h, chain B ~ 2.3 h  ->  ~2.5 h wall on an idle 2-core machine (before the LoRA stages).
+then the trainer stages, and beside stages 1-5 more image- and video-UNet steps (``init=`` a trained folder).
+Step counts and measured times: the README's mini-model section (stage times).
 """
 from __future__ import annotations
 
