@@ -166,7 +166,7 @@ def test_world_data_fingerprint_is_the_data_alone_wherever_it_and_the_judges_are
     def prints(data, judges):
         suite = R.build_suite(EvalConfig(suite="world", model=ws["model"], data=str(data), judges=str(judges), **FAST),
                               model=object())
-        assert not any("judges" in str(p) for p in suite.data_files())
+        assert not any(Path(judges) in Path(p).parents for p in suite.data_files())
         return R.fingerprint(suite.data_files()), R.dir_fingerprint(suite.backbone_dirs()["judges"])
 
     here = prints(world, tmp_path / "j1")

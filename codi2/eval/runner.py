@@ -408,14 +408,17 @@ def run_eval(cfg: EvalConfig, out_dir: "str | Path", resume: bool = False, devic
             done[s.id] = record
     records = [done[i] for i in ids]
     gens = [_generated(r, out) for r in records]
+    backbones = backbone_fingerprints(cfg)
+    for name, folder in suite.backbone_dirs().items():  # those the suite resolved itself (a configured one is done)
+        if name not in backbones:
+            backbones[name] = dir_fingerprint(folder)
     results = {
         "schema": RESULTS_SCHEMA,
         "suite": cfg.suite,
         "complete": True,
         "config": _config_dict(cfg),
         "fingerprints": {"model": dir_fingerprint(cfg.model), "data": fingerprint(suite.data_files()),
-                         "backbones": {**backbone_fingerprints(cfg),
-                                       **{k: dir_fingerprint(v) for k, v in suite.backbone_dirs().items()}}},
+                         "backbones": backbones},
         "versions": versions(),
         "metrics": {**aggregate(records, cfg.n_boot, cfg.seed, suite.by_shots_in_context_only),
                     "by_breakdown": by_breakdown(records, {s.id: suite.breakdown(s) for s in samples}, cfg.n_boot,
