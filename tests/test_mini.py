@@ -867,3 +867,15 @@ def test_reproduce_compares_a_run_folder_with_the_bundle_record_and_weights(tmp_
     with pytest.raises(SystemExit):  # not a bundle: a clear error, exit status 2
         main([str(run), "--bundle", str(run)])
     assert "recipe.json not found" in capsys.readouterr().err
+
+    # a bundle made from this run's own export (the script re-run after its bundle step): nothing compared, the
+    # comparison written before the bundle was replaced is kept
+    out = tmp_path / "r.json"
+    before = out.read_text()
+    recipe["source"] = str(run / "stage10" / "final")
+    (bundle / "recipe.json").write_text(json.dumps(recipe))
+    assert main([str(run), "--bundle", str(bundle), "--out", str(out)]) == 0
+    assert "was made from this run folder" in capsys.readouterr().out and out.read_text() == before
+    recipe["source"] = str(tmp_path / "elsewhere" / "stage10" / "final")  # another run's: compared as before
+    (bundle / "recipe.json").write_text(json.dumps(recipe))
+    assert main([str(run), "--bundle", str(bundle), "--out", str(out)]) == 1

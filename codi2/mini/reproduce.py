@@ -15,7 +15,9 @@ Compares what a run folder's component steps report (``runs/mini``: ``encoder.pt
     python -m codi2.mini.reproduce runs/mini [--bundle checkpoints/codi2-mini] [--out FILE.json]
 
 Exit status 0 when everything found in the run matches exactly, 1 otherwise (the report says what differs and by how
-much), 2 on bad arguments.
+much), 2 on bad arguments. A bundle made from this run folder's own stage export (``recipe.json`` → ``source`` lies
+inside it, as after ``scripts/train_mini.sh`` finished) holds the run's own components: nothing is compared, ``--out``
+is left as it is (the comparison made before the bundle was replaced stays), and the exit status is 0.
 """
 from __future__ import annotations
 
@@ -180,6 +182,18 @@ def _summary(name: str, res: dict) -> str:
     return f"{name}{steps}: {len(res['fields'])} reported figures {verdict}; {wtext}"
 
 
+def made_from(run_dir: "str | Path", bundle: "str | Path") -> Optional[str]:
+    """The bundle's ``recipe.json`` source when it lies inside ``run_dir`` (the bundle is this run's), else None."""
+    recipe = Path(bundle) / "recipe.json"
+    try:
+        source = json.loads(recipe.read_text()).get("source")
+    except (OSError, ValueError):
+        return None
+    if not source:
+        return None
+    return str(source) if Path(source).resolve().is_relative_to(Path(run_dir).resolve()) else None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m codi2.mini.reproduce", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -188,6 +202,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--out", help="also write the full comparison here (JSON)")
     p.add_argument("--no-weights", action="store_true", help="compare the reports only")
     args = p.parse_args(argv)
+    own = made_from(args.run, args.bundle)
+    if own is not None:
+        print(f"{args.bundle} was made from this run folder ({own}): its components are the run's own, nothing to "
+              f"compare{'; ' + args.out + ' left as it is' if args.out else ''}")
+        return 0
     try:
         res = compare_run(args.run, args.bundle, weights=not args.no_weights)
     except FileNotFoundError as e:
