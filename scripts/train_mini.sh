@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The mini model's whole recipe (issue 5), from a clean checkout to checkpoints/codi2-mini:
 #
-#   bash scripts/train_mini.sh            # full size: under 5 h 35 min on an idle 2-core CPU (README: stage times)
+#   bash scripts/train_mini.sh            # full size: under 5 h 35 min on an idle 2-core CPU, 7 h 30 min on a slower one (README: stage times)
 #   bash scripts/train_mini.sh --smoke    # the same stages at toy sizes, a few minutes (CI runs it)
 #
 # 1. world data (runs/mini/data/{stage1,train,icl,vidx,mrx,icl7,img8,mr13,mr15,ed14,open12,vgen,test,opentest})
