@@ -613,7 +613,7 @@ def test_decoder_stage_rejects_mismatched_head_targets(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the bundle
-def test_bundle_ships_the_judges_and_eval_finds_them(tmp_path, tiny_pipeline_dir):
+def test_bundle_ships_the_judges_and_eval_finds_them(tmp_path, tiny_pipeline_dir, monkeypatch):
     from codi2.eval import EvalConfig
     from codi2.eval import runner as R
     from codi2.mini.bundle import bundle
@@ -643,7 +643,9 @@ def test_bundle_ships_the_judges_and_eval_finds_them(tmp_path, tiny_pipeline_dir
     out = tmp_path / "codi2-mini"
     out.mkdir()
     (out / "stale.txt").write_text("an older bundle")  # replaced whole, not merged
-    recipe = bundle(src, out, tmp_path / "judges", run_dir=run)
+    monkeypatch.chdir(tmp_path)  # given relative, the source is recorded absolute (reproduce tells a run's own bundle by it)
+    recipe = bundle(Path("export"), out, tmp_path / "judges", run_dir=run)
+    assert recipe["source"] == str(src.resolve())
     assert not (out / "stale.txt").exists() and not (tmp_path / "codi2-mini.tmp").exists()
     assert (out / "judges" / "judges.safetensors").is_file()
     assert recipe["components"] == {"encoder": {"retrieval": {"image": {"top1": 0.5}}}}
@@ -804,7 +806,7 @@ def test_bundle_takes_decoder_sampling_settings_from_the_model_config(tmp_path, 
 
 
 # ----------------------------------------------------------------------------- does a re-run reproduce the bundle?
-def test_reproduce_compares_a_run_folder_with_the_bundle_record_and_weights(tmp_path, capsys):
+def test_reproduce_compares_a_run_folder_with_the_bundle_record_and_weights(tmp_path, capsys, monkeypatch):
     from safetensors.torch import save_file
 
     from codi2.mini.reproduce import compare_run, main
@@ -877,5 +879,9 @@ def test_reproduce_compares_a_run_folder_with_the_bundle_record_and_weights(tmp_
     assert main([str(run), "--bundle", str(bundle), "--out", str(out)]) == 0
     assert "was made from this run folder" in capsys.readouterr().out and out.read_text() == before
     recipe["source"] = str(tmp_path / "elsewhere" / "stage10" / "final")  # another run's: compared as before
+    (bundle / "recipe.json").write_text(json.dumps(recipe))
+    assert main([str(run), "--bundle", str(bundle), "--out", str(out)]) == 1
+    monkeypatch.chdir(run)  # a relative source is not placed against the working folder: compared as before
+    recipe["source"] = "stage10/final"
     (bundle / "recipe.json").write_text(json.dumps(recipe))
     assert main([str(run), "--bundle", str(bundle), "--out", str(out)]) == 1

@@ -182,7 +182,7 @@ def bundle(pipeline_dir: "str | Path", out: "str | Path", judges: "str | Path",
     total = sum(sizes.values())
     recipe = {
         "recipe": "bash scripts/train_mini.sh",
-        "source": str(src),
+        "source": str(Path(src).resolve()),  # absolute: reproduce tells a run's own bundle by it
         "components": component_reports(run_dir),
         "stages": trainer_stages(run_dir),
         "decoder_sampling": sampling,

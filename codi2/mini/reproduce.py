@@ -189,7 +189,7 @@ def made_from(run_dir: "str | Path", bundle: "str | Path") -> Optional[str]:
         source = json.loads(recipe.read_text()).get("source")
     except (OSError, ValueError):
         return None
-    if not source:
+    if not source or not Path(source).is_absolute():  # a relative one would resolve against wherever this runs
         return None
     return str(source) if Path(source).resolve().is_relative_to(Path(run_dir).resolve()) else None
 
