@@ -26,8 +26,8 @@ import torch
 
 def run(model_dir: str, n: int, scales: Sequence[float], modalities: Sequence[str], judges_dir: Optional[str],
         world_seed: int = 9, seed: int = 0, threads: int = 0) -> dict:
-    from codi2.mini.common import world_batch
-    from codi2.mini.decoder_train import conditions, judge_generations
+    from train.mini.common import world_batch
+    from train.mini.decoder_train import conditions, judge_generations
     from codi2.modality import Modality
     from codi2.pipeline import CoDi2Pipeline
     from data_builders.world.judges import Judges

@@ -38,7 +38,7 @@ TOP_CONFUSIONS = 8
 def score(judges, held: list, images: list) -> dict[str, Any]:
     """Per-attribute accuracy of ``images`` against ``held``'s attributes, ``all``, ``shape+colour`` and the most
     frequent confusions as ``attr size: want -> got`` counts."""
-    from codi2.mini.decoder_train import _accuracy, _score
+    from train.mini.decoder_train import _accuracy, _score
 
     scores = [_score(judges, "image", im) for im in images]
     out: dict[str, Any] = _accuracy(scores, [s.attrs for s in held])
@@ -54,8 +54,8 @@ def score(judges, held: list, images: list) -> dict[str, Any]:
 def run(decoders: Sequence[str], model_dir: str, judges_dir: Optional[str], n: int, world_seed: int = 9,
         seed: int = 0, threads: int = 0, batch: int = 16, guidance: Optional[float] = None) -> dict:
     from codi2.decoders import build_decoder
-    from codi2.mini.common import world_batch
-    from codi2.mini.decoder_train import conditions, image_round_trip
+    from train.mini.common import world_batch
+    from train.mini.decoder_train import conditions, image_round_trip
     from codi2.modality import Modality
     from codi2.pipeline import CoDi2Pipeline
     from data_builders.world.judges import Judges

@@ -51,8 +51,8 @@ def probe(decoder_dir: str, judges, n: int, timesteps: Sequence[int], seed: int 
     from codi2.config import load_model_config
     from codi2.decoders import build_decoder
     from codi2.media import Video
-    from codi2.mini.common import world_batch
-    from codi2.mini.decoder_train import _accuracy, _decoder_config
+    from train.mini.common import world_batch
+    from train.mini.decoder_train import _accuracy, _decoder_config
 
     if conditioning not in CONDITIONING:
         raise ValueError(f"conditioning {conditioning!r}; allowed: {', '.join(CONDITIONING)}")

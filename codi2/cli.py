@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Modules that add subcommands through `register(subparsers)`.
-_PLUGINS: list[str] = ["codi2.media", "codi2.data", "codi2.targets", "codi2.eval", "data_builders", "serve.app", "train.cli", "codi2.mini"]
+_PLUGINS: list[str] = ["codi2.media", "codi2.data", "codi2.targets", "codi2.eval", "data_builders", "serve.app", "train.cli", "train.mini"]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

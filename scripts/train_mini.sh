@@ -6,7 +6,7 @@
 #
 # 1. world data (runs/mini/data/{stage1,train,icl,vidx,mrx,icl7,img8,mr13,mr15,ed14,open12,vgen,test,opentest})
 #    and the world judges (runs/mini/judges)
-# 2. component pre-training, two chains side by side on one thread each (codi2/mini):
+# 2. component pre-training, two chains side by side on one thread each (train/mini):
 #      A: encoder -> decoders image+video (the video decoder's text encoder first)
 #      B: llm -> decoder audio -> 2000 more vocoder steps with the level term
 #    then 1400 more video-UNet steps (VID_MORE) beside the trainer stages 1-5 (into runs/mini/decoders.more,
@@ -23,7 +23,7 @@
 #    from stage 9's;
 #    beside them, 6000 more image-UNet steps, 3000 on a zero-terminal-SNR schedule, then 2000 steps of the VAE's
 #    decoder half alone (its encoder frozen); that VAE goes into the video decoder too, which shares its latents
-# 4. the components compared with those of the bundle about to be replaced (python -m codi2.mini.reproduce ->
+# 4. the components compared with those of the bundle about to be replaced (python -m train.mini.reproduce ->
 #    runs/mini/reproduce.json), the bundle (the stage-10 export + the judges) and `codi2 eval --suite world` on the
 #    test split and the open-prompt test set
 #
@@ -257,11 +257,11 @@ fi
 # ---- 4. bundle and evaluate
 if [[ -f "$OUT/recipe.json" ]]; then  # before it is replaced: do the components match the bundle's, figure for figure?
   log "components against $OUT/recipe.json -> $RUN/reproduce.json"
-  python -m codi2.mini.reproduce "$RUN" --bundle "$OUT" --out "$RUN/reproduce.json" | tee -a "$RUN/logs/reproduce.log" \
+  python -m train.mini.reproduce "$RUN" --bundle "$OUT" --out "$RUN/reproduce.json" | tee -a "$RUN/logs/reproduce.log" \
       || log "some components differ from $OUT's (see $RUN/reproduce.json); going on"
 fi
 log "bundle -> $OUT"
-python -m codi2.mini.bundle "$RUN/stage10/final" "$OUT" --judges "$RUN/judges" --sampling-from configs/model/mini.yaml
+python -m train.mini.bundle "$RUN/stage10/final" "$OUT" --judges "$RUN/judges" --sampling-from configs/model/mini.yaml
 log "world evaluation -> $RUN/eval"
 codi2 eval --suite world --model "$OUT" --data "$RUN/data/test" "$RUN/data/opentest" --out "$RUN/eval" --resume "${EVAL[@]}" \
     >> "$RUN/logs/eval.log" 2>&1

@@ -78,8 +78,8 @@ def test_mini_model_videos_move_the_way_they_are_asked(mini, tmp_path):
 
 
 def test_mini_model_draws_orange_orange_at_its_configured_guidance(mini):
-    from codi2.mini.common import world_batch
-    from codi2.mini.decoder_train import conditions, judge_generations
+    from train.mini.common import world_batch
+    from train.mini.decoder_train import conditions, judge_generations
     from codi2.modality import Modality
     from data_builders.world.judges import Judges
 

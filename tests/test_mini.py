@@ -1,4 +1,4 @@
-"""The mini model's component stages (codi2.mini) at tiny size: each runs a few steps and writes an artifact
+"""The mini model's component stages (train.mini) at tiny size: each runs a few steps and writes an artifact
 that loads through the real loader."""
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from codi2.config import DecoderConfig, load_model_config
-from codi2.mini import STAGES, load_stage_config, register
-from codi2.mini.common import all_objects, world_batch, world_sample
+from train.mini import STAGES, load_stage_config, register
+from train.mini.common import all_objects, world_batch, world_sample
 from codi2.modality import Modality
 
 from .conftest import load_benchmark
@@ -101,7 +101,7 @@ def test_recipe_script_trains_each_stage_on_its_configs_data():
         assert set(dirs) <= built, (stage, set(dirs) - built)
         cfg = load_train_config(str(REPO / cfg_path))
         assert dirs == [m.split("/")[-2] for m in cfg.data.manifests], stage
-    assert 'codi2.mini.bundle "$RUN/stage10/final"' in script
+    assert 'train.mini.bundle "$RUN/stage10/final"' in script
 
 
 def test_world_samples_are_seeded_and_splits_differ():
@@ -118,7 +118,7 @@ def test_world_samples_are_seeded_and_splits_differ():
 def test_atomic_dir_replaces_on_success_and_removes_what_killed_runs_left(tmp_path):
     import subprocess
 
-    from codi2.mini.common import atomic_dir
+    from train.mini.common import atomic_dir
 
     target = tmp_path / "audio"
     target.mkdir()
@@ -154,7 +154,7 @@ def test_register_adds_train_component():
 # ----------------------------------------------------------------------------- stage 1: encoder
 def test_contrastive_loss_counts_equal_attributes_as_positives():
     from codi2.encoders import ImageBindModel
-    from codi2.mini.encoder_align import contrastive_loss
+    from train.mini.encoder_align import contrastive_loss
 
     model = ImageBindModel(load_model_config("tiny").encoder, frozen=False)
     e = torch.eye(4, 16)
@@ -168,7 +168,7 @@ def test_contrastive_loss_counts_equal_attributes_as_positives():
 
 
 def test_train_timesteps_over_sample_high_noise():
-    from codi2.mini.decoder_train import DecoderArch, train_timesteps
+    from train.mini.decoder_train import DecoderArch, train_timesteps
 
     def draw(fraction):
         return train_timesteps(4000, DecoderArch(high_noise_fraction=fraction, high_noise_from=900),
@@ -183,7 +183,7 @@ def test_train_timesteps_over_sample_high_noise():
 
 
 def test_judge_accuracy_keys():
-    from codi2.mini.decoder_train import _accuracy
+    from train.mini.decoder_train import _accuracy
 
     truth = [{"shape": "star", "colour": "red", "size": "small", "direction": "up"},
              {"shape": "circle", "colour": "blue", "size": "large", "direction": "left"}]
@@ -198,7 +198,7 @@ def test_judge_accuracy_keys():
 
 def test_encoder_stage_writes_a_strictly_loadable_checkpoint(tmp_path):
     from codi2.encoders import ImageBindModel, load_imagebind_weights
-    from codi2.mini.encoder_align import EncoderAlignConfig, train_encoder
+    from train.mini.encoder_align import EncoderAlignConfig, train_encoder
 
     out = tmp_path / "enc.pth"
     cfg = EncoderAlignConfig(model="tiny", out=str(out), steps=2, batch_size=3, warmup_steps=1, eval_n=3,
@@ -219,7 +219,7 @@ def test_encoder_stage_killed_mid_run_goes_on_from_its_checkpoint_bit_for_bit(tm
     import dataclasses
     import shutil
 
-    from codi2.mini.encoder_align import EncoderAlignConfig, train_encoder
+    from train.mini.encoder_align import EncoderAlignConfig, train_encoder
 
     def cfg(name, **kw):
         return EncoderAlignConfig(model="tiny", out=str(tmp_path / name / "enc.pth"), steps=4, batch_size=3,
@@ -257,7 +257,7 @@ def test_encoder_stage_killed_mid_run_goes_on_from_its_checkpoint_bit_for_bit(tm
 
 # ----------------------------------------------------------------------------- stage 3: LLM
 def test_llm_stage_builds_a_codi2_model_from_the_pretrained_dir(tmp_path):
-    from codi2.mini.llm_pretrain import LLMArchitecture, LLMPretrainConfig, pretrain_llm, world_conversations
+    from train.mini.llm_pretrain import LLMArchitecture, LLMPretrainConfig, pretrain_llm, world_conversations
     from codi2.model import CoDi2Model
 
     convs = world_conversations(16, world_seed=0)
@@ -289,7 +289,7 @@ def test_llm_stage_killed_mid_run_goes_on_with_its_tokenizer_and_checkpoint_bit_
     import sentencepiece as spm
 
     import codi2.llm
-    from codi2.mini.llm_pretrain import LLMArchitecture, LLMPretrainConfig, pretrain_llm
+    from train.mini.llm_pretrain import LLMArchitecture, LLMPretrainConfig, pretrain_llm
     from safetensors.torch import load_file
 
     arch = LLMArchitecture(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
@@ -328,7 +328,7 @@ def test_llm_stage_killed_mid_run_goes_on_with_its_tokenizer_and_checkpoint_bit_
 # ----------------------------------------------------------------------------- stage 2: decoders
 def _decoder_cfg(tmp_path: Path, modalities: list[str]):
     from codi2.encoders import ImageBindModel
-    from codi2.mini.decoder_train import DecoderArch, DecoderTrainConfig
+    from train.mini.decoder_train import DecoderArch, DecoderTrainConfig
 
     enc = tmp_path / "enc.pth"
     torch.manual_seed(0)
@@ -340,7 +340,7 @@ def _decoder_cfg(tmp_path: Path, modalities: list[str]):
 
 def test_decoder_stage_image_and_video_pipelines_decode(tmp_path):
     from codi2.decoders import build_decoder
-    from codi2.mini.decoder_train import build_pipeline, train_decoders
+    from train.mini.decoder_train import build_pipeline, train_decoders
     from codi2.media import Video
 
     cfg = _decoder_cfg(tmp_path, ["image", "video"])
@@ -449,7 +449,7 @@ def test_decoder_stage_image_and_video_pipelines_decode(tmp_path):
 
 def test_decoder_stage_audio_pipeline_decodes(tmp_path):
     from codi2.decoders import build_decoder
-    from codi2.mini.decoder_train import stft_loss, train_decoders
+    from train.mini.decoder_train import stft_loss, train_decoders
     from codi2.media import Audio
 
     cfg = _decoder_cfg(tmp_path, ["audio"])
@@ -471,11 +471,11 @@ def test_vocoder_continues_or_is_rebuilt_when_its_architecture_changes(tmp_path,
     import dataclasses
 
     from codi2.decoders import build_decoder
-    from codi2.mini.decoder_train import train_decoders, vocoder_matches
+    from train.mini.decoder_train import train_decoders, vocoder_matches
     from data_builders.world.judges import JudgeConfig, Judges
 
     cfg = _decoder_cfg(tmp_path, ["audio"])  # tiny: hop 125, the coarse pitch grid
-    with caplog.at_level(logging.WARNING, logger="codi2.mini.decoder_train"):
+    with caplog.at_level(logging.WARNING, logger="train.mini.decoder_train"):
         rep = train_decoders(cfg)["audio"]
     assert rep["vocoder_pitch_error_cents"]["red"] > 100
     assert any("multiples of 128.0 Hz" in r.getMessage() for r in caplog.records)
@@ -532,7 +532,7 @@ def test_decoder_stage_killed_mid_run_goes_on_from_its_checkpoint_bit_for_bit(tm
     import dataclasses
     import shutil
 
-    from codi2.mini.decoder_train import train_decoders
+    from train.mini.decoder_train import train_decoders
 
     if case == "audio":  # every loop: VAE (3 steps), vocoder (3), UNet (4)
         base = _decoder_cfg(tmp_path, ["audio"])
@@ -589,7 +589,7 @@ def test_decoder_stage_killed_mid_run_goes_on_from_its_checkpoint_bit_for_bit(tm
 def test_decoder_stage_resume_false_starts_over(tmp_path, monkeypatch):
     import dataclasses
 
-    from codi2.mini.decoder_train import train_decoders
+    from train.mini.decoder_train import train_decoders
 
     cfg = _decoder_cfg(tmp_path, ["audio"])
     cfg = dataclasses.replace(cfg, checkpoint_every=1)
@@ -605,7 +605,7 @@ def test_decoder_stage_resume_false_starts_over(tmp_path, monkeypatch):
 
 
 def test_decoder_stage_rejects_mismatched_head_targets(tmp_path):
-    from codi2.mini.decoder_train import DecoderArch, build_pipeline
+    from train.mini.decoder_train import DecoderArch, build_pipeline
 
     mcfg = load_model_config("tiny", ["modalities.image.head.targets.image_embeds=[24]"])
     with pytest.raises(ValueError, match="out_embed_dim"):
@@ -616,7 +616,7 @@ def test_decoder_stage_rejects_mismatched_head_targets(tmp_path):
 def test_bundle_ships_the_judges_and_eval_finds_them(tmp_path, tiny_pipeline_dir, monkeypatch):
     from codi2.eval import EvalConfig
     from codi2.eval import runner as R
-    from codi2.mini.bundle import bundle
+    from train.mini.bundle import bundle
     from codi2.pipeline import CoDi2Pipeline
     from data_builders.world import build_world
     from data_builders.world.judges import JudgeConfig, Judges
@@ -690,7 +690,7 @@ def test_mel_level_loss_weighs_bins_by_energy():
     same as two quiet bins 1 nat too loud; the level term charges the quiet loud bin and barely the leak."""
     import torch.nn.functional as F
 
-    from codi2.mini.decoder_train import mel_level_loss
+    from train.mini.decoder_train import mel_level_loss
 
     target = torch.full((1, 4, 8), -9.0)
     target[..., 3] = 0.0  # the tone's bin, every frame
@@ -708,7 +708,7 @@ def test_mel_level_loss_weighs_bins_by_energy():
 def test_vocoder_pitch_grid_flags_the_hop_that_cost_the_colours():
     """A HiFi-GAN generator holds a steady tone only at multiples of its frame rate (sr / hop); the old hop 125
     (128 Hz) moved every world pitch by more than a semitone, the recipe's hop 500 (32 Hz) by under 70 cents."""
-    from codi2.mini.decoder_train import DecoderTrainConfig, PITCH_ERROR_WARN_CENTS, vocoder_pitch_errors
+    from train.mini.decoder_train import DecoderTrainConfig, PITCH_ERROR_WARN_CENTS, vocoder_pitch_errors
 
     old = vocoder_pitch_errors([5, 5, 5], 16000)
     assert old["red"] == pytest.approx(1200 * np.log2(256 / 220), abs=0.1)  # 220 Hz -> 256 Hz, orange's pitch
@@ -730,7 +730,7 @@ def test_video_text_encoder_learns_the_direction_the_unet_must_read(tmp_path, ca
     from transformers import AutoTokenizer, CLIPTextModel
 
     from codi2.decoders import build_decoder
-    from codi2.mini.decoder_train import build_pipeline, direction_cosine, train_decoders
+    from train.mini.decoder_train import build_pipeline, direction_cosine, train_decoders
 
     cfg = _decoder_cfg(tmp_path, ["image", "video"])
     cfg = dataclasses.replace(cfg, video=dataclasses.replace(cfg.video, text_encoder_steps=60, text_encoder_lr=3e-3),
@@ -755,7 +755,7 @@ def test_video_text_encoder_learns_the_direction_the_unet_must_read(tmp_path, ca
         assert torch.allclose(dec.targets(["a red circle moving up"])["prompt_embeds"], te(ids).last_hidden_state,
                               atol=1e-5)
     # continuing it without UNet steps warns that the UNet was trained on the old conditioning
-    with caplog.at_level(logging.WARNING, logger="codi2.mini.decoder_train"):
+    with caplog.at_level(logging.WARNING, logger="train.mini.decoder_train"):
         train_decoders(dataclasses.replace(cfg, modalities=["video"], init=cfg.out, video=dataclasses.replace(
             cfg.video, text_encoder_steps=2, unet_steps=0)))
     assert "no UNet step runs" in caplog.text
@@ -770,7 +770,7 @@ def test_bundle_takes_decoder_sampling_settings_from_the_model_config(tmp_path, 
     config's (configs/model/mini.yaml for the recipe) and records what it changed. No weight is touched."""
     import dataclasses
 
-    from codi2.mini.bundle import bundle
+    from train.mini.bundle import bundle
     from codi2.pipeline import CoDi2Pipeline
     from data_builders.world.judges import JudgeConfig, Judges
 
@@ -809,7 +809,7 @@ def test_bundle_takes_decoder_sampling_settings_from_the_model_config(tmp_path, 
 def test_reproduce_compares_a_run_folder_with_the_bundle_record_and_weights(tmp_path, capsys, monkeypatch):
     from safetensors.torch import save_file
 
-    from codi2.mini.reproduce import compare_run, main
+    from train.mini.reproduce import compare_run, main
 
     run, bundle = tmp_path / "run", tmp_path / "bundle"
     for d in (run / "llm", run / "decoders" / "image", run / "decoders" / "audio", bundle / "encoder", bundle / "llm"):

@@ -12,7 +12,7 @@ Compares what a run folder's component steps report (``runs/mini``: ``encoder.pt
   runs (the encoder's text tower), and its LLM carries the media-token rows the trainer stages added, so the run's
   embedding rows are compared with the bundle's first rows.
 
-    python -m codi2.mini.reproduce runs/mini [--bundle checkpoints/codi2-mini] [--out FILE.json]
+    python -m train.mini.reproduce runs/mini [--bundle checkpoints/codi2-mini] [--out FILE.json]
 
 Exit status 0 when everything found in the run matches exactly, 1 otherwise (the report says what differs and by how
 much), 2 on bad arguments. A bundle made from this run folder's own stage export (``recipe.json`` → ``source`` lies
@@ -28,7 +28,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from codi2.mini.bundle import component_reports
+from train.mini.bundle import component_reports
 
 DECODER_PHASES: tuple[str, ...] = ("vae", "vocoder", "unet", "text_encoder")
 PHASE_FIELDS: tuple[str, ...] = ("steps", "final_mse", "final_loss")
@@ -123,7 +123,7 @@ def compare_run(run_dir: "str | Path", bundle: "str | Path" = "checkpoints/codi2
     run_dir, bundle = Path(run_dir), Path(bundle)
     recipe_path = bundle / "recipe.json"
     if not recipe_path.is_file():
-        raise FileNotFoundError(f"{recipe_path} not found: --bundle must be a folder written by codi2.mini.bundle")
+        raise FileNotFoundError(f"{recipe_path} not found: --bundle must be a folder written by train.mini.bundle")
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {run_dir} not found (the recipe's RUN, e.g. runs/mini)")
     recorded = json.loads(recipe_path.read_text()).get("components", {})
@@ -195,10 +195,10 @@ def made_from(run_dir: "str | Path", bundle: "str | Path") -> Optional[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m codi2.mini.reproduce", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m train.mini.reproduce", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="the recipe's run folder (RUN of scripts/train_mini.sh, e.g. runs/mini)")
-    p.add_argument("--bundle", default="checkpoints/codi2-mini", help="a bundle written by codi2.mini.bundle")
+    p.add_argument("--bundle", default="checkpoints/codi2-mini", help="a bundle written by train.mini.bundle")
     p.add_argument("--out", help="also write the full comparison here (JSON)")
     p.add_argument("--no-weights", action="store_true", help="compare the reports only")
     args = p.parse_args(argv)

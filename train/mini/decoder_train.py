@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from codi2.config import DecoderConfig, ModelConfig, load_model_config, resolve_path
-from codi2.mini.common import (WORLD_MODALITIES, LoopCheckpoints, LoopClock, WorldSample, atomic_dir, check_choice,
+from train.mini.common import (WORLD_MODALITIES, LoopCheckpoints, LoopClock, WorldSample, atomic_dir, check_choice,
                                file_digest, resumed_note, seed_everything, set_threads, world_batch)
 
 logger = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ def world_t5_tokenizer(model_max_length: int = 64):
     (so any other text still tokenizes): one token per world word."""
     from transformers import T5Tokenizer
 
-    from codi2.mini.common import all_objects
+    from train.mini.common import all_objects
     from data_builders.world import world
 
     words: dict[str, None] = {}
@@ -1194,8 +1194,8 @@ def train_decoders(cfg: DecoderTrainConfig) -> dict[str, dict]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m codi2.mini.decoder_train CONFIG [key=value …]``."""
-    from codi2.mini import run_stage
+    """``python -m train.mini.decoder_train CONFIG [key=value …]``."""
+    from train.mini import run_stage
 
     return run_stage("decoder", argv)
 

@@ -1,4 +1,4 @@
-from codi2.mini import main
+from train.mini import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -11,7 +11,7 @@ World captions vary in wording, and two samples in a batch often show the same o
 both positives (multi-positive InfoNCE: the target row is uniform over every sample with equal
 attributes), instead of false negatives.
 
-Data: world (render, caption) pairs rendered on the fly (``codi2.mini.common.world_sample``), seeded.
+Data: world (render, caption) pairs rendered on the fly (``train.mini.common.world_sample``), seeded.
 Output: a reference-shaped ``state_dict`` ``.pth`` (loads strictly with
 ``codi2.encoders.load_imagebind_weights``) plus ``<out>.json`` with the architecture and the
 held-out retrieval accuracy.
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from codi2.config import ImageBindConfig, load_config, load_model_config
-from codi2.mini.common import (WORLD_MODALITIES, LoopCheckpoints, LoopClock, all_objects, atomic_torch_save, attrs_key,
+from train.mini.common import (WORLD_MODALITIES, LoopCheckpoints, LoopClock, all_objects, atomic_torch_save, attrs_key,
                                check_choice, file_digest, resumed_note, seed_everything, set_threads, world_batch)
 
 logger = logging.getLogger(__name__)
@@ -204,7 +204,7 @@ def encoder_config(cfg: EncoderAlignConfig) -> ImageBindConfig:
 
 
 def resume_fingerprint(cfg: EncoderAlignConfig) -> dict:
-    """What makes an alignment run the same run for resuming (:class:`~codi2.mini.common.LoopCheckpoints`): the
+    """What makes an alignment run the same run for resuming (:class:`~train.mini.common.LoopCheckpoints`): the
     architecture, the settings that change the weights, and the digest of ``init``. Logging, evaluation, threads and
     the paths (``out``, ``init``: its contents count) are left out, so a moved run folder still resumes."""
     skip = {"eval_n", "eval_every", "log_every", "num_threads", "checkpoint_every", "resume", "out", "init"}
@@ -313,8 +313,8 @@ def train_encoder(cfg: EncoderAlignConfig) -> dict:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m codi2.mini.encoder_align CONFIG [key=value …]``."""
-    from codi2.mini import run_stage
+    """``python -m train.mini.encoder_align CONFIG [key=value …]``."""
+    from train.mini import run_stage
 
     return run_stage("encoder", argv)
 

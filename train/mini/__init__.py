@@ -1,15 +1,15 @@
 """The mini model's component pre-training stages (issue 5, item 3), before the LoRA + projector + head
 stages that ``train/`` runs:
 
-* ``encoder`` (:func:`codi2.mini.encoder_align.train_encoder`, ``configs/train/mini-encoder.yaml``): the
+* ``encoder`` (:func:`train.mini.encoder_align.train_encoder`, ``configs/train/mini-encoder.yaml``): the
   ImageBind-architecture encoder aligned to text (CoDi's bridging alignment) -> ``runs/mini/encoder.pth``.
-* ``decoder`` (:func:`codi2.mini.decoder_train.train_decoders`, ``configs/train/mini-decoders.yaml``): the
+* ``decoder`` (:func:`train.mini.decoder_train.train_decoders`, ``configs/train/mini-decoders.yaml``): the
   unCLIP / AudioLDM2 / text-to-video pipelines (VAE, vocoder, UNet) on world renders -> ``runs/mini/decoders/*``.
-* ``llm`` (:func:`codi2.mini.llm_pretrain.pretrain_llm`, ``configs/train/mini-llm.yaml``): a small Llama and
+* ``llm`` (:func:`train.mini.llm_pretrain.pretrain_llm`, ``configs/train/mini-llm.yaml``): a small Llama and
   its sentencepiece tokenizer on world text -> ``runs/mini/llm``.
 
     codi2 train-component {encoder,decoder,llm} CONFIG [key=value …]
-    python -m codi2.mini {encoder,decoder,llm} CONFIG [key=value …]
+    python -m train.mini {encoder,decoder,llm} CONFIG [key=value …]
 
 Each stage is seeded, shows a progress bar, logs, and writes its artifact atomically where
 ``configs/model/mini.yaml`` expects it (``runs/mini/…``, relative to the current directory). Order:
@@ -34,9 +34,9 @@ logger = logging.getLogger(__name__)
 
 
 _STAGE_ENTRIES: dict[str, tuple[str, str, str]] = {  # stage -> (module, config class, train function)
-    "encoder": ("codi2.mini.encoder_align", "EncoderAlignConfig", "train_encoder"),
-    "decoder": ("codi2.mini.decoder_train", "DecoderTrainConfig", "train_decoders"),
-    "llm": ("codi2.mini.llm_pretrain", "LLMPretrainConfig", "pretrain_llm"),
+    "encoder": ("train.mini.encoder_align", "EncoderAlignConfig", "train_encoder"),
+    "decoder": ("train.mini.decoder_train", "DecoderTrainConfig", "train_decoders"),
+    "llm": ("train.mini.llm_pretrain", "LLMPretrainConfig", "pretrain_llm"),
 }
 
 
@@ -98,8 +98,8 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m codi2.mini STAGE CONFIG [key=value …]``."""
-    p = argparse.ArgumentParser(prog="python -m codi2.mini")
+    """``python -m train.mini STAGE CONFIG [key=value …]``."""
+    p = argparse.ArgumentParser(prog="python -m train.mini")
     p.add_argument("stage", choices=STAGES)
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", metavar="key=value")

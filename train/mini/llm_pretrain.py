@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from codi2.config import LLMConfig
-from codi2.mini.common import (SPLITS, LoopCheckpoints, LoopClock, atomic_dir, check_choice, resumed_note,
+from train.mini.common import (SPLITS, LoopCheckpoints, LoopClock, atomic_dir, check_choice, resumed_note,
                                seed_everything, set_threads)
 
 logger = logging.getLogger(__name__)
@@ -211,7 +211,7 @@ def _eval_loss(model: Any, data: torch.Tensor, block: int, batches: int, batch_s
 
 
 def resume_fingerprint(cfg: LLMPretrainConfig) -> dict:
-    """What makes a pre-training run the same run for resuming (:class:`~codi2.mini.common.LoopCheckpoints`): the
+    """What makes a pre-training run the same run for resuming (:class:`~train.mini.common.LoopCheckpoints`): the
     settings that change the tokenizer or the weights. Logging, evaluation, threads and ``out`` are left out (a
     moved run folder still resumes)."""
     skip = {"eval_batches", "log_every", "num_threads", "checkpoint_every", "resume", "out"}
@@ -343,8 +343,8 @@ def _greedy_reply(model: Any, tok: Any, conv: list[dict], system_prompt: str, ma
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m codi2.mini.llm_pretrain CONFIG [key=value …]``."""
-    from codi2.mini import run_stage
+    """``python -m train.mini.llm_pretrain CONFIG [key=value …]``."""
+    from train.mini import run_stage
 
     return run_stage("llm", argv)
 

@@ -8,7 +8,7 @@ references — the mini LLM, the aligned encoder, the decoders — written in, s
 * ``recipe.json``: where every part came from: the component reports (encoder retrieval, LLM validation loss,
   decoder losses), the trainer stages' configs, the decoder sampling settings it set, and the byte size of each part.
 
-    python -m codi2.mini.bundle runs/mini/stage10/final checkpoints/codi2-mini --judges runs/mini/judges
+    python -m train.mini.bundle runs/mini/stage10/final checkpoints/codi2-mini --judges runs/mini/judges
 
 The decoders' sampling settings (scheduler, steps, guidance, noise level) are not learned: they are chosen by the
 benchmarks (``benchmarks/sampler_steps.py``, ``benchmarks/guidance_scale.py``) and kept in
@@ -198,7 +198,7 @@ def bundle(pipeline_dir: "str | Path", out: "str | Path", judges: "str | Path",
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m codi2.mini.bundle", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m train.mini.bundle", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("pipeline", help="the trainer's exported model directory (runs/mini/stage10/final)")
     p.add_argument("out", help="bundle folder (checkpoints/codi2-mini)")
