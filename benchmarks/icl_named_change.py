@@ -27,7 +27,7 @@ KINDS = (NAMED_RIGHT, "a value the exemplar pair shares", "the exemplar's old va
 
 def named_kind(text: str, meta: dict) -> str:
     """What the reply's first stated attribute value is, relative to the record (one of ``KINDS``)."""
-    from codi2.eval.suites import edit_named
+    from data_builders.world.suite import edit_named
     from data_builders.world.world import parse_caption
 
     if edit_named(text, meta["edits"], parse_caption):

@@ -107,13 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     import importlib
 
-    for mod in _PLUGINS:
-        importlib.import_module(mod).register(sub)
+    from .plugins import load_plugins
+
+    plugins = load_plugins()  # first: they may register suites that `codi2 eval` lists
+    for mod in [importlib.import_module(m) for m in LIBRARY_COMMANDS] + plugins:
+        if hasattr(mod, "register"):
+            mod.register(sub)
     return p
 
 
-# Modules that add subcommands through `register(subparsers)`.
-_PLUGINS: list[str] = ["codi2.media", "codi2.data", "codi2.targets", "codi2.eval", "data_builders", "serve.app", "train.cli", "train.mini"]
+# The library's modules that add subcommands through `register(subparsers)`; the packages above it add theirs
+# as plugins (codi2.plugins: the `codi2.plugins` entry points).
+LIBRARY_COMMANDS: tuple[str, ...] = ("codi2.media", "codi2.data", "codi2.targets", "codi2.eval")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

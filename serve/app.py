@@ -127,9 +127,9 @@ class ChatApp:
         self.title = title or pipeline.config.name
         self.examples = []
         if with_examples:
-            from .examples import build_examples
+            from .examples import load_examples
 
-            self.examples = build_examples(self.manager.workdir / "examples")
+            self.examples = load_examples(getattr(pipeline, "directory", None))
         model = pipeline.model
         self.out_modalities = [m.value for m in model.n_out if model.n_out[m] > 0]
         self.in_modalities = [m.value for m in model.n_in if model.n_in[m] > 0]

@@ -1,21 +1,29 @@
-"""One-click chat examples built from the mini world (DESIGN.md §5).
+"""One-click chat examples, from the model folder: ``<model>/examples/examples.json`` and its media.
 
-The media are rendered on the fly with ``data_builders.world`` (a few KB, milliseconds), so the
-examples need no bundled files and show the same objects the mini model was trained on.
+    {"schema": 1, "examples": [{"text": "Draw a large red circle.", "files": ["a.png"],
+                                "display": "🎨 Draw a circle", "icon": "a.png"}, …]}
+
+``files`` and ``icon`` are relative to the examples folder. A model folder without one shows no examples.
+The mini world writes its own (``python -m data_builders.world.examples MODEL_DIR/examples``).
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from codi2.media import save_audio, save_image, save_video
+EXAMPLES_DIR, EXAMPLES_FILE = "examples", "examples.json"
+
+
+class ExamplesError(ValueError):
+    """A model folder's examples.json is malformed or names a file that is not there."""
 
 
 @dataclass
 class ChatExample:
     text: str
-    files: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # absolute paths
     display: Optional[str] = None  # what the example card shows (default: the text)
     icon: Optional[str] = None  # an image shown on the card
 
@@ -27,29 +35,32 @@ class ChatExample:
         return d
 
 
-def build_examples(out_dir: "str | Path") -> list[ChatExample]:
-    """Renders the example media into ``out_dir`` and returns the examples (generation, captioning,
-    cross-modal, an in-context exemplar prompt A : A′ :: B : ?, a joint image + sound reply)."""
-    from data_builders.world.world import WorldObject, render_image, render_sound, render_video
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-
-    def image(name: str, obj: WorldObject, seed: int = 0) -> str:
-        return str(save_image(render_image(obj, seed), out / f"{name}.png"))
-
-    square = image("blue-square", WorldObject("square", "blue", "large", "center"))
-    sound = str(save_audio(render_sound(WorldObject("star", "green", "large"), 0), out / "green-star.wav"))
-    video = str(save_video(render_video(WorldObject("circle", "orange", "small"), "up", 0), out / "orange-circle-up.mp4"))
-    a = image("icl-a", WorldObject("circle", "red", "large", "left"), 1)
-    a2 = image("icl-a2", WorldObject("circle", "green", "large", "left"), 1)
-    b = image("icl-b", WorldObject("triangle", "red", "small", "top"), 2)
-    return [
-        ChatExample("Draw a large red circle on the left.", display="🎨 Draw a large red circle"),
-        ChatExample("What is in this picture?", [square], display="🖼️ What is in this picture?", icon=square),
-        ChatExample("Draw the object that makes this sound.", [sound], display="🔊 Draw what makes this sound"),
-        ChatExample("Look at these examples. Now do the same to this one:", [a, a2, b],
-                    display="🧩 In-context edit: A → A′, B → ?", icon=a2),
-        ChatExample("Show me a small yellow triangle and let me hear it.", display="🎨🔊 Picture and sound in one reply"),
-        ChatExample("What happens in this clip?", [video], display="🎬 Describe a video"),
-    ]
+def load_examples(model_dir: "str | Path | None") -> list[ChatExample]:
+    """The examples shipped in ``model_dir/examples/examples.json`` (none if the file is absent).
+    Raises :class:`ExamplesError` naming the file and the entry that is wrong."""
+    if model_dir is None:
+        return []
+    folder = Path(model_dir) / EXAMPLES_DIR
+    path = folder / EXAMPLES_FILE
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ExamplesError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(data, dict) or data.get("schema") != 1 or not isinstance(data.get("examples"), list):
+        raise ExamplesError(f"{path}: expected {{\"schema\": 1, \"examples\": [...]}}")
+    out = []
+    for i, ex in enumerate(data["examples"]):
+        if not isinstance(ex, dict) or not isinstance(ex.get("text"), str) or not ex["text"].strip():
+            raise ExamplesError(f"{path}: examples[{i}] needs a non-empty \"text\"")
+        files = ex.get("files") or []
+        if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+            raise ExamplesError(f"{path}: examples[{i}].files must be a list of paths relative to {folder}")
+        paths = [folder / f for f in files]
+        icon = folder / ex["icon"] if ex.get("icon") else None
+        missing = [str(p) for p in paths + ([icon] if icon else []) if not p.is_file()]
+        if missing:
+            raise ExamplesError(f"{path}: examples[{i}] names files that are not there: {', '.join(missing)}")
+        out.append(ChatExample(ex["text"], [str(p) for p in paths], ex.get("display"), str(icon) if icon else None))
+    return out

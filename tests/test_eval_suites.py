@@ -12,6 +12,7 @@ from codi2.eval import EvalConfig, run_eval, score_folder
 from codi2.eval import runner as R
 from codi2.eval.cli import add_arguments
 from codi2.eval import suites as S
+from data_builders.world import suite as W
 from codi2.eval.testing import make_dreambench, make_edit_manifest
 
 FAST = dict(force_output=True, max_new_tokens=4, n_boot=200)  # the random tiny model only makes media when forced
@@ -219,7 +220,7 @@ def test_world_suite_evaluates_in_context_records_at_each_shot_count(ws, tmp_pat
 
 
 def test_edit_named_reads_the_change_the_reply_states():
-    from codi2.eval.suites import edit_named
+    from data_builders.world.suite import edit_named
     from data_builders.world.world import parse_caption
 
     colour = [{"attr": "colour", "value": "green"}]
@@ -265,7 +266,7 @@ def test_world_suite_scores_spot_the_change_and_splits_edits_by_the_attribute_ch
     cfg = EvalConfig(suite="world", model=ws["model"], data=str(world), judges=str(tmp_path / "judges"), **FAST)
     suite = R.build_suite(cfg, model=object())
     manifest = {rec["id"]: rec for rec in map(json.loads, world.read_text().splitlines())}
-    spots = [smp for smp in suite.samples() if smp.task in S.SPOT_TASKS]
+    spots = [smp for smp in suite.samples() if smp.task in W.SPOT_TASKS]
     assert len(spots) == 4 and all(smp.runs[0].outputs == () for smp in spots)  # text only: nothing to draw
     for smp in spots:  # scored by the words alone
         edit = smp.ref["edits"][0]
@@ -325,12 +326,12 @@ def test_world_targets_count_the_open_joint_comparison_and_report_the_named_one_
     records = [rec("caption_image", acc=1.0), rec("caption_audio", acc=0.5),
                rec("joint_image_audio", coherence=1.0, coherence_separate=1.0, sim=0.5, sim_separate=0.6),
                rec("joint_open", coherence=1.0, coherence_separate=0.0, sim=0.6, sim_separate=0.2)]
-    rows = {t["label"]: t for t in S.world_targets(records)}
+    rows = {t["label"]: t for t in W.world_targets(records)}
     named, opened = rows["joint coherence > separate coherence"], rows["open joint coherence > separate coherence"]
     assert (named["target"], named["pass"], named["value"]) == (False, False, 0.0)
     assert (opened["target"], opened["pass"], opened["value"]) == (True, True, 1.0)
     assert rows["joint sim > separate sim"]["target"] is False and rows["open joint sim > separate sim"]["pass"]
-    assert all(t["target"] for t in rows.values() if t["task"] not in S.JOINT_TASKS)
+    assert all(t["target"] for t in rows.values() if t["task"] not in W.JOINT_TASKS)
     empty = {"overall": {}, "by_shots": {}, "by_task": {}}
     path = write_report({"suite": "world", "config": {"model": "m", "data": "d", "shots": [0], "n": 4, "seed": 0},
                          "metrics": {**empty, "targets": list(rows.values())}}, tmp_path)
@@ -454,7 +455,7 @@ def test_world_open_joint_task_samples_its_choice_and_asks_the_separate_replies_
                      **{**FAST, "force_output": True})
     (s, _) = R.build_suite(cfg, model=object()).samples()
     runs = {r.name: r for r in s.runs}
-    assert set(runs) == {"main", "image", "audio"} and all(r.temperature == S.OPEN_TEMPERATURE for r in runs.values())
+    assert set(runs) == {"main", "image", "audio"} and all(r.temperature == W.OPEN_TEMPERATURE for r in runs.values())
     assert runs["image"].prompt == rec["meta"]["separate"]["image"] and runs["main"].prompt is None
     assert runs["audio"].allowed == ("audio",) and runs["audio"].prompt.startswith("Let me hear")
     seen = []
@@ -475,9 +476,9 @@ def test_world_open_joint_task_samples_its_choice_and_asks_the_separate_replies_
     asked = set(rec["meta"]["asked"])
     assert {k[len("acc_"):] for k in first["metrics"] if k.startswith("acc_")} == asked  # scored on what was asked
     assert "coherence" in first["metrics"] and "coherence_separate" in first["metrics"]
-    labels = [t["label"] for t in S.world_targets(out["samples"])]
+    labels = [t["label"] for t in W.world_targets(out["samples"])]
     assert "open joint coherence > separate coherence" in labels
-    assert all(t["target"] for t in S.world_targets(out["samples"]) if t["task"] == "joint_open")
+    assert all(t["target"] for t in W.world_targets(out["samples"]) if t["task"] == "joint_open")
     bad = tmp_path / "bad"
     bad.mkdir()
     rec["meta"].pop("separate")

@@ -37,10 +37,16 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def url(tiny_pipeline_dir, tmp_path_factory):
+    import shutil
+
     from codi2.pipeline import CoDi2Pipeline
+    from data_builders.world.examples import write_examples
     from serve.app import build_app
 
-    app = build_app(CoDi2Pipeline.from_pretrained(tiny_pipeline_dir), workdir=tmp_path_factory.mktemp("serve"))
+    model = tmp_path_factory.mktemp("model") / "tiny"
+    shutil.copytree(tiny_pipeline_dir, model)
+    write_examples(model / "examples")  # the app shows the examples a model folder ships
+    app = build_app(CoDi2Pipeline.from_pretrained(model), workdir=tmp_path_factory.mktemp("serve"))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -13,7 +13,7 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from .suites import SUITES
+from .registry import suite_names
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--suite", choices=SUITES)
+    p.add_argument("--suite", choices=suite_names(), help="a registered suite (plugins add theirs)")
     p.add_argument("--model", help="a codi2 model directory")
     p.add_argument("--data", nargs="+", help="dreambench: the DreamBench root; image-edit/audio-edit: a manifest.jsonl "
                    "(or its folder); world: one or more manifests (or folders), read as one set")
@@ -117,7 +117,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def register(subparsers: "argparse._SubParsersAction") -> None:
     """Adds ``eval`` to the ``codi2`` command."""
-    p = subparsers.add_parser("eval", help="few-shot evaluation suites (dreambench, image-edit, audio-edit, world) "
+    p = subparsers.add_parser("eval", help=f"few-shot evaluation suites ({', '.join(suite_names())}) "
                               "and `eval score` for any system's outputs", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)

@@ -119,6 +119,17 @@ def _breakdown_rows(rows: list[dict], name: str) -> list[str]:
     return lines
 
 
+def _suite_class(name: str) -> type:
+    """The registered suite class (its report titles); the base class for a suite no longer registered."""
+    from .registry import get_suite
+    from .suites import Suite
+
+    try:
+        return get_suite(name).cls
+    except ValueError:
+        return Suite
+
+
 def write_report(results: dict[str, Any], out_dir: Path) -> Path:
     """Writes ``report.md`` (+ ``plot_shots.png`` / ``plot_tasks.png`` when there is more than one group)."""
     out = Path(out_dir)
@@ -157,13 +168,12 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
         measured = [t for t in targets if t["value"] is not None]
         missing = len(targets) - len(measured)
         count = f"{sum(t['pass'] for t in measured)} of the {len(measured)} measured targets met"
-        lines += ["", "## Mini-world targets", "", count + (f" ({missing} without records in this run)." if missing
-                                                             else "."), ""]
+        suite = _suite_class(results["suite"])
+        lines += ["", f"## {suite.targets_title}", "", count + (f" ({missing} without records in this run)."
+                                                                if missing else "."), ""]
         lines += _target_rows(targets, "target", "pass")
         if beside:
-            lines += ["", "Reported beside them, not targets (joint vs separate replies on prompts that name the "
-                      "whole object: two replies agree whenever each is right, so this only compares their "
-                      "accuracy; the target comparison is the open prompts'):", ""]
+            lines += ["", suite.targets_beside_note, ""]
             lines += _target_rows(beside, "comparison", "holds")
     if m.get("set"):
         lines += ["", "## Set-level metrics (point values)", ""]

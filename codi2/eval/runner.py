@@ -31,9 +31,9 @@ from typing import Any, Iterable, Optional, Sequence
 from tqdm import tqdm
 
 from . import metrics as M
+from .registry import get_suite, register_suite, suite_names
 from .suites import (
     EXT,
-    SUITES,
     AudioEditSuite,
     AudioScorer,
     DreamBenchSuite,
@@ -42,7 +42,6 @@ from .suites import (
     ImageScorer,
     Sample,
     Suite,
-    WorldSuite,
 )
 
 log = logging.getLogger(__name__)
@@ -59,7 +58,7 @@ class EvalConfig:
 
     suite: str
     model: str
-    data: "str | list[str]"  # the world suite also takes several manifests (a list)
+    data: "str | list[str]"  # suites registered with many_data (e.g. world) also take several manifests
     shots: list[int] = field(default_factory=lambda: [0, 1, 2, 4])
     n: Optional[int] = None  # items per shot count (world: per task); None = all
     seed: int = 0
@@ -78,16 +77,17 @@ class EvalConfig:
     lsd_time_offset: int = 0
 
     def __post_init__(self) -> None:
-        if self.suite not in SUITES:
-            raise ValueError(f"unknown suite {self.suite!r}; allowed: {', '.join(SUITES)}")
+        spec = get_suite(self.suite)  # ValueError naming the registered suites
         if not self.shots or any(k < 0 for k in self.shots):
             raise ValueError(f"shots must be a non-empty list of counts >= 0, got {self.shots}")
         if isinstance(self.data, (list, tuple)):
             if not self.data:
                 raise ValueError("--data needs at least one path")
-            if self.suite != "world" and len(self.data) != 1:
-                raise ValueError(f"the {self.suite} suite reads one --data, got {len(self.data)}; only the world "
-                                 "suite reads several manifests")
+            if not spec.many_data and len(self.data) != 1:
+                many = [n for n in suite_names() if get_suite(n).many_data]
+                which = (f"the {many[0]} suite reads" if len(many) == 1 else f"the suites {', '.join(many)} read")
+                raise ValueError(f"the {self.suite} suite reads one --data, got {len(self.data)}; only {which} "
+                                 "several manifests")
             self.data = str(self.data[0]) if len(self.data) == 1 else [str(d) for d in self.data]
 
 
@@ -250,28 +250,39 @@ def set_metrics(suite: Suite, samples: Sequence[Sample], gens: Sequence[dict[str
 # ----------------------------------------------------------------------------- building suites
 def build_suite(cfg: EvalConfig, model: Any = None) -> Suite:
     """The suite named by ``cfg`` with its backbones loaded (``model``: the loaded CoDi2Model, for ImageBind
-    defaults and the world suite's encoder)."""
-    from .features import ClipFeatures, DinoFeatures, load_audio_backbone
+    defaults and suites that use the model's encoder). Suites come from :mod:`codi2.eval.registry`."""
+    return get_suite(cfg.suite).build(cfg, model)
 
-    if cfg.suite in ("dreambench", "image-edit"):
-        if cfg.clip is None and cfg.dino is None:
-            raise ValueError(f"the {cfg.suite} suite needs --clip DIR and/or --dino DIR (local transformers CLIP / "
-                             f"DINO ViT directories)")
-        scorer = ImageScorer(ClipFeatures.from_pretrained(cfg.clip) if cfg.clip else None,
-                             DinoFeatures.from_pretrained(cfg.dino) if cfg.dino else None, cfg.pixel_size)
-        if cfg.suite == "dreambench":
-            return DreamBenchSuite(cfg.data, scorer, cfg.shots, cfg.n, cfg.seed)
-        return ImageEditSuite(cfg.data, scorer, cfg.shots, cfg.n, cfg.seed)
-    if cfg.suite == "audio-edit":
-        clf = load_audio_backbone(cfg.audio_classifier, cfg.model, model)
-        fad = clf if cfg.fad_model == cfg.audio_classifier else load_audio_backbone(cfg.fad_model, cfg.model, model)
-        return AudioEditSuite(cfg.data, AudioScorer(clf, fad, cfg.lsd_time_offset), cfg.shots, cfg.n, cfg.seed)
-    if model is None:
-        raise ValueError("the world suite needs the loaded model (its encoder computes SIM)")
-    judges = cfg.judges
-    if judges is None and cfg.model and (Path(cfg.model) / "judges" / "judges.json").is_file():
-        judges = str(Path(cfg.model) / "judges")  # the bundled mini model ships its world judges
-    return WorldSuite(cfg.data, judges, model, cfg.n, cfg.seed, cfg.shots)
+
+def _image_scorer(cfg: EvalConfig) -> ImageScorer:
+    from .features import ClipFeatures, DinoFeatures
+
+    if cfg.clip is None and cfg.dino is None:
+        raise ValueError(f"the {cfg.suite} suite needs --clip DIR and/or --dino DIR (local transformers CLIP / "
+                         f"DINO ViT directories)")
+    return ImageScorer(ClipFeatures.from_pretrained(cfg.clip) if cfg.clip else None,
+                       DinoFeatures.from_pretrained(cfg.dino) if cfg.dino else None, cfg.pixel_size)
+
+
+def _build_dreambench(cfg: EvalConfig, model: Any) -> Suite:
+    return DreamBenchSuite(cfg.data, _image_scorer(cfg), cfg.shots, cfg.n, cfg.seed)
+
+
+def _build_image_edit(cfg: EvalConfig, model: Any) -> Suite:
+    return ImageEditSuite(cfg.data, _image_scorer(cfg), cfg.shots, cfg.n, cfg.seed)
+
+
+def _build_audio_edit(cfg: EvalConfig, model: Any) -> Suite:
+    from .features import load_audio_backbone
+
+    clf = load_audio_backbone(cfg.audio_classifier, cfg.model, model)
+    fad = clf if cfg.fad_model == cfg.audio_classifier else load_audio_backbone(cfg.fad_model, cfg.model, model)
+    return AudioEditSuite(cfg.data, AudioScorer(clf, fad, cfg.lsd_time_offset), cfg.shots, cfg.n, cfg.seed)
+
+
+register_suite(DreamBenchSuite, _build_dreambench)
+register_suite(ImageEditSuite, _build_image_edit)
+register_suite(AudioEditSuite, _build_audio_edit)
 
 
 def backbone_fingerprints(cfg: EvalConfig) -> dict[str, str]:
@@ -426,11 +437,10 @@ def run_eval(cfg: EvalConfig, out_dir: "str | Path", resume: bool = False, devic
                     "set": set_metrics(suite, samples, gens)},
         "samples": records,
     }
-    if cfg.suite == "world":
-        from .suites import world_targets
-
+    targets = suite.targets(records)
+    if targets:
         results["metrics"]["targets"] = [{**t, "value": None if t["value"] is None else rounded(t["value"])}
-                                         for t in world_targets(records)]
+                                         for t in targets]
     write_json(out / RESULTS_FILE, results)
     write_report(results, out)
     write_json(out / RUN_FILE, {"seconds_total": round(time.time() - started, 2), "samples_generated": len(seconds),

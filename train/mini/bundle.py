@@ -5,6 +5,7 @@ references — the mini LLM, the aligned encoder, the decoders — written in, s
 
 * ``judges/``: the world judges (``data_builders.world.judges``), so ``codi2 eval --suite world`` and the tests can
   score what the model makes without another download or training run;
+* ``examples/``: the chat app's one-click examples (world renders, ``data_builders.world.examples``);
 * ``recipe.json``: where every part came from: the component reports (encoder retrieval, LLM validation loss,
   decoder losses), the trainer stages' configs, the decoder sampling settings it set, and the byte size of each part.
 
@@ -26,6 +27,8 @@ import re
 import shutil
 from pathlib import Path
 from typing import Any, Optional, Sequence
+
+from data_builders.world.examples import write_examples
 
 SIZE_BUDGET_MB = 60  # the issue's "at most ~60 MB"
 SAMPLING_FIELDS = ("scheduler", "steps", "guidance", "noise_level")  # decode-time only: no weight depends on them
@@ -178,6 +181,7 @@ def bundle(pipeline_dir: "str | Path", out: "str | Path", judges: "str | Path",
     if fp16:
         to_fp16_storage(tmp)
     shutil.copytree(judges, tmp / "judges")
+    write_examples(tmp / "examples")  # the chat app's one-click examples (serve.examples)
     sizes = {p.name: _dir_bytes(p) if p.is_dir() else p.stat().st_size for p in sorted(tmp.iterdir())}
     total = sum(sizes.values())
     recipe = {
