@@ -26,11 +26,14 @@ What a :class:`ChatState` adds to a :class:`~codi2.generation.ChatSession`:
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
+import math
 import queue
 import re
+import secrets
 import shutil
 import tempfile
 import threading
@@ -74,6 +77,9 @@ class ServeConfig:
     max_log_turns: int = 100  # turns kept for display and export (their media files too)
     max_sessions: int = 32  # live sessions per server; the least recently used idle one is evicted
     session_idle_seconds: float = 3600.0  # sessions idle longer are dropped
+    session_keep_seconds: float = 900.0  # a session used within this window is never evicted to make room
+    max_sessions_per_client: int = 8  # a client (address) over this share makes room from its own sessions only
+    browser_copy_inline_bytes: int = 512 * 1024  # media up to this size travel inside the browser's copy
     concurrency_limit: int = 1  # Gradio queue workers for generation events
     max_queue_size: int = 16  # requests waiting in the Gradio queue; more are refused
     lock_timeout_seconds: float = 600.0  # a turn waits this long for the model before giving up
@@ -152,39 +158,77 @@ def _public(err: BaseException, paths: dict[str, str]) -> str:
     return text
 
 
-def sampling_options(cfg: ServeConfig, *, temperature: Optional[float] = None, top_p: Optional[float] = None,
-                     max_new_tokens: Optional[int] = None, seed: Optional[int] = None, steps: Optional[int] = None,
-                     guidance: Optional[float] = None, scheduler: Optional[str] = None,
+MAX_SEED = 2**32 - 1  # seeds reach numpy and torch generators (and seed + i for a reply's media)
+
+
+def check_setting(name: str, value: Any, lo: float, hi: float, integer: bool = False, note: str = "") -> Any:
+    """One numeric setting checked against ``lo..hi``: returns it as ``int`` (``integer``) or ``float``, or raises
+    :class:`ChatInputError` naming the field and the range (NaN, ±inf, text, fractions of integers, huge numbers)."""
+    allowed = f"allowed: {lo}..{hi}{note}"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ChatInputError(f"{name}={value!r} is not a number; {allowed}")
+    v: Any = value
+    if isinstance(v, str):
+        try:
+            v = int(v) if integer and v.strip().lstrip("+-").isdigit() else float(v)
+        except ValueError:
+            raise ChatInputError(f"{name}={value!r} is not a number; {allowed}") from None
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ChatInputError(f"{name}={v} is not a finite number; {allowed}")
+    if not lo <= v <= hi:
+        shown = f"{v:.4g}" if isinstance(v, float) else str(v)
+        raise ChatInputError(f"{name}={shown} is out of range; {allowed}")
+    if integer:
+        if v != int(v):
+            raise ChatInputError(f"{name}={v} is not a whole number; {allowed}")
+        return int(v)
+    return float(v)
+
+
+def sampling_options(cfg: ServeConfig, *, temperature: Any = None, top_p: Any = None,
+                     max_new_tokens: Any = None, seed: Any = None, steps: Any = None,
+                     guidance: Any = None, scheduler: Optional[str] = None,
                      outputs: Optional[Sequence[str]] = None, prefix: str = "") -> SamplingOptions:
     """Checks UI/API settings against their ranges and returns :class:`SamplingOptions`.
 
+    Values may come straight from a UI or an API call (floats for integers, NaN, ±inf, strings): each is
+    checked by :func:`check_setting`, and a bad one raises :class:`ChatInputError` naming the field and its range.
     ``seed`` < 0 means random; ``outputs`` lists the modalities the reply may contain (None: all);
     ``prefix`` is text the reply is forced to start with (``"<img>"`` in it forces an image there).
     """
-    def check(name: str, v: Any, lo: float, hi: float) -> None:
-        if v is not None and not lo <= v <= hi:
-            raise ChatInputError(f"{name}={v} is out of range; allowed: {lo}..{hi}")
-
-    check("temperature", temperature, 0.0, 2.0)
-    check("top_p", top_p, 0.0, 1.0)
-    check("max_new_tokens", max_new_tokens, 1, cfg.max_new_tokens)
-    check("steps", steps, 1, cfg.max_steps)
-    check("guidance", guidance, 0.0, 30.0)
+    temperature = None if temperature is None else check_setting("temperature", temperature, 0.0, 2.0)
+    top_p = None if top_p is None else check_setting("top_p", top_p, 0.0, 1.0)
+    max_new_tokens = None if max_new_tokens is None else check_setting(
+        "max_new_tokens", max_new_tokens, 1, cfg.max_new_tokens, integer=True)
+    seed = None if seed is None else check_setting("seed", seed, -1, MAX_SEED, integer=True, note=" (-1 = random)")
+    steps = None if steps is None else check_setting("steps", steps, 1, cfg.max_steps, integer=True)
+    guidance = None if guidance is None else check_setting("guidance", guidance, 0.0, 30.0)
     if scheduler is not None and scheduler not in SCHEDULERS:
         raise ChatInputError(f"scheduler={scheduler!r} is not one of {SCHEDULERS}")
     allowed = None
     if outputs is not None:
+        if isinstance(outputs, str) or not isinstance(outputs, (list, tuple)):
+            raise ChatInputError(f"outputs={outputs!r}: expected a list of modalities, e.g. ['image', 'audio']")
         try:
             allowed = [Modality.parse(m) for m in outputs]
-        except ValueError as e:
+        except (ValueError, AttributeError, TypeError) as e:
             raise ChatInputError(f"outputs: {e}") from None
+    if prefix is not None and not isinstance(prefix, str):
+        raise ChatInputError(f"prefix={prefix!r}: expected text")
     if len(prefix or "") > cfg.max_prefix_chars:
-        raise ChatInputError(f"reply prefix is {len(prefix)} characters, over the limit of {cfg.max_prefix_chars}")
-    return SamplingOptions(temperature=temperature, top_p=top_p,
-                           max_new_tokens=None if max_new_tokens is None else int(max_new_tokens),
-                           seed=None if seed is None or seed < 0 else int(seed),
-                           steps=None if steps is None else int(steps), guidance=guidance, scheduler=scheduler,
-                           allowed_outputs=allowed, prefix=prefix or "")
+        raise ChatInputError(f"prefix (reply starts with) is {len(prefix)} characters, over the limit of "
+                             f"{cfg.max_prefix_chars}")
+    return SamplingOptions(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                           seed=None if seed is None or seed < 0 else seed, steps=steps, guidance=guidance,
+                           scheduler=scheduler, allowed_outputs=allowed, prefix=prefix or "")
+
+
+def combined_error(errors: Sequence[Exception]) -> Exception:
+    """One error for several refused files or references: the single one as it is, or all of them listed."""
+    if len(errors) == 1:
+        return errors[0]
+    cls = MediaError if all(isinstance(e, MediaError) for e in errors) else ChatInputError
+    return cls(f"{len(errors)} of the message's media were refused:\n" + "\n".join(f"- {e}" for e in errors))
 
 
 class ChatState:
@@ -212,6 +256,10 @@ class ChatState:
         self.live: Optional[LiveTurn] = None
         self.turns_done = 0  # number of the last committed turn
         self.last_used = time.monotonic()
+        self.conversation_id = secrets.token_hex(16)  # the browser's copy names its server session by it
+        self.client = ""  # who created it (an address): eviction is fair per client
+        self.key: Optional[str] = None  # the session key (browser tab / API client) it is attached to
+        self.owned_files: set[str] = set()  # files outside workdir deleted with the session (a UI's upload copies)
         self._seq = 0
         self._busy = False
         self._state_lock = threading.Lock()
@@ -280,20 +328,44 @@ class ChatState:
                                  f"{cfg.max_files_per_message}")
         if not text and not files and not refs:
             raise ChatInputError("the message is empty; type something or attach a file")
-        parts = [self._ref_part(int(n)) for n in refs]
+        errors: list[Exception] = []  # every refused file or reference is reported, not only the first
+        parts = [p for p in (self._collect(errors, self._ref_part, int(n)) for n in refs) if p is not None]
         for f in files:
-            parts.append(self._upload_part(f))
+            part = self._collect(errors, self._upload_part, f)
+            if part is not None:
+                parts.append(part)
         pos = 0
         for m in _REF.finditer(text):
             before = text[pos:m.start()].strip()
             if before:
                 parts.append(Part.from_text(before))
-            parts.append(self._ref_part(int(m.group(1))))
+            part = self._collect(errors, self._ref_part, int(m.group(1)))
+            if part is not None:
+                parts.append(part)
             pos = m.end()
         rest = text[pos:].strip()
         if rest:
             parts.append(Part.from_text(rest))
+        if errors:
+            self._discard_uploads(parts)
+            raise combined_error(errors)
         return Message("user", parts)
+
+    @staticmethod
+    def _collect(errors: list, fn: Any, arg: Any) -> Optional[Part]:
+        """``fn(arg)``, or None with its refusal appended to ``errors``."""
+        try:
+            return fn(arg)
+        except (ChatInputError, MediaError) as e:
+            errors.append(e)
+            return None
+
+    def _discard_uploads(self, parts: Sequence[Part]) -> None:
+        """Deletes the session copies of a refused message's uploads."""
+        for p in parts:
+            if p.path and Path(p.path).parent == self.workdir and not self._referenced(Path(p.path)) \
+                    and not any(str(it.path) == p.path for it in self.media):
+                Path(p.path).unlink(missing_ok=True)
 
     def _ref_part(self, number: int) -> Part:
         it = self.item(number)
@@ -550,6 +622,125 @@ class ChatState:
             elif p.is_dir():
                 shutil.rmtree(p)
 
+    # ------------------------------------------------------------------ browser copy
+    def snapshot(self, inline_bytes: Optional[int] = None) -> dict:
+        """The conversation as JSON for a copy kept by the client (e.g. the browser's local storage).
+
+        Media are named by file name; files up to ``inline_bytes`` (default ``cfg.browser_copy_inline_bytes``)
+        travel inside as data URLs, so :meth:`restore_snapshot` can rebuild the conversation on a server that
+        has let this session go. ``title`` is the first words of the first message.
+        """
+        limit = self.cfg.browser_copy_inline_bytes if inline_bytes is None else inline_bytes
+        names = {str(it.path): it.path.name for it in self.media}
+
+        def msg(m: Message) -> dict:
+            d = m.to_dict()
+            for part in d["content"]:
+                if part["type"] != "text":
+                    part["path"] = names.get(part.get("path") or "", Path(part.get("path") or "").name)
+            return d
+
+        media = []
+        for it in self.media:
+            data = None
+            try:
+                if it.path.is_file() and it.path.stat().st_size <= limit:
+                    mime = {"image": "image/png", "audio": "audio/wav", "video": "video/mp4"}[it.kind]
+                    data = f"data:{mime};base64," + base64.b64encode(it.path.read_bytes()).decode("ascii")
+            except OSError:
+                data = None
+            media.append({"number": it.number, "kind": it.kind, "role": it.role, "turn": it.turn, "name": it.name,
+                          "file": it.path.name, "data": data})
+        first = next((p.text for t in self.log for p in t.user.content if p.type == "text" and p.text), "")
+        return {"schema": 1, "id": self.conversation_id, "title": (first or "Untitled")[:60], "updated": time.time(),
+                "turns_done": self.turns_done,
+                "turns": [{"number": t.number, "user": msg(t.user), "reply": msg(t.reply)} for t in self.log],
+                "media": media}
+
+    def restore_snapshot(self, snap: Any) -> list[str]:
+        """Rebuilds an empty session from :meth:`snapshot`'s JSON (untrusted: every field is checked, every media
+        goes through the upload checks); the model's context is re-encoded from the turns. Returns what could not
+        be restored, in words (media no longer available); raises :class:`ChatInputError` for a malformed copy."""
+        from .conversation import message_from_dict
+        from .generation import Turn
+
+        self._check_idle("restore a conversation")
+        if self.log or self.media:
+            raise ChatInputError("restore_snapshot needs an empty session")
+        if not isinstance(snap, dict) or snap.get("schema") != 1 or not isinstance(snap.get("turns"), list) \
+                or not isinstance(snap.get("media", []), list):
+            raise ChatInputError("the browser's copy of this conversation is not in a form this server knows")
+        lost: list[str] = []
+        files: dict[str, Path] = {}
+        items: list[MediaItem] = []
+        for i, m in enumerate(snap.get("media") or []):
+            try:
+                number, kind, name = int(m["number"]), str(m["kind"]), str(m.get("name") or m["file"])
+                role, turn = ("assistant" if m.get("role") == "assistant" else "user"), int(m.get("turn") or 0)
+                if kind not in MEDIA_EXT:
+                    raise ValueError(kind)
+            except (KeyError, TypeError, ValueError):
+                raise ChatInputError(f"the browser's copy has a malformed media entry ({i})") from None
+            path = self._restore_file(m.get("data"), kind, str(m.get("file") or ""))
+            if path is None:
+                lost.append(f"@{number}")
+                continue
+            files[str(m.get("file"))] = path
+            items.append(MediaItem(number, kind, path, role, turn, name))
+        log_turns: list[LogTurn] = []
+        for i, t in enumerate(snap["turns"][-max(1, self.cfg.max_log_turns):]):
+            try:
+                user = message_from_dict(t["user"], f"turns[{i}].user")
+                reply = message_from_dict(t["reply"], f"turns[{i}].reply")
+                number = int(t["number"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise ChatInputError(f"the browser's copy has a malformed turn: {e}") from None
+            if user.role != "user" or reply.role != "assistant":
+                raise ChatInputError(f"the browser's copy has a malformed turn ({i}): roles")
+            for msg in (user, reply):
+                kept = []
+                for part in msg.content:
+                    if part.type == "text":
+                        kept.append(part)
+                    elif (part.path or "") in files:
+                        kept.append(Part(type=part.type, path=str(files[part.path]), caption=part.caption))
+                    else:
+                        kept.append(Part.from_text(f"[{part.type} no longer available]"))
+                msg.content = kept
+            log_turns.append(LogTurn(number, user, reply))
+        self.media, self.log = items, log_turns
+        self.turns_done = max((t.number for t in log_turns), default=0)
+        kept = log_turns[-max(1, self.cfg.max_turns):]
+        try:
+            self.session.restore([Turn(t.user, t.reply) for t in kept])
+        except Exception as e:  # the context could not be rebuilt: keep the display, start the context afresh
+            log.warning("%s: could not rebuild the context from the browser's copy: %s", self.name, e)
+            self.session.reset()
+            lost.append("the model's memory of the earlier turns")
+        return lost
+
+    def _restore_file(self, data: Any, kind: str, file: str) -> Optional[Path]:
+        """A data URL from the browser's copy written into the session folder and checked like an upload."""
+        if not isinstance(data, str) or not data.startswith("data:") or "," not in data:
+            return None
+        try:
+            raw = base64.b64decode(data.split(",", 1)[1], validate=True)
+        except ValueError:
+            return None
+        if len(raw) > self.cfg.media.max_file_bytes:
+            return None
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(file).stem)[:40] or "media"
+        dst = self._file(f"copy-{safe}", MEDIA_EXT[kind])
+        dst.write_bytes(raw)
+        try:
+            if detect_kind(str(dst)) != kind:
+                raise MediaError("kind")
+            validate(str(dst), kind, self.cfg.media)
+        except MediaError:
+            dst.unlink(missing_ok=True)
+            return None
+        return dst
+
     # ------------------------------------------------------------------ export
     def manifest(self, media_dir: Optional[Path] = None) -> dict:
         """The conversation as one training-manifest record (DESIGN.md §4).
@@ -594,66 +785,201 @@ class ChatState:
 
 
 class SessionManager:
-    """Per-user :class:`ChatState` objects on one shared pipeline, keyed by a session id.
+    """Per-user :class:`ChatState` objects on one shared pipeline, keyed by a session key.
 
-    At most ``cfg.max_sessions`` live at once: a new user evicts the least recently used idle
-    session (and sessions idle for ``session_idle_seconds`` are dropped); when every session is
-    busy the new one is refused with :class:`ChatInputError`.
+    A session key is a browser tab or an API client (Gradio's session hash). Each session also has a
+    ``conversation_id``: a tab that is reloaded or closed *detaches* its session (:meth:`detach`), which stays
+    on the server, and the page that holds the id (in the browser's copy) takes it up again (:meth:`adopt`).
+
+    Eviction (at most ``cfg.max_sessions`` sessions): a session that is generating, or was used within
+    ``cfg.session_keep_seconds``, is never evicted to make room. Room is made fairly per client (its address):
+    a client over ``cfg.max_sessions_per_client`` only evicts its own sessions; otherwise the client holding the
+    most sessions loses its least recently used evictable one. When nothing may be evicted the new session is
+    refused with :class:`ChatInputError`. Sessions idle longer than ``cfg.session_idle_seconds`` end. Only
+    :meth:`get` creates sessions: the other calls of a key without one (clear, undo, stop …) create nothing.
 
     Args:
         pipeline: a :class:`~codi2.pipeline.CoDi2Pipeline` (loaded once, shared).
         cfg: limits.
         workdir: where session folders go (default: a new temporary folder, removed by ``close``).
+        on_end: called with a session as it ends (before its folder is deleted), e.g. to delete a UI's copies.
     """
 
-    def __init__(self, pipeline: Any, cfg: Optional[ServeConfig] = None, workdir: "str | Path | None" = None):
+    def __init__(self, pipeline: Any, cfg: Optional[ServeConfig] = None, workdir: "str | Path | None" = None,
+                 on_end: Optional[Any] = None):
         self.pipeline = pipeline
         self.cfg = cfg or ServeConfig()
         self._own_dir = workdir is None
         self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="codi2-serve-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.model_lock = threading.Lock()
-        self._sessions: "OrderedDict[str, ChatState]" = OrderedDict()
-        self._lock = threading.Lock()
+        self.on_end = on_end
+        self._sessions: "OrderedDict[str, ChatState]" = OrderedDict()  # conversation id -> state (LRU order)
+        self._keys: dict[str, str] = {}  # session key -> conversation id
+        self._lock = threading.RLock()
 
     def __len__(self) -> int:
         return len(self._sessions)
 
     def __contains__(self, key: str) -> bool:
-        return key in self._sessions
+        return key in self._keys
 
-    def get(self, key: str) -> ChatState:
-        """The session for ``key`` (created on first use)."""
+    def find(self, key: str) -> Optional[ChatState]:
+        """The session attached to ``key``, or None (never creates one)."""
+        with self._lock:
+            st = self._sessions.get(self._keys.get(key or "", ""))
+            if st is not None:
+                self._touch(st)
+            return st
+
+    def get(self, key: str, client: str = "") -> ChatState:
+        """The session for ``key`` (created on first use, for ``client``)."""
         if not key:
             raise ChatInputError("no session id: reload the page")
         with self._lock:
             self._expire()
-            st = self._sessions.get(key)
+            st = self.find(key)
             if st is not None:
-                self._sessions.move_to_end(key)
-                st.last_used = time.monotonic()
                 return st
-            while len(self._sessions) >= self.cfg.max_sessions:
-                idle = next((k for k, s in self._sessions.items() if not s.busy), None)
-                if idle is None:
-                    raise ChatInputError(f"the server is full ({self.cfg.max_sessions} conversations are generating); "
-                                         "try again in a minute")
-                log.info("evicting the least recently used session %s", self._sessions[idle].name)
-                self._remove(idle)
-            name = hashlib.sha256(key.encode()).hexdigest()[:16]
-            st = ChatState(self.pipeline.session(), self.workdir / name, self.cfg, self.model_lock, name=name)
-            self._sessions[key] = st
+            self._make_room(client)
+            st = self._new(client)
+            self._attach(st, key)
             return st
 
-    def drop(self, key: str) -> None:
-        """Forgets a session and deletes its files (a running turn is stopped first)."""
+    def adopt(self, key: str, conversation_id: str, client: str = "") -> Optional[ChatState]:
+        """Attaches the detached session of ``conversation_id`` to ``key`` (a reloaded page); None if the server
+        has no such session. Raises :class:`ChatInputError` if another tab holds it."""
         with self._lock:
-            if key in self._sessions:
-                self._remove(key)
+            self._expire()
+            st = self._sessions.get(str(conversation_id or ""))
+            if st is None:
+                return None
+            if st.key not in (None, key):
+                raise ChatInputError("this conversation is open in another tab or window")
+            if st.key != key:
+                self.detach(key)
+                self._attach(st, key)
+            self._touch(st)
+            return st
 
-    def _remove(self, key: str) -> None:
-        st = self._sessions.pop(key)
+    def resume(self, key: str, snapshot: Any, client: str = "") -> tuple[ChatState, Optional[list[str]]]:
+        """The conversation of a client's copy (:meth:`ChatState.snapshot`) attached to ``key``: its server session
+        when the server still has it, else a new session rebuilt from the copy under the same id. Returns the
+        session and what could not be restored (None: the server's session was still there)."""
+        conv = snapshot.get("id") if isinstance(snapshot, dict) else None
+        if not isinstance(conv, str) or not re.fullmatch(r"[0-9a-f]{32}", conv):
+            raise ChatInputError("the browser's copy of this conversation is not in a form this server knows")
+        with self._lock:
+            st = self.adopt(key, conv, client)
+            if st is not None:
+                return st, None
+            self.detach(key)
+            self._make_room(client)
+            st = self._new(client, conv)
+            self._attach(st, key)
+        try:
+            with self.model_lock:  # re-encoding the context runs the model
+                lost = st.restore_snapshot(snapshot)
+        except ChatInputError:
+            self.drop(key)
+            raise
+        return st, lost
+
+    def new(self, key: str, client: str = "") -> ChatState:
+        """A new empty session for ``key``; the one it had (if any) is detached, not ended."""
+        with self._lock:
+            self.detach(key)
+            return self.get(key, client)
+
+    def detach(self, key: str) -> None:
+        """Lets go of ``key`` (a tab closed or reloaded); its session stays until it idles out or is evicted."""
+        with self._lock:
+            conv = self._keys.pop(key or "", None)
+            st = self._sessions.get(conv or "")
+            if st is not None:
+                st.key = None
+                st.last_used = time.monotonic()
+
+    def drop(self, key: str) -> None:
+        """Ends the session attached to ``key`` and deletes its files (a running turn is stopped first)."""
+        with self._lock:
+            conv = self._keys.get(key or "")
+            if conv is not None:
+                self._remove(conv)
+
+    def drop_conversation(self, key: str, conversation_id: str) -> bool:
+        """Ends the session of ``conversation_id`` if it is attached to ``key`` or detached; True if it ended.
+        (Deleting a conversation from the browser's list: nobody else's session can be named this way.)"""
+        with self._lock:
+            st = self._sessions.get(str(conversation_id or ""))
+            if st is None or st.key not in (None, key):
+                return False
+            self._remove(st.conversation_id)
+            return True
+
+    def expire(self) -> None:
+        """Ends the sessions idle longer than ``cfg.session_idle_seconds`` (call it now and then)."""
+        with self._lock:
+            self._expire()
+
+    # ------------------------------------------------------------------ internals
+    def _touch(self, st: ChatState) -> None:
+        self._sessions.move_to_end(st.conversation_id)
+        st.last_used = time.monotonic()
+
+    def _new(self, client: str, conv: Optional[str] = None) -> ChatState:
+        conv = conv or secrets.token_hex(16)
+        name = hashlib.sha256(conv.encode()).hexdigest()[:16]
+        st = ChatState(self.pipeline.session(), self.workdir / name, self.cfg, self.model_lock, name=name)
+        st.conversation_id, st.client = conv, client
+        self._sessions[conv] = st
+        return st
+
+    def _attach(self, st: ChatState, key: str) -> None:
+        st.key = key
+        self._keys[key] = st.conversation_id
+        self._touch(st)
+
+    def _evictable(self, st: ChatState, now: float) -> bool:
+        return not st.busy and now - st.last_used > self.cfg.session_keep_seconds
+
+    def _make_room(self, client: str) -> None:
+        now = time.monotonic()
+        while True:
+            own = sum(1 for s in self._sessions.values() if s.client == client)
+            over_share = own >= max(1, self.cfg.max_sessions_per_client)
+            if len(self._sessions) < self.cfg.max_sessions and not over_share:
+                return
+            candidates = [s for s in self._sessions.values()
+                          if self._evictable(s, now) and (not over_share or s.client == client)]
+            if not candidates:
+                if over_share:
+                    raise ChatInputError(f"you have {own} conversations on this server (the limit per client); "
+                                         "delete one or try again later")
+                raise ChatInputError(f"the server is full ({self.cfg.max_sessions} conversations in use); "
+                                     "try again in a few minutes")
+            counts: dict[str, int] = {}
+            for s in self._sessions.values():
+                counts[s.client] = counts.get(s.client, 0) + 1
+            # LRU order: the first candidate of the client holding the most sessions
+            victim = max(candidates, key=lambda s: (counts[s.client], -s.last_used))
+            log.info("evicting session %s (client %s holds %d)", victim.name, victim.client or "?",
+                     counts[victim.client])
+            self._remove(victim.conversation_id)
+
+    def _remove(self, conv: str) -> None:
+        st = self._sessions.pop(conv)
+        if st.key is not None:
+            self._keys.pop(st.key, None)
+            st.key = None
         st.cancel()
+        if self.on_end is not None:
+            try:
+                self.on_end(st)
+            except Exception:  # a clean-up hook must not stop the server
+                log.exception("%s: on_end failed", st.name)
+        for f in st.owned_files:
+            Path(f).unlink(missing_ok=True)
         if not st.busy:
             shutil.rmtree(st.workdir, ignore_errors=True)
         # a busy session's folder goes with close(); its files are still being written and shown

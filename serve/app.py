@@ -20,7 +20,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
 import signal
+import tempfile
+import threading
 import sys
 import time
 from pathlib import Path
@@ -29,6 +33,9 @@ from typing import Any, Iterator, Optional, Sequence
 import gradio as gr
 
 from codi2.chat_state import ChatInputError, ChatState, ServeConfig, SessionManager, TurnFailed, sampling_options
+from codi2.model_card import load_model_card
+
+from . import history
 from codi2.generation import TextDelta
 from codi2.conversation import Message
 
@@ -47,15 +54,41 @@ CSS = """
 #codi2-actions button { border-radius: 999px; }
 #codi2-chat .message code { font-size: .75rem; opacity: .7; }
 #codi2-chat .message img { min-width: 96px; image-rendering: auto; }
+#codi2-chat [data-testid='bot'] img { min-width: 256px; min-height: 256px; object-fit: contain;
+                                      image-rendering: pixelated; }
+#codi2-chat button[aria-label='Share'], #codi2-chat button[title='Share'] { display: none !important; }
+#codi2-about { font-size: .9rem; padding: 0 .25rem; }
+#codi2-about p { margin: .1rem 0; }
 footer { display: none !important; }
+@media (max-width: 767px) {
+  #codi2-chat { height: calc(100dvh - 390px) !important; min-height: 200px; }
+  #codi2-chat > .wrapper, #codi2-chat .bubble-wrap { max-height: 100% !important; }
+  #codi2-header { padding: 0; }
+  #codi2-header h1 { font-size: 1.2rem; }
+  #codi2-header .sub { display: none; }
+  #codi2-about { font-size: .8rem; line-height: 1.25; }
+  #codi2-actions { flex-wrap: nowrap; }
+  #codi2-actions button { min-width: 0; padding: .25rem .5rem; }
+}
 """
+NARROW_PX = 768  # below this width the settings sidebar starts closed
+
 
 MODALITY_ICONS = {"image": "🎨", "audio": "🔊", "video": "🎬"}
 
 
 # ----------------------------------------------------------------------------- rendering
-def _content(msg: Message, numbers: dict[str, int]) -> list:
-    """A message as Gradio content items: text, and files (images, audio players, videos inline)."""
+def _caption(msg: Message, part: Any, n: Optional[int]) -> str:
+    """A media item's alt text: its caption, else the message's own words (the reply's caption), and its number."""
+    words = part.caption or " ".join((q.text or "").strip() for q in msg.content if q.type == "text").strip()
+    head = f"@{n} {part.type}" if n else part.type
+    return f"{head}: {words[:200]}" if words else head
+
+
+def _content(msg: Message, numbers: dict[str, int], page: bool = False) -> list:
+    """A message as Gradio content items: text, and files (images, audio players, videos inline).
+    ``page``: pictures as ``gr.Image`` components, which carry their alt text to the page (Gradio 6.31's chatbot
+    drops a file item's ``alt_text``); API clients get file items."""
     out: list = []
     for p in msg.content:
         if p.type == "text":
@@ -63,13 +96,17 @@ def _content(msg: Message, numbers: dict[str, int]) -> list:
                 out.append(p.text)
         elif p.path:
             n = numbers.get(p.path)
-            out.append({"path": p.path, "alt_text": f"@{n} {p.type}" if n else p.type})
+            if page and p.type == "image":
+                out.append(gr.Image(p.path, alt_text=_caption(msg, p, n), show_label=False, buttons=["fullscreen"],
+                                    interactive=False))
+            else:
+                out.append({"path": p.path, "alt_text": _caption(msg, p, n)})
             if n:
                 out.append(f"`@{n}`")
     return out
 
 
-def render(state: Optional[ChatState]) -> list[dict]:
+def render(state: Optional[ChatState], page: bool = False) -> list[dict]:
     """The chat as Gradio messages: the log, notices (refused inputs, errors), and the live turn."""
     if state is None:
         return []
@@ -80,7 +117,7 @@ def render(state: Optional[ChatState]) -> list[dict]:
         # One Gradio message per item (consecutive ones share a bubble): streamed updates then change
         # only the top-level list, which Gradio 6.31's output diff handles; it mis-indexes deletions
         # inside several nested lists of one update (gradio.utils.diff adjusts nested deletes again).
-        for item in _content(msg, numbers) if msg is not None else []:
+        for item in _content(msg, numbers, page) if msg is not None else []:
             msgs.append({"role": role, "content": item})
 
     def notices(pred: Any) -> None:
@@ -123,7 +160,7 @@ class ChatApp:
                  title: Optional[str] = None, with_examples: bool = True):
         self.pipeline = pipeline
         self.cfg = cfg or ServeConfig()
-        self.manager = SessionManager(pipeline, self.cfg, workdir)
+        self.manager = SessionManager(pipeline, self.cfg, workdir, on_end=self._forget_cached)
         self.title = title or pipeline.config.name
         self.examples = []
         if with_examples:
@@ -133,41 +170,90 @@ class ChatApp:
         model = pipeline.model
         self.out_modalities = [m.value for m in model.n_out if model.n_out[m] > 0]
         self.in_modalities = [m.value for m in model.n_in if model.n_in[m] > 0]
+        self.card = load_model_card(getattr(pipeline, "directory", None), self.title, self.in_modalities,
+                                    self.out_modalities)
+        self._closed = threading.Event()
         self.blocks = self._build()
 
     # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _key(request: gr.Request) -> str:
+        return getattr(request, "session_hash", None) or ""
+
+    @staticmethod
+    def _client(request: gr.Request) -> str:
+        client = getattr(request, "client", None)
+        return str(getattr(client, "host", "") or "")
+
     def _state(self, request: gr.Request) -> ChatState:
+        """The caller's session, created if it has none (only the events that generate call this)."""
         try:
-            return self.manager.get(getattr(request, "session_hash", None) or "")
+            return self.manager.get(self._key(request), self._client(request))
         except ChatInputError as e:
             raise gr.Error(str(e)) from None
 
-    def _refs(self, state: ChatState) -> Any:
-        return gr.Dropdown(choices=[(it.label, it.number) for it in state.media], value=[])
+    def _find(self, request: gr.Request) -> Optional[ChatState]:
+        """The caller's session, or None: clear, undo, stop and export never create (nor evict) one."""
+        return self.manager.find(self._key(request))
+
+    def _refs(self, state: Optional[ChatState]) -> Any:
+        items = state.media if state is not None else []
+        return gr.Dropdown(choices=[(it.label, it.number) for it in items], value=[])
 
     def _options(self, state: ChatState, settings: Sequence[Any]) -> Any:
         temperature, top_p, max_new_tokens, seed, steps, guidance, scheduler, outputs, prefix = settings
+        # raw values: sampling_options checks each (NaN, ±inf, huge numbers) and names the field and its range
         return sampling_options(
-            self.cfg, temperature=None if temperature is None else float(temperature),
-            top_p=None if top_p is None else float(top_p),
-            max_new_tokens=None if max_new_tokens is None else int(max_new_tokens),
-            seed=None if seed is None else int(seed),
-            steps=int(steps) if steps else None, guidance=float(guidance) if guidance else None,
+            self.cfg, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
+            steps=None if steps is None or (not isinstance(steps, str) and steps == 0) else steps,
+            guidance=None if guidance is None or (not isinstance(guidance, str) and guidance == 0) else guidance,
             scheduler=None if scheduler in (None, "", "default") else scheduler,
-            outputs=list(outputs) if outputs is not None else None, prefix=prefix or "")
+            outputs=list(outputs) if isinstance(outputs, (list, tuple)) else outputs, prefix=prefix or "")
 
-    def _drive(self, state: ChatState, events: Iterator[Any]) -> Iterator[tuple]:
+    def _forget_cached(self, state: ChatState, paths: Optional[Sequence[Path]] = None) -> None:
+        """Deletes Gradio's cached copies of a session's files (the copies Gradio serves; ``paths``: these files,
+        default: every file of the session) and the uploads Gradio stored for it."""
+        from gradio.processing_utils import hash_file
+        from gradio_client.utils import strip_invalid_filename_characters
+
+        cache = Path(self.blocks.GRADIO_CACHE) if hasattr(self, "blocks") else None
+        if cache is None:
+            return
+        files = list(paths) if paths is not None else [f for f in state.workdir.rglob("*") if f.is_file()]
+        for f in files:
+            try:
+                copy = cache / hash_file(f) / strip_invalid_filename_characters(Path(f).name)
+            except OSError:
+                continue
+            copy.unlink(missing_ok=True)
+            _rmdir_if_empty(copy.parent)
+        for f in list(state.owned_files):
+            Path(f).unlink(missing_ok=True)
+            _rmdir_if_empty(Path(f).parent)
+
+    def _own_uploads(self, state: ChatState, files: Sequence[Optional[str]]) -> None:
+        """Uploads that Gradio stored in its cache are deleted with the session (model example files are not)."""
+        cache = Path(self.blocks.GRADIO_CACHE).resolve()
+        for f in files:
+            if f and Path(f).resolve().is_relative_to(cache):
+                state.owned_files.add(str(f))
+
+    def _drive(self, state: ChatState, events: Iterator[Any], page: bool = False) -> Iterator[tuple]:
         """Streams a turn: (chatbot, textbox, refs) updates, throttled for text."""
         busy_box = gr.MultimodalTextbox(value=None, interactive=False, submit_btn=False, stop_btn=True)
-        yield render(state), busy_box, gr.skip()
+        yield render(state, page), busy_box, gr.skip()
         last = 0.0
         for ev in events:
             now = time.monotonic()
             if not isinstance(ev, TextDelta) or now - last >= STREAM_INTERVAL:
                 last = now
-                yield render(state), gr.skip(), gr.skip()
-        yield render(state), gr.MultimodalTextbox(value=None, interactive=True, submit_btn=True, stop_btn=False), \
-            self._refs(state)
+                yield render(state, page), gr.skip(), gr.skip()
+        yield render(state, page), self._ready_box(), self._refs(state)
+
+    def _ready_box(self) -> Any:
+        accept = ", ".join(self.in_modalities) or "no media"
+        return gr.MultimodalTextbox(value=None, interactive=True, submit_btn=True, stop_btn=False,
+                                    placeholder=f"Message codi2… (attach {accept})")
 
     # ------------------------------------------------------------------ handlers
     def chat(self, message: Optional[dict], refs: Optional[list], temperature: float, top_p: float,
@@ -179,6 +265,7 @@ class ChatApp:
         message = message or {}
         text = message.get("text") or ""
         files = [f if isinstance(f, str) else f.get("path") for f in (message.get("files") or [])]
+        self._own_uploads(state, files)
         try:
             opts = self._options(state, settings)
         except ChatInputError as e:
@@ -193,6 +280,42 @@ class ChatApp:
             yield from self._drive(state, iter([TurnFailed("bad refs")]))
             return
         yield from self._drive(state, state.submit(text, files, opts, refs=numbers))
+
+    def hold(self, message: Optional[dict], request: gr.Request) -> tuple:
+        """The page's first step on Send (not queued): the message is taken, shown in the chat, and the box
+        disabled while the turn waits in the queue (the chat shows Gradio's queue position and estimate)."""
+        box = gr.MultimodalTextbox(value=None, interactive=False, submit_btn=False, stop_btn=True,
+                                   placeholder="Waiting for the model… (your place in the queue is shown above)")
+        msg = message or {}
+        shown = [{"role": "user", "content": {"path": f if isinstance(f, str) else f.get("path")}}
+                 for f in msg.get("files") or []]
+        if (msg.get("text") or "").strip():
+            shown.append({"role": "user", "content": msg["text"]})
+        return message, box, render(self._find(request), page=True) + shown
+
+    def chat_page(self, message: Optional[dict], refs: Optional[list], store: Any, temperature: float, top_p: float,
+                  max_new_tokens: int, seed: int, steps: int, guidance: float, scheduler: str, outputs: list,
+                  prefix: str, request: gr.Request) -> Iterator[tuple]:
+        """The page's Send: like ``/chat``, and a session the server let go is first rebuilt from the browser's copy."""
+        self._ensure(store, request)
+        yield from self.chat(message, refs, temperature, top_p, max_new_tokens, seed, steps, guidance, scheduler,
+                             outputs, prefix, request)
+
+    def _ensure(self, store: Any, request: gr.Request) -> None:
+        """If the page has a conversation the server no longer holds, rebuild it from the browser's copy and say so."""
+        if self._find(request) is not None:
+            return
+        store = history.clean_store(store)
+        snap = history.find(store, store["current"])
+        if snap is None:
+            return
+        try:
+            state, lost = self.manager.resume(self._key(request), snap, self._client(request))
+        except ChatInputError as e:
+            gr.Warning(f"Could not restore this conversation: {e}. A new one starts.")
+            return
+        if lost is not None:
+            state.add_notice(_restored_note(lost))
 
     def regenerate(self, temperature: float, top_p: float, max_new_tokens: int, seed: int, steps: int,
                    guidance: float, scheduler: str, outputs: list, prefix: str, request: gr.Request) -> Iterator[tuple]:
@@ -218,29 +341,35 @@ class ChatApp:
         yield from self.chat({"text": ex.text, "files": ex.files}, [], *settings, request=request)
 
     def undo(self, request: gr.Request) -> tuple:
-        state = self._state(request)
+        state = self._find(request)
         try:
-            state.undo()
+            if state is not None:
+                state.undo()
         except ChatInputError as e:
             gr.Warning(str(e))
         return render(state), self._refs(state)
 
     def clear(self, request: gr.Request) -> tuple:
-        state = self._state(request)
+        state = self._find(request)
         try:
-            state.clear()
+            if state is not None:
+                if not state.busy:
+                    self._forget_cached(state)  # Gradio's copies of the files clear() deletes
+                state.clear()
         except ChatInputError as e:
             gr.Warning(str(e))
         return render(state), self._refs(state)
 
     def stop(self, request: gr.Request) -> None:
-        key = getattr(request, "session_hash", None) or ""
-        if key in self.manager:
-            self.manager.get(key).cancel()
+        state = self._find(request)
+        if state is not None:
+            state.cancel()
 
     def export(self, request: gr.Request) -> Any:
-        state = self._state(request)
+        state = self._find(request)
         try:
+            if state is None:
+                raise ChatInputError("nothing to export: the conversation is empty")
             return str(state.export())
         except ChatInputError as e:
             gr.Warning(str(e))
@@ -255,17 +384,115 @@ class ChatApp:
         return {"text": box.get("text") or "", "files": list(box.get("files") or []) + [path]}, None
 
     def unload(self, request: gr.Request) -> None:
-        key = getattr(request, "session_hash", None)
+        """A closed or reloaded tab lets go of its session; the page that holds its id takes it up again."""
+        key = self._key(request)
         if key:
-            self.manager.drop(key)
+            self.manager.detach(key)
+
+    # ------------------------------------------------------------------ conversations kept in the browser
+    def _listing(self, store: dict) -> Any:
+        return gr.Dropdown(choices=history.choices(store), value=store.get("current"))
+
+    def load(self, store: Any, request: gr.Request) -> tuple:
+        """Page load: the browser's current conversation comes back (the server's session when it still has it,
+        else rebuilt from the browser's copy, saying what could not be restored)."""
+        store = history.clean_store(store)
+        snap = history.find(store, store["current"])
+        state = None
+        if snap is not None:
+            try:
+                state, lost = self.manager.resume(self._key(request), snap, self._client(request))
+                if lost is not None:
+                    state.add_notice(_restored_note(lost))
+            except ChatInputError as e:
+                gr.Warning(f"Could not restore your last conversation: {e}")
+                store["current"] = None
+        return render(state, page=True), self._refs(state), store, self._listing(store)
+
+    def save_copy(self, store: Any, request: gr.Request) -> tuple:
+        """After every change: the browser's copy of the current conversation is updated (the box is ready again)."""
+        store = history.clean_store(store)
+        state = self._find(request)
+        if state is not None and state.log:
+            store = history.put(store, state.snapshot())
+        elif state is not None:
+            store["current"] = None  # an empty conversation is not listed
+        chat = render(state, page=True) if state is not None else gr.skip()
+        return store, self._listing(store), self._ready_box(), chat
+
+    def new_conversation(self, store: Any, request: gr.Request) -> tuple:
+        store = history.clean_store(store)
+        state = self._find(request)
+        if state is not None and state.busy:
+            gr.Warning("a reply is still being generated; press Stop first")
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        self.manager.detach(self._key(request))
+        store["current"] = None
+        return [], self._refs(None), store, self._listing(store)
+
+    def open_conversation(self, conversation_id: Optional[str], store: Any, request: gr.Request) -> tuple:
+        store = history.clean_store(store)
+        snap = history.find(store, conversation_id)
+        current = self._find(request)
+        if snap is None or (current is not None and current.conversation_id == conversation_id):
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        if current is not None and current.busy:
+            gr.Warning("a reply is still being generated; press Stop first")
+            return gr.skip(), gr.skip(), gr.skip(), self._listing(store)
+        try:
+            state, lost = self.manager.resume(self._key(request), snap, self._client(request))
+        except ChatInputError as e:
+            gr.Warning(f"Could not open that conversation: {e}")
+            return gr.skip(), gr.skip(), gr.skip(), self._listing(store)
+        if lost is not None:
+            state.add_notice(_restored_note(lost))
+        store["current"] = state.conversation_id
+        return render(state, page=True), self._refs(state), store, self._listing(store)
+
+    def delete_conversation(self, conversation_id: Optional[str], store: Any, request: gr.Request) -> tuple:
+        """Deletes a conversation from this browser and (if it is this browser's) its server session."""
+        store = history.clean_store(store)
+        if not conversation_id or history.find(store, conversation_id) is None:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        current = self._find(request)
+        if current is not None and current.conversation_id == conversation_id and current.busy:
+            gr.Warning("a reply is still being generated; press Stop first")
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        self.manager.drop_conversation(self._key(request), conversation_id)
+        store = history.remove(store, conversation_id)
+        state = self._find(request)
+        return render(state, page=True), self._refs(state), store, self._listing(store)
+
+    @staticmethod
+    def layout_for(width: Any) -> Any:
+        """The settings sidebar starts closed on a narrow screen (the page sends its width on load)."""
+        try:
+            narrow = float(width) < NARROW_PX
+        except (TypeError, ValueError):
+            narrow = False
+        return gr.Sidebar(open=not narrow)
 
     # ------------------------------------------------------------------ layout
+    def _about(self) -> str:
+        card = self.card
+        tries = "".join(f"\n- {ex}" for ex in card.examples)
+        body = card.markdown().replace(f"**Try**\n\n{card.section('try')}", "").strip()
+        return body + (f"\n\n**Try:**{tries}" if tries else "")
+
     def _build(self) -> gr.Blocks:
         gen = self.pipeline.config.generation
         accept = ", ".join(self.in_modalities) or "no media"
-        # delete_cache: Gradio's copies of served files older than an hour are removed every hour
+        # delete_cache: Gradio's copies of served files older than an hour are removed every hour (and all of them
+        # when the server stops); a session's own copies go when it ends (_forget_cached)
         with gr.Blocks(title=f"codi2 · {self.title}", fill_height=True, delete_cache=(3600, 3600)) as demo:
-            with gr.Sidebar(label="Settings", open=True, position="left", width=300):
+            store = gr.BrowserState(history.empty_store(), storage_key=f"codi2-conversations-{self.title}",
+                                    secret=f"codi2-{self.title}")
+            with gr.Sidebar(label="Settings", open=True, position="left", width=300) as sidebar:
+                gr.Markdown("### Conversations")
+                new_btn = gr.Button("+ New conversation", size="sm", elem_id="codi2-new")
+                past = gr.Dropdown(choices=[], value=None, label="Past conversations", elem_id="codi2-past",
+                                   info="Kept in this browser; pick one to open it.", interactive=True)
+                delete_btn = gr.Button("Delete selected", size="sm", variant="secondary", elem_id="codi2-delete")
                 gr.Markdown("### Settings")
                 temperature = gr.Slider(0.0, 2.0, value=float(gen.temperature), step=0.05, label="Temperature",
                                         info="0 = greedy")
@@ -285,8 +512,8 @@ class ChatApp:
                                              "model produce that media there.")
                 with gr.Accordion("Camera", open=False):
                     webcam_photo = gr.Image(sources=["webcam"], type="filepath", label="Photo",
-                                            show_label=True, height=180)
-                    webcam_clip = gr.Video(sources=["webcam"], label="Clip", height=180)
+                                            show_label=True, height=180, buttons=[])
+                    webcam_clip = gr.Video(sources=["webcam"], label="Clip", height=180, buttons=[])
                 gr.Markdown("### Reuse media")
                 refs = gr.Dropdown(choices=[], value=[], multiselect=True, allow_custom_value=True,
                                    label="Attach earlier media",
@@ -297,8 +524,13 @@ class ChatApp:
             with gr.Column(elem_id="codi2-main", scale=1):
                 gr.HTML(f'<div id="codi2-header"><h1>codi2</h1><span class="sub">any-to-any multimodal chat · '
                         f'model <b>{self.title}</b></span></div>')
+                gr.Markdown(self.card.summary, elem_id="codi2-about")
+                with gr.Accordion("About this model", open=False, elem_id="codi2-about-more"):
+                    gr.Markdown(self._about())
+                # the card as data: GET /config shows it (this component's value), as does the page
+                gr.JSON(self.card.to_dict(), visible=False, elem_id="codi2-model-card", label="model card")
                 chatbot = gr.Chatbot(
-                    elem_id="codi2-chat", label="Chat", show_label=False, layout="bubble", height="68vh", scale=1,
+                    elem_id="codi2-chat", label="Chat", show_label=False, layout="bubble", height="58vh", scale=1,
                     buttons=["copy", "copy_all"], feedback_options=None, autoscroll=True,
                     placeholder=("<h3>What shall we make?</h3>Attach images, sounds or videos, ask for pictures, "
                                  "sounds and clips, and refer back to earlier media with @N."),
@@ -312,20 +544,31 @@ class ChatApp:
                     regen_btn = gr.Button("Regenerate", size="sm")
                     undo_btn = gr.Button("Undo", size="sm")
                     clear_btn = gr.Button("Clear", size="sm")
+            held = gr.State(None)
+            width = gr.Number(visible=False)
+            api_chat = gr.Button(visible=False)  # /chat for API clients (the page sends through hold -> chat_page)
 
             settings = [temperature, top_p, max_new_tokens, seed, steps, guidance, scheduler, outputs, prefix]
             stream_out = [chatbot, textbox, refs]
-            textbox.submit(self.chat, [textbox, refs] + settings, stream_out, api_name="chat", show_progress="hidden")
-            regen_btn.click(self.regenerate, settings, stream_out, api_name="regenerate", show_progress="hidden")
-            chatbot.retry(self.regenerate, settings, stream_out, api_visibility="undocumented", show_progress="hidden")
+            gen_kw = dict(show_progress="full", show_progress_on=[chatbot], concurrency_id="generate",
+                          concurrency_limit=self.cfg.concurrency_limit)
+            save = dict(fn=self.save_copy, inputs=[store], outputs=[store, past, textbox, chatbot],
+                        api_visibility="undocumented", queue=False, show_progress="hidden")
+            api_chat.click(self.chat, [textbox, refs] + settings, stream_out, api_name="chat", **gen_kw)
+            textbox.submit(self.hold, [textbox], [held, textbox, chatbot], api_visibility="undocumented", queue=False,
+                           show_progress="hidden").then(
+                self.chat_page, [held, refs, store] + settings, stream_out, api_visibility="undocumented",
+                **gen_kw).then(**save)
+            regen_btn.click(self.regenerate, settings, stream_out, api_name="regenerate", **gen_kw).then(**save)
+            chatbot.retry(self.regenerate, settings, stream_out, api_visibility="undocumented", **gen_kw).then(**save)
             chatbot.example_select(self.example, settings, stream_out, api_visibility="undocumented",
-                                   show_progress="hidden")
+                                   **gen_kw).then(**save)
             for trigger, api in ((undo_btn.click, "undo"), (chatbot.undo, None)):
                 trigger(self.undo, None, [chatbot, refs], api_name=api, concurrency_limit=None,
-                        **({} if api else {"api_visibility": "undocumented"}))
+                        **({} if api else {"api_visibility": "undocumented"})).then(**save)
             for trigger, api in ((clear_btn.click, "clear"), (chatbot.clear, None)):
                 trigger(self.clear, None, [chatbot, refs], api_name=api, concurrency_limit=None,
-                        **({} if api else {"api_visibility": "undocumented"}))
+                        **({} if api else {"api_visibility": "undocumented"})).then(**save)
             stop_btn.click(self.stop, None, None, api_name="stop", concurrency_limit=None)
             textbox.stop(self.stop, None, None, api_visibility="undocumented", concurrency_limit=None)
             export_btn.click(self.export, None, export_file, api_name="export", concurrency_limit=None).then(
@@ -334,6 +577,16 @@ class ChatApp:
             for cam in (webcam_photo, webcam_clip):  # a capture is attached to the message being written
                 cam.change(self.attach, [cam, textbox], [textbox, cam], api_visibility="undocumented",
                            queue=False, show_progress="hidden")
+            conv_out = [chatbot, refs, store, past]
+            new_btn.click(self.new_conversation, [store], conv_out, api_visibility="undocumented",
+                          concurrency_limit=None)
+            past.input(self.open_conversation, [past, store], conv_out, api_visibility="undocumented",
+                       concurrency_limit=None)
+            delete_btn.click(self.delete_conversation, [past, store], conv_out, api_visibility="undocumented",
+                             concurrency_limit=None)
+            demo.load(self.load, [store], conv_out, api_visibility="undocumented", concurrency_limit=None)
+            demo.load(self.layout_for, [width], [sidebar], js="() => [window.innerWidth]",
+                      api_visibility="undocumented", queue=False, show_progress="hidden")
             demo.unload(self.unload)
         demo.queue(default_concurrency_limit=self.cfg.concurrency_limit, max_size=self.cfg.max_queue_size)
         return demo
@@ -343,15 +596,36 @@ class ChatApp:
                share: bool = False, block: bool = True, quiet: bool = False) -> Any:
         """Starts the server (``block=False`` returns at once; call :meth:`close` to stop it)."""
         theme = app_theme()
+        threading.Thread(target=self._reap, name="codi2-reaper", daemon=True).start()
         return self.blocks.launch(server_name=host, server_port=port, auth=auth, share=share,
                                   prevent_thread_lock=not block, quiet=quiet, show_error=True,
                                   allowed_paths=[str(self.manager.workdir)],
                                   max_file_size=self.cfg.media.max_file_bytes, theme=theme, css=CSS,
                                   footer_links=["api"])
 
+    def _reap(self, every: float = 60.0) -> None:
+        """Ends idle sessions (and deletes their files) even when no one is using the server."""
+        while not self._closed.wait(every):
+            self.manager.expire()
+
     def close(self) -> None:
+        self._closed.set()
         self.blocks.close()
         self.manager.close()
+
+
+def _restored_note(lost: Sequence[str]) -> str:
+    note = "This conversation was restored from this browser's copy (the server had ended its session)."
+    if lost:
+        note += f" Not restored: {', '.join(lost)} (no longer on the server and not in the browser's copy)."
+    return note
+
+
+def _rmdir_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
 
 
 def build_app(pipeline: Any, cfg: Optional[ServeConfig] = None, workdir: "str | Path | None" = None,
@@ -383,6 +657,41 @@ def _parse_auth(value: Optional[str]) -> Optional[tuple[str, str]]:
     return user, password
 
 
+def sweep(folder: Path) -> int:
+    """Deletes everything in ``folder`` (what a killed server left); returns how many entries went."""
+    n = 0
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
+def server_folders(port: int, root: "str | Path | None" = None) -> tuple[Path, Path]:
+    """The server's own folders, ``<tmp>/codi2-serve-<port>/{gradio,sessions}``, swept at start-up (a server
+    killed before it could clean up leaves uploads and outputs there; one port, one server). Gradio's cache
+    (uploads and the copies of served files) goes to ``gradio/`` unless ``GRADIO_TEMP_DIR`` is set, which is
+    then left alone (it may be shared). Returns (Gradio's cache folder, the sessions' folder)."""
+    base = Path(root) if root is not None else Path(tempfile.gettempdir()) / f"codi2-serve-{port}"
+    base.mkdir(parents=True, exist_ok=True)
+    swept = sweep(base / "sessions")
+    sessions = base / "sessions"
+    sessions.mkdir(exist_ok=True)
+    if os.environ.get("GRADIO_TEMP_DIR"):
+        cache = Path(os.environ["GRADIO_TEMP_DIR"])
+    else:
+        cache = base / "gradio"
+        swept += sweep(cache)
+        cache.mkdir(exist_ok=True)
+        os.environ["GRADIO_TEMP_DIR"] = str(cache)  # read by gradio when the app is built
+    if swept:
+        log.info("start-up: removed %d leftovers of an earlier server in %s", swept, base)
+    return cache, sessions
+
+
 def run(args: argparse.Namespace) -> int:
     """Loads the model and serves until interrupted. Returns the exit status."""
     from codi2.config import load_config
@@ -403,7 +712,8 @@ def run(args: argparse.Namespace) -> int:
 
     log.info("loading %s", model)
     pipeline = CoDi2Pipeline.from_pretrained(model, device=args.device, overrides=args.override)
-    app = build_app(pipeline, cfg)
+    cache, sessions = server_folders(args.port)
+    app = build_app(pipeline, cfg, workdir=sessions)
     # SIGTERM (e.g. from a process manager) ends the server like Ctrl-C, so session files are removed
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     try:

@@ -6,6 +6,7 @@ references — the mini LLM, the aligned encoder, the decoders — written in, s
 * ``judges/``: the world judges (``data_builders.world.judges``), so ``codi2 eval --suite world`` and the tests can
   score what the model makes without another download or training run;
 * ``examples/``: the chat app's one-click examples (world renders, ``data_builders.world.examples``);
+* ``MODEL_CARD.md``: what the model knows and makes, for the chat's "About this model" (``data_builders.world.model_card``);
 * ``recipe.json``: where every part came from: the component reports (encoder retrieval, LLM validation loss,
   decoder losses), the trainer stages' configs, the decoder sampling settings it set, and the byte size of each part.
 
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from data_builders.world.examples import write_examples
+from data_builders.world.model_card import write_model_card
 
 SIZE_BUDGET_MB = 60  # the issue's "at most ~60 MB"
 SAMPLING_FIELDS = ("scheduler", "steps", "guidance", "noise_level")  # decode-time only: no weight depends on them
@@ -182,6 +184,7 @@ def bundle(pipeline_dir: "str | Path", out: "str | Path", judges: "str | Path",
         to_fp16_storage(tmp)
     shutil.copytree(judges, tmp / "judges")
     write_examples(tmp / "examples")  # the chat app's one-click examples (serve.examples)
+    write_model_card(tmp, out.name)  # the chat's "About this model" (codi2.model_card)
     sizes = {p.name: _dir_bytes(p) if p.is_dir() else p.stat().st_size for p in sorted(tmp.iterdir())}
     total = sum(sizes.values())
     recipe = {
