@@ -128,8 +128,13 @@ def test_sessions_are_isolated_and_bounded(manager):
     _last(a.submit("only in a", options=TEXT))
     assert b.log == [] and len(a.log) == 1
     a_dir = a.workdir
-    manager.get("c")  # max_sessions=2: the least recently used idle session (a) goes
+    with pytest.raises(ChatInputError, match="server is full"):
+        manager.get("c")  # max_sessions=2, both used within session_keep_seconds: neither is evicted
+    a.last_used -= manager.cfg.session_keep_seconds + 1
+    manager.get("c")  # now the least recently used idle session (a) goes
     assert "a" not in manager and "b" in manager and not a_dir.exists()
+    manager.get("b").last_used -= manager.cfg.session_keep_seconds + 1
+    manager.get("c").last_used -= manager.cfg.session_keep_seconds + 1
     for key in ("b", "c"):
         manager.get(key)._busy = True
     with pytest.raises(ChatInputError, match="server is full"):
@@ -175,3 +180,128 @@ def test_bad_upload_message_names_the_file_not_the_server_path(pipe, tmp_path):
     assert st.notices[-1].user.text == "look 📎 big.png" and list(st.workdir.iterdir()) == []
     m.close()
     assert not (tmp_path / "s").exists() or list((tmp_path / "s").iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- issue 44
+@pytest.mark.parametrize("field,value,words", [
+    ("steps", float("nan"), "steps=nan is not a finite number; allowed: 1..100"),
+    ("max_new_tokens", float("nan"), "max_new_tokens=nan is not a finite number; allowed: 1..512"),
+    ("temperature", float("inf"), "temperature=inf is not a finite number; allowed: 0.0..2.0"),
+    ("top_p", float("-inf"), "top_p=-inf is not a finite number; allowed: 0.0..1.0"),
+    ("guidance", float("nan"), "guidance=nan is not a finite number; allowed: 0.0..30.0"),
+    ("seed", 2**70, f"seed={2**70} is out of range; allowed: -1..4294967295 (-1 = random)"),
+    ("seed", float(2**70), "seed=1.181e+21 is out of range; allowed: -1..4294967295"),
+    ("seed", float("inf"), "seed=inf is not a finite number"),
+    ("max_new_tokens", 2.5, "max_new_tokens=2.5 is not a whole number; allowed: 1..512"),
+    ("temperature", "hot", "temperature='hot' is not a number; allowed: 0.0..2.0"),
+])
+def test_every_setting_is_checked_with_a_message_naming_the_field_and_range(field, value, words):
+    with pytest.raises(ChatInputError) as e:
+        sampling_options(ServeConfig(), **{field: value})
+    assert words in str(e.value)
+    o = sampling_options(ServeConfig(), seed=2**32 - 1, max_new_tokens=12.0, steps="3")
+    assert o.seed == 2**32 - 1 and o.max_new_tokens == 12 and o.steps == 3
+
+
+def test_every_bad_file_of_a_message_is_reported(manager, tmp_path):
+    st = manager.get("a")
+    good = save_image(make_image(0), tmp_path / "good.png")
+    bad1, bad2 = tmp_path / "one.png", tmp_path / "two.wav"
+    bad1.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00junk" * 20)
+    bad2.write_text("not a sound")
+    ev = _last(st.submit("look @9", [str(bad1), str(good), str(bad2)], TEXT))
+    assert isinstance(ev, TurnFailed) and ev.message.startswith("3 of the message's media were refused")
+    for words in ("one.png", "two.wav", "no media @9"):
+        assert words in ev.message
+    assert str(tmp_path) not in ev.message and list(st.workdir.iterdir()) == []  # the good one's copy went too
+
+
+def test_strangers_cannot_evict_a_recent_session_and_eviction_is_fair_per_client(pipe, tmp_path):
+    m = SessionManager(pipe, ServeConfig(max_sessions=4, max_sessions_per_client=2), tmp_path / "s")
+    mine = m.get("mine", client="10.0.0.1")
+    img = save_image(make_image(0), tmp_path / "cat.png")
+    _last(mine.submit("this one", [str(img)], TEXT))
+    for i in range(64):  # clear / undo / stop / export from fresh keys create nothing
+        assert m.find(f"stranger-{i}") is None
+    assert len(m) == 1
+    made = 0
+    for i in range(64):  # fresh keys that do send: refused once the server is full, never evicting "mine"
+        try:
+            m.get(f"stranger-{i}", client=f"10.0.1.{i % 3}")
+            made += 1
+        except ChatInputError as e:
+            assert "server is full" in str(e) or "limit per client" in str(e)
+    assert made == 3 and m.find("mine") is mine
+    assert isinstance(_last(mine.submit("now @1", options=TEXT)), TurnDone)  # @1 still resolves
+    # fairness: once idle past the keep window, room comes from the client holding the most sessions
+    m2 = SessionManager(pipe, ServeConfig(max_sessions=3, max_sessions_per_client=3, session_keep_seconds=0),
+                        tmp_path / "t")
+    a1, a2 = m2.get("a1", client="A"), m2.get("a2", client="A")
+    b1 = m2.get("b1", client="B")
+    b1.last_used -= 100  # B's is the least recently used of all, but A holds more sessions
+    m2.get("c1", client="C")
+    assert m2.find("b1") is b1 and m2.find("a1") is None and m2.find("a2") is a2
+    # a client over its share makes room from its own sessions only
+    m3 = SessionManager(pipe, ServeConfig(max_sessions=10, max_sessions_per_client=2, session_keep_seconds=0),
+                        tmp_path / "u")
+    other = m3.get("o", client="O")
+    other.last_used -= 100
+    m3.get("x1", client="X"), m3.get("x2", client="X"), m3.get("x3", client="X")
+    assert m3.find("o") is other and m3.find("x1") is None and len(m3) == 3
+    for mm in (m, m2, m3):
+        mm.close()
+
+
+def test_a_detached_session_is_adopted_and_a_lost_one_is_rebuilt_from_the_browser_copy(pipe, tmp_path):
+    m = SessionManager(pipe, ServeConfig(), tmp_path / "s")
+    st = m.get("tab1")
+    img = save_image(make_image(0), tmp_path / "cat.png")
+    _last(st.submit("draw like this", [str(img)], IMG))
+    _last(st.submit("again", options=TEXT))
+    snap = json.loads(json.dumps(st.snapshot()))  # what the browser stores
+    assert snap["id"] == st.conversation_id and [x["number"] for x in snap["media"]] == [1, 2]
+    assert all(x["data"].startswith("data:image/png;base64,") for x in snap["media"])
+    # a reload: the tab's key changes; the server still has the session
+    m.detach("tab1")
+    same, lost = m.resume("tab2", snap)
+    assert same is st and lost is None and m.find("tab2") is st and m.find("tab1") is None
+    with pytest.raises(ChatInputError, match="open in another tab"):
+        m.resume("tab3", snap)
+    # a stranger cannot delete it; its own tab can
+    assert not m.drop_conversation("stranger", snap["id"])
+    # the server lost it (restart): rebuilt from the copy, media and @N included
+    m2 = SessionManager(pipe, ServeConfig(), tmp_path / "s2")
+    snap["media"][1]["data"] = None  # one media not in the copy
+    new, lost = m2.resume("tab4", snap)
+    assert lost == ["@2"] and new.conversation_id == snap["id"] and len(new.log) == 2
+    assert [it.number for it in new.media] == [1] and new.media[0].path.parent == new.workdir
+    assert len(new.session.turns) == 2
+    ev = _last(new.submit("and @1 once more", options=TEXT))
+    assert isinstance(ev, TurnDone) and new.log[-1].user.media_parts[0].path == str(new.media[0].path)
+    assert "[image no longer available]" in json.dumps([t.reply.to_dict() for t in new.log])
+    # a malformed or hostile copy is refused, not trusted
+    for bad in ({"schema": 1, "id": "../../etc", "turns": []}, {"id": "0" * 32}, "x"):
+        with pytest.raises(ChatInputError):
+            m2.resume("tab5", bad)
+    evil = dict(snap, id="1" * 32, media=[dict(snap["media"][0], data="data:image/png;base64," +
+                                               __import__("base64").b64encode(b"not a png").decode())])
+    _, lost = m2.resume("tab6", evil)
+    assert lost == ["@1"]
+    m.close(), m2.close()
+
+
+def test_a_session_ending_deletes_its_files_and_calls_on_end(pipe, tmp_path):
+    ended = []
+    m = SessionManager(pipe, ServeConfig(session_idle_seconds=60), tmp_path / "s", on_end=ended.append)
+    st = m.get("a")
+    upload_copy = tmp_path / "gradio-cache" / "abc" / "cat.png"
+    upload_copy.parent.mkdir(parents=True)
+    save_image(make_image(0), upload_copy)
+    st.owned_files.add(str(upload_copy))
+    _last(st.submit("draw", [str(upload_copy)], IMG))
+    folder = st.workdir
+    assert len(list(folder.iterdir())) == 2
+    st.last_used -= 61
+    m.expire()
+    assert ended == [st] and not folder.exists() and not upload_copy.exists() and len(m) == 0
+    m.close()
