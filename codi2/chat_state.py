@@ -78,7 +78,7 @@ class ServeConfig:
     max_sessions: int = 32  # live sessions per server; the least recently used idle one is evicted
     session_idle_seconds: float = 3600.0  # sessions idle longer are dropped
     session_keep_seconds: float = 900.0  # a session used within this window is never evicted to make room
-    max_sessions_per_client: int = 8  # a client (address) over this share makes room from its own sessions only
+    max_sessions_per_client: int = 8  # on a full server, a client (address) over this share makes room from its own
     browser_copy_inline_bytes: int = 512 * 1024  # media up to this size travel inside the browser's copy
     concurrency_limit: int = 1  # Gradio queue workers for generation events
     max_queue_size: int = 16  # requests waiting in the Gradio queue; more are refused
@@ -793,8 +793,8 @@ class SessionManager:
 
     Eviction (at most ``cfg.max_sessions`` sessions): a session that is generating, or was used within
     ``cfg.session_keep_seconds``, is never evicted to make room. Room is made fairly per client (its address):
-    a client over ``cfg.max_sessions_per_client`` only evicts its own sessions; otherwise the client holding the
-    most sessions loses its least recently used evictable one. When nothing may be evicted the new session is
+    on a full server, a client holding ``cfg.max_sessions_per_client`` or more only evicts its own sessions;
+    otherwise the client holding the most sessions loses its least recently used evictable one. When nothing may be evicted the new session is
     refused with :class:`ChatInputError`. Sessions idle longer than ``cfg.session_idle_seconds`` end. Only
     :meth:`get` creates sessions: the other calls of a key without one (clear, undo, stop …) create nothing.
 
@@ -946,10 +946,10 @@ class SessionManager:
     def _make_room(self, client: str) -> None:
         now = time.monotonic()
         while True:
+            if len(self._sessions) < self.cfg.max_sessions:
+                return
             own = sum(1 for s in self._sessions.values() if s.client == client)
             over_share = own >= max(1, self.cfg.max_sessions_per_client)
-            if len(self._sessions) < self.cfg.max_sessions and not over_share:
-                return
             candidates = [s for s in self._sessions.values()
                           if self._evictable(s, now) and (not over_share or s.client == client)]
             if not candidates:

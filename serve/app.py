@@ -499,7 +499,7 @@ class ChatApp:
                 top_p = gr.Slider(0.05, 1.0, value=float(gen.top_p), step=0.05, label="Top-p")
                 max_new_tokens = gr.Slider(1, self.cfg.max_new_tokens, value=min(gen.max_new_tokens, self.cfg.max_new_tokens),
                                            step=1, label="Max new tokens")
-                seed = gr.Number(value=-1, precision=0, label="Seed", info="-1 = random")
+                seed = gr.Number(value=-1, label="Seed", info="-1 = random; a whole number up to 4294967295")  # checked by sampling_options
                 outputs = gr.CheckboxGroup(self.out_modalities, value=list(self.out_modalities),
                                            label="Output modalities allowed")
                 with gr.Accordion("Diffusion", open=False):

@@ -278,3 +278,123 @@ def test_theme_survives_gradios_builtin_theme_comparison():
     theme = app_theme()
     for builtin in (gr.themes.Default(), gr.themes.Soft(), gr.themes.Base()):
         assert theme.to_dict() != builtin.to_dict()
+
+
+# ----------------------------------------------------------------------------- issue 44
+def test_64_fresh_clients_calling_clear_do_not_evict_a_recent_session(server, media_files):
+    import uuid
+
+    app, url = server
+    img, _ = media_files
+    c = _client(url)
+    _send(c, "Remember this picture.", [img], seed=0)
+    before = len(app.manager)
+    stranger = _client(url)
+    for _ in range(64):  # every call from a new session hash: a fresh client as the server sees it
+        stranger.session_hash = uuid.uuid4().hex
+        chat, _refs = stranger.predict(api_name="/clear")
+        assert chat == []
+    assert len(app.manager) == before  # /clear of an unknown session creates (and evicts) nothing
+    chat = _send(c, "Now make @1 red.", seed=0)
+    assert len(chat) == 4 and _files(chat[2]), chat[2]  # @1 resolved: the picture is attached again
+    assert not _texts(chat[3]).startswith("⚠️"), chat[3]
+
+
+def _raw_chat(url: str, **settings) -> str:
+    """One /chat call over plain HTTP (gradio_client refuses to send NaN or inf); the last reply's text."""
+    import uuid
+
+    import httpx
+
+    values = {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 8, "seed": 0, "steps": 0, "guidance": 0.0,
+              "scheduler": "default", "outputs": ["image"], "prefix": ""} | settings
+    data = [{"text": "hello", "files": []}, []] + list(values.values())
+    body = json.dumps({"data": data, "session_hash": uuid.uuid4().hex})  # NaN / Infinity as JavaScript writes them
+    call = url + "gradio_api/call/chat"
+    event = httpx.post(call, content=body, headers={"content-type": "application/json"}).json()["event_id"]
+    last = ""
+    with httpx.stream("GET", f"{call}/{event}", timeout=60) as r:
+        for line in r.iter_lines():
+            if line.startswith("data:"):
+                last = line[5:]
+    out = json.loads(last)
+    assert isinstance(out, list), out  # an error event instead of the chat
+    return out[0][-1]["content"][0]["text"]
+
+
+def test_settings_messages_name_the_field_and_range(server):
+    app, url = server
+    c = _client(url)
+    chat = _send(c, "hello", seed=2**70)
+    assert f"seed={2**70} is out of range; allowed: -1..4294967295 (-1 = random)" in _texts(chat[-1])
+    for field, value, words in (("steps", float("nan"), "steps=nan is not a finite number; allowed: 1..100"),
+                                ("max_new_tokens", float("nan"), "max_new_tokens=nan is not a finite number"),
+                                ("seed", float("inf"), "seed=inf is not a finite number; allowed: -1..4294967295"),
+                                ("guidance", float("nan"), "guidance=nan is not a finite number; allowed: 0.0..30.0")):
+        text = _raw_chat(url, **{field: value})
+        assert words in text, (field, text)
+    # a slider's own bounds are checked by Gradio before the handler, with the value and the limit
+    with pytest.raises(AssertionError, match="Value -inf is less than minimum value 0.0"):
+        _raw_chat(url, temperature=float("-inf"))
+
+
+def test_the_model_card_is_in_the_page_config(server):
+    import httpx
+
+    app, url = server
+    config = httpx.get(url + "config").json()
+    card = next(x["props"]["value"] for x in config["components"]
+                if x.get("props", {}).get("elem_id") == "codi2-model-card")
+    assert card["name"] == app.title and card["summary"]
+    assert any(card["summary"] in str(x.get("props", {}).get("value")) for x in config["components"]
+               if x.get("props", {}).get("elem_id") == "codi2-about")
+
+
+def test_the_mini_model_card_names_its_world():
+    from codi2.model_card import load_model_card
+
+    from .conftest import REPO
+
+    card = load_model_card(REPO / "checkpoints" / "codi2-mini", "codi2-mini", ["image"], ["image"])
+    assert card.name == "codi2-mini" and "coloured shapes" in card.summary
+    assert "circle" in card.trained_on and "Pictures" in card.can_make
+    assert "Draw a large red circle on the left." in card.examples
+    assert (REPO / "checkpoints" / "codi2-mini" / "MODEL_CARD.md").stat().st_size < 2048
+    from data_builders.world.model_card import card_text
+
+    assert (REPO / "checkpoints" / "codi2-mini" / "MODEL_CARD.md").read_text() == card_text("codi2-mini")
+
+
+def test_a_session_ending_deletes_its_uploads_and_gradios_copies(server, media_files):
+    from gradio.processing_utils import hash_file
+
+    app, url = server
+    img, _ = media_files
+    c = _client(url)
+    _send(c, "Draw this in blue.", [img], prefix="Here <img>", seed=0)
+    state = app.manager.find(c.session_hash)
+    cache = Path(app.blocks.GRADIO_CACHE)
+    copies = [cache / hash_file(f) / f.name for f in state.workdir.iterdir()]
+    uploads = [Path(f) for f in state.owned_files]
+    assert len(copies) == 2 and all(p.exists() for p in copies)  # the upload's and the reply's served copies
+    assert uploads and all(p.exists() and p.is_relative_to(cache) for p in uploads)
+    app.manager.drop(c.session_hash)
+    assert not any(p.exists() for p in copies + uploads) and not state.workdir.exists()
+
+
+def test_start_up_sweeps_what_a_killed_server_left(tmp_path):
+    import serve.app as app_mod
+
+    root = tmp_path / "codi2-serve-7860"
+    for f in (root / "gradio" / "abc" / "upload.png", root / "sessions" / "0123" / "00001-out-image.png"):
+        f.parent.mkdir(parents=True)
+        f.write_bytes(b"left over")
+    saved = os.environ.pop("GRADIO_TEMP_DIR", None)
+    try:
+        cache, sessions = app_mod.server_folders(7860, root)
+        assert os.environ["GRADIO_TEMP_DIR"] == str(cache) == str(root / "gradio")
+        assert list(cache.iterdir()) == [] and list(sessions.iterdir()) == []
+    finally:
+        os.environ.pop("GRADIO_TEMP_DIR", None)
+        if saved is not None:
+            os.environ["GRADIO_TEMP_DIR"] = saved

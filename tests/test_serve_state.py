@@ -242,10 +242,10 @@ def test_strangers_cannot_evict_a_recent_session_and_eviction_is_fair_per_client
     m2.get("c1", client="C")
     assert m2.find("b1") is b1 and m2.find("a1") is None and m2.find("a2") is a2
     # a client over its share makes room from its own sessions only
-    m3 = SessionManager(pipe, ServeConfig(max_sessions=10, max_sessions_per_client=2, session_keep_seconds=0),
+    m3 = SessionManager(pipe, ServeConfig(max_sessions=3, max_sessions_per_client=2, session_keep_seconds=0),
                         tmp_path / "u")
     other = m3.get("o", client="O")
-    other.last_used -= 100
+    other.last_used -= 100  # the oldest, but X is over its share when the server is full
     m3.get("x1", client="X"), m3.get("x2", client="X"), m3.get("x3", client="X")
     assert m3.find("o") is other and m3.find("x1") is None and len(m3) == 3
     for mm in (m, m2, m3):
