@@ -824,6 +824,11 @@ class SessionManager:
     def __contains__(self, key: str) -> bool:
         return key in self._keys
 
+    def states(self) -> list[ChatState]:
+        """Every live session, least recently used first."""
+        with self._lock:
+            return list(self._sessions.values())
+
     def find(self, key: str) -> Optional[ChatState]:
         """The session attached to ``key``, or None (never creates one)."""
         with self._lock:
