@@ -1,4 +1,4 @@
-"""One-click chat examples built from the mini world (DESIGN.md §5).
+"""One-click chat examples built from the mini world (docs/design.md#the-mini-world).
 
 The media are rendered on the fly with ``data_builders.world`` (a few KB, milliseconds), so the
 examples need no bundled files and show the same objects the mini model was trained on.
