@@ -376,7 +376,7 @@ def _icl_task(modality: str) -> Callable[[_Task], None]:
     (:func:`exemplar_words`), states the change, says what B becomes (:func:`query_words`), then shows B
     edited; each step is one the model does well on its own (captioning, instruction editing, generation from
     words). ``icl_replies="steps"`` reads the first pair attribute by attribute instead (:func:`exemplar_steps`),
-    so naming the change compares two adjacent words rather than two phrases. docs/mini_model.md, "Exemplars, read in
+    so naming the change compares two adjacent words rather than two phrases. docs/history.md, "Exemplars, read in
     words", has what each gave the mini model."""
 
     def run(t: _Task) -> None:
