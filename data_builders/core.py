@@ -7,8 +7,9 @@ point: media + caption, or an edit input/output pair). :func:`build` then
 1. hands the units to ``workers`` processes (``multiprocessing`` *spawn*, ``imap``: results come back
    in unit order whatever the worker count). A worker reads its unit, extracts tar members (only a tar
    source writes media, or any source with ``copy_media``), checks every sample (:func:`check_sample`:
-   caption length, file exists, :func:`codi2.media.validate` from the header only, size / duration
-   filters) and hashes its media (sha256 of the file bytes);
+   caption length, file exists, :func:`codi2.media.validate` from the header, size / duration
+   filters, then a full decode of images and audio unless ``decode=false``) and hashes its media (sha256
+   of the file bytes);
 2. in the main process, in order: drops duplicates (the tuple of a sample's media hashes; optionally
    exact normalised captions), turns each kept sample into a manifest record
    (:func:`data_builders.conversations.pair_record`, phrasing drawn from an RNG seeded by
@@ -68,7 +69,7 @@ KINDS = ("image", "audio", "video")
 SKIP_REASONS = {
     "bad_row": "the input row or sample is malformed (missing column, bad JSON, no media)",
     "missing_file": "a media file named by the input does not exist",
-    "undecodable": "a media file is corrupt, empty or not of the expected kind",
+    "undecodable": "a media file is corrupt, truncated, empty or not of the expected kind",
     "too_large": "a media file is over max_bytes or max_pixels",
     "too_long": "an audio/video file is over max_seconds (or the frame limit)",
     "too_short": "an audio/video file is under min_seconds",
@@ -103,6 +104,8 @@ class Filters:
         min_seconds / max_seconds: audio and video duration (from the header).
         dedup: drop samples whose media bytes (all of them) were already kept.
         dedup_captions: also drop samples whose normalised caption (lower case, single spaces) was already kept.
+        decode: decode every image and audio file in full (a truncated file passes the header check and would
+            fail only in training); ``false`` checks headers only. Video is checked from its header.
     """
 
     min_caption_chars: int = 1
@@ -114,6 +117,7 @@ class Filters:
     max_seconds: float = 60.0
     dedup: bool = True
     dedup_captions: bool = False
+    decode: bool = True
 
     def limits(self) -> MediaLimits:
         """The :class:`codi2.config.MediaLimits` that :func:`codi2.media.validate` checks against."""
@@ -320,7 +324,7 @@ def check_sample(s: Sample, ctx: Context, unit: Unit) -> Union[Sample, Skip]:
     Returns:
         The sample (``sha256`` filled, media paths final), or a :class:`Skip` naming the reason.
     """
-    from codi2.media import MediaError, validate
+    from codi2.media import MediaError, load_audio, load_image, validate
 
     f = ctx.filters
     if not s.media:
@@ -340,6 +344,8 @@ def check_sample(s: Sample, ctx: Context, unit: Unit) -> Union[Sample, Skip]:
             return Skip(s.id, "missing_file", f"{kind} file not found: {path}", s.written)
         try:
             info = validate(full, kind, limits)
+            if f.decode and kind in ("image", "audio"):
+                (load_image if kind == "image" else load_audio)(full, limits)
         except MediaError as e:
             return Skip(s.id, media_error_reason(str(e)), str(e), s.written)
         if kind in ("audio", "video") and info.duration is not None and info.duration < f.min_seconds:

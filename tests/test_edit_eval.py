@@ -214,3 +214,19 @@ def test_the_suite_reader_finds_what_the_builders_wrote(built):
             assert edit_user_message(rec, 0, modality).content[-1].text == pair["instruction"]
         wrong = read_edit_records([built / name / "test.jsonl"], "audio" if modality == "image" else "image")
         assert wrong[0] == [] and wrong[1] == {"other_modality": len(test)}
+
+
+def test_a_record_naming_a_missing_file_is_skipped_and_counted(built, tmp_path):
+    from codi2.eval.suites import EditSuite
+
+    recs = lines(built / "ip" / "test.jsonl")
+    recs[0]["messages"][1]["content"][1]["path"] = str(tmp_path / "gone.jpg")
+    recs.append({"schema": 1, "id": "cap", "source": "x", "messages": [], "meta": {"task": "caption",
+                                                                                "pair": {"kind": "captioned"}}})
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    suite = EditSuite(tmp_path / "test.jsonl", [0], None, 0, exemplars=[built / "ip"])
+    assert len(suite.records) == len(recs) - 2
+    assert suite.skipped_records() == {"missing_file": 1, "not_edit": 1}
+    assert suite.train_manifests == [built / "ip" / "manifest.jsonl"] and suite.pool["instruct"]
+    with pytest.raises(ValueError, match="no image editing records"):
+        EditSuite(built / "au" / "test.jsonl", [0], None, 0)
