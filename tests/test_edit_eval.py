@@ -230,3 +230,29 @@ def test_a_record_naming_a_missing_file_is_skipped_and_counted(built, tmp_path):
     assert suite.train_manifests == [built / "ip" / "manifest.jsonl"] and suite.pool["instruct"]
     with pytest.raises(ValueError, match="no image editing records"):
         EditSuite(built / "au" / "test.jsonl", [0], None, 0)
+
+
+def test_command_lines_build_a_split_and_evaluate_it(ws, tmp_path, capsys):
+    """The commands the README shows: ``codi2 build-data … --eval-fraction`` then ``codi2 eval --data OUT``."""
+    from codi2.eval.cli import main as eval_main
+    from data_builders import main as build_main
+
+    au = F.audit_corpus(tmp_path / "audit", n=16, groups=8)
+    assert build_main(["audit", "--input", str(au), "--out", str(tmp_path / "au"), "--eval-fraction", "0.34",
+                       "--no-progress"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["splits"]["test"]["manifests"] == ["test.jsonl"] and printed["splits"]["test"]["records"] == 8
+    assert build_main(["conversations", "--input", str(tmp_path / "au" / "manifest.jsonl"),
+                       str(tmp_path / "au" / "test.jsonl"), "--out", str(tmp_path / "mix"), "--set", "n=4",
+                       "weights={icl_edit: 1}", "icl_shots=[1,1]", "--eval-n", "2", "--no-progress"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["splits"]["test"]["records"] == 2 and printed["splits"]["test"]["manifests"] == ["test.jsonl"]
+    assert build_main(["audit", "--input", str(au), "--out", str(tmp_path / "bad"), "--eval-fraction", "2"]) == 2
+    assert "[0, 1)" in capsys.readouterr().err
+    args = ["--suite", "audio-edit", "--model", ws["model"], "--data", str(tmp_path / "au"), "--shots", "0,1",
+            "--n", "1", "--force-output", "--max-new-tokens", "4", "--n-boot", "50", "--audio-classifier", ws["ast"],
+            "--out", str(tmp_path / "eval")]
+    assert eval_main(args) == 0
+    samples = lines(tmp_path / "eval" / "samples.jsonl")
+    assert [s["shots"] for s in samples] == [0, 1]
+    assert [len(s["runs"]["main"]["prompt"]["media"]) for s in samples] == [1, 3]
