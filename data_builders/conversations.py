@@ -65,7 +65,7 @@ from codi2.editing import (
     split_of,
 )
 
-from .core import BuildError, Sample, ShardWriter, _existing_outputs, _write_json
+from .core import BuildError, Sample, ShardWriter, existing_outputs, write_json
 
 log = logging.getLogger(__name__)
 
@@ -537,7 +537,7 @@ def compose(manifests: Sequence[Union[str, Path]], out: Union[str, Path], mix: M
     mix.check()
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    existing = _existing_outputs(out)
+    existing = existing_outputs(out)
     if existing:
         raise BuildError(f"{out} already holds a manifest ({', '.join(existing)}); choose an empty folder")
     skipped: dict[str, list] = {}
@@ -583,6 +583,6 @@ def compose(manifests: Sequence[Union[str, Path]], out: Union[str, Path], mix: M
                     "tasks": dict(sorted(counts.items()))},
             TEST: {"records": eval_n, "pairs": len(test_pairs), "manifests": [s["file"] for s in test_shards],
                    "tasks": dict(sorted(test_counts.items())), "unavailable": test_unavailable}}
-    _write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)
     log.info("composed %d conversations %s (+ %d test %s) -> %s", mix.n, dict(counts), eval_n, dict(test_counts), out)
     return summary

@@ -437,7 +437,8 @@ class ShardWriter:
             self._f = None
 
 
-def _write_json(path: Path, obj: dict) -> None:
+def write_json(path: Path, obj: dict) -> None:
+    """Writes ``obj`` as indented JSON through a temporary file (a reader never sees half a file)."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
@@ -448,7 +449,8 @@ def _truncate(path: Path, n_bytes: int) -> None:
         f.truncate(n_bytes)
 
 
-def _existing_outputs(out: Path) -> list[str]:
+def existing_outputs(out: Path) -> list[str]:
+    """The build files already in ``out``: the state file, train and test manifests (shards included)."""
     names = [STATE_FILE]
     for prefix in SPLIT_PREFIX.values():
         names += [f"{prefix}.jsonl"] + sorted(p.name for p in out.glob(f"{prefix}-*.jsonl"))
@@ -539,7 +541,7 @@ def build(source: Source, opts: BuildOptions) -> dict:
         for s in state["shards"] + state.get("test_shards", []):
             _truncate(out / s["file"], s["bytes"])
         kept = {s["file"] for s in state["shards"] + state.get("test_shards", [])}
-        for n in _existing_outputs(out):
+        for n in existing_outputs(out):
             if n != STATE_FILE and n not in kept:
                 (out / n).unlink()
         if not seen_path.exists():
@@ -548,7 +550,7 @@ def build(source: Source, opts: BuildOptions) -> dict:
         log.info("%s: resuming after %d of %d units (%d records)", out, state["units_done"], len(units),
                  state["summary"].get("records", 0))
     else:
-        existing = _existing_outputs(out)
+        existing = existing_outputs(out)
         if existing:
             raise BuildError(f"{out} already holds a build ({', '.join(existing)}); pass --resume to continue it, "
                              "or choose an empty folder")
@@ -557,7 +559,7 @@ def build(source: Source, opts: BuildOptions) -> dict:
         if eval_fraction > 0:
             state["test_shards"] = []
         seen_path.write_bytes(b"")
-        _write_json(state_path, state)  # from here on, --resume can take over (even before the first commit)
+        write_json(state_path, state)  # from here on, --resume can take over (even before the first commit)
     if state["units"] != len(units):
         raise BuildError(f"the input now has {len(units)} units, the state was started with {state['units']}; "
                          "the input changed since the interrupted build: build into a new folder")
@@ -613,7 +615,7 @@ def build(source: Source, opts: BuildOptions) -> dict:
                 state["seen_bytes"] = seen_f.tell()
                 state["units_done"] += 1
                 state["summary"] = summary.to_dict()
-                _write_json(state_path, state)
+                write_json(state_path, state)
                 bar.update(1)
                 bar.set_postfix(records=summary.records, skipped=sum(summary.skipped.values()))
     finally:
@@ -630,9 +632,9 @@ def build(source: Source, opts: BuildOptions) -> dict:
         result[SUMMARY_SPLITS] = {
             sp: {"records": summary.splits.get(sp, 0), "manifests": [s["file"] for s in state[key]]}
             for sp, key in ((TRAIN, "shards"), (TEST, "test_shards"))}
-    _write_json(out / SUMMARY_FILE, result)
+    write_json(out / SUMMARY_FILE, result)
     state["complete"] = True
-    _write_json(state_path, state)
+    write_json(state_path, state)
     seen_path.unlink()
     dt = time.perf_counter() - t0
     log.info("%s: %d records from %d samples (%d skipped: %s) in %.1f s -> %s", name, summary.records,

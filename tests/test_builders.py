@@ -422,3 +422,32 @@ def test_bad_input_is_skipped_and_counted_with_its_reason(tmp_path):
     s = compose([tmp_path / "ip" / "manifest.jsonl"], tmp_path / "mix", load_mixture(None, ["n=4"]), progress=False)
     assert s["pairs"] == 1 and s["skipped"] == {"missing_file": 1} and s["records"] == 4
     assert "1000_1.jpg" in s["examples"]["missing_file"][0]["detail"]
+
+
+def test_interrupted_split_build_resumes_to_identical_output(tmp_path, monkeypatch):
+    ip = F.instructpix2pix_corpus(tmp_path / "ip2p", n_folders=6, seeds_per_folder=2)
+    src = InstructPix2PixSource(inputs=[str(ip)], folders_per_unit=2)
+    full = build(src, opts(tmp_path / "full", eval_fraction=0.34))
+    assert full["splits"]["test"]["records"] == 6 and full["splits"]["train"]["records"] == 6
+    real_write, calls = core.ShardWriter.write, {"n": 0}
+
+    def flaky_write(self, record):
+        calls["n"] += 1
+        if calls["n"] == 7:  # inside the last unit
+            raise KeyboardInterrupt("simulated interruption")
+        real_write(self, record)
+
+    monkeypatch.setattr(core.ShardWriter, "write", flaky_write)
+    with pytest.raises(KeyboardInterrupt):
+        build(src, opts(tmp_path / "part", eval_fraction=0.34))
+    monkeypatch.setattr(core.ShardWriter, "write", real_write)
+    with pytest.raises(BuildError, match="other inputs or options"):
+        build(src, opts(tmp_path / "part", eval_fraction=0.5, resume=True))
+    s = build(src, opts(tmp_path / "part", eval_fraction=0.34, resume=True))
+    assert s["splits"] == full["splits"]
+    for f in ("manifest.jsonl", "test.jsonl"):
+        assert (tmp_path / "part" / f).read_bytes() == (tmp_path / "full" / f).read_bytes()
+    with pytest.raises(BuildError, match="--resume"):  # a test split alone also marks the folder as a build
+        (tmp_path / "part" / core.STATE_FILE).unlink()
+        (tmp_path / "part" / "manifest.jsonl").unlink()
+        build(src, opts(tmp_path / "part", eval_fraction=0.34))
