@@ -55,6 +55,14 @@ def normalise_instruction(text: Optional[str]) -> str:
     return " ".join((text or "").lower().split())
 
 
+def instruction_sentence(text: str) -> str:
+    """An instruction as a prompt says it: first letter upper case, ending in ``.`` (unless ``!`` / ``?``):
+    ``"make it blue"`` -> ``"Make it blue."`` (the builders' edit turns and the suites' 0-shot prompts)."""
+    t = text.strip().rstrip(".")
+    t = t[:1].upper() + t[1:] if t else t
+    return t if t.endswith((".", "!", "?")) else t + "."
+
+
 def edit_pair(modality: str, input: str, output: str, instruction: Optional[str], type: Optional[str],
               group: Optional[str], input_caption: Optional[str] = None, output_caption: Optional[str] = None,
               output_caption_derived: bool = False, sha256: Optional[Mapping[str, str]] = None) -> dict:
@@ -154,4 +162,4 @@ def split_manifests(folder: "str | Path") -> Optional[dict[str, list[Path]]]:
 
 __all__ = ["CAPTIONED_KIND", "EDIT_FIELDS", "EDIT_KIND", "EDIT_TASKS", "EditInfo", "KIND", "PAIR", "SPLIT",
            "SPLITS", "SPLIT_PREFIX", "SUMMARY_FILE", "SUMMARY_SPLITS", "TEST", "TRAIN", "check_eval_fraction",
-           "edit_info", "edit_pair", "group_key", "normalise_instruction", "split_manifests", "split_of"]
+           "edit_info", "edit_pair", "group_key", "instruction_sentence", "normalise_instruction", "split_manifests", "split_of"]

@@ -62,6 +62,7 @@ from codi2.editing import (
     check_eval_fraction,
     edit_pair,
     group_key,
+    instruction_sentence,
     split_of,
 )
 
@@ -158,7 +159,7 @@ def joint_messages(media: dict[str, str], caption: str, rng: random.Random) -> l
 def edit_messages(kind: str, src: str, instruction: str, dst: str, out_caption: Optional[str],
                   rng: random.Random) -> list[dict]:
     """input media + instruction -> output media."""
-    return [{"role": "user", "content": [_media(kind, src), _txt(rng.choice(EDIT_JOINERS) + _sentence(_cap(instruction)))]},
+    return [{"role": "user", "content": [_media(kind, src), _txt(rng.choice(EDIT_JOINERS) + instruction_sentence(instruction))]},
             {"role": "assistant", "content": [_txt(rng.choice(REPLY_PREFIXES)), _media(kind, dst, out_caption)]}]
 
 
@@ -422,7 +423,7 @@ def _multi_round(pools: _Pools, mix: Mixture, rng: random.Random) -> tuple[list[
         kind = chain[0].pair["modality"]
         msgs: list[dict] = []
         for i, p in enumerate(chain):
-            user = ([_media(kind, p.pair["input"])] if i == 0 else []) + [_txt(_sentence(_cap(p.pair["instruction"])))]
+            user = ([_media(kind, p.pair["input"])] if i == 0 else []) + [_txt(instruction_sentence(p.pair["instruction"]))]
             msgs += [{"role": "user", "content": user},
                      {"role": "assistant", "content": [_txt(rng.choice(REPLY_PREFIXES)),
                                                        _media(kind, p.pair["output"], p.pair.get("output_caption"))]}]
@@ -437,7 +438,7 @@ def _multi_round(pools: _Pools, mix: Mixture, rng: random.Random) -> tuple[list[
                        {"role": "assistant", "content": [_txt(_sentence(_cap(d["output_caption"])))]}], [p]
     # describe the input first, then edit it (the second user turn refers back to it)
     first = caption_messages(kind, d["input"], d["input_caption"], rng)
-    second = [{"role": "user", "content": [_txt(_sentence(_cap(d["instruction"])))]}, edit[1]]
+    second = [{"role": "user", "content": [_txt(instruction_sentence(d["instruction"]))]}, edit[1]]
     return first + second, [p]
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from codi2.editing import TEST, TRAIN, edit_info, group_key, split_manifests, split_of
+from codi2.editing import TEST, TRAIN, edit_info, group_key, instruction_sentence, split_manifests, split_of
 from codi2.eval import EvalConfig, run_eval
 from data_builders import AuditSource, BuildOptions, InstructPix2PixSource, build, compose, load_mixture
 from data_builders import fixtures as F
@@ -134,7 +134,7 @@ def test_image_edit_reads_the_split_build_at_0_and_k_shots(built, ws, pipe, tmp_
     for s in samples:
         rid = s["id"].split("/", 1)[1]
         prompt = s["runs"]["main"]["prompt"]
-        assert prompt["text"].endswith(instructions[rid])  # the instruction is named at 0 and at k shots
+        assert prompt["text"].endswith(instruction_sentence(instructions[rid]))  # the instruction is named at 0 and at k shots
         assert s["task"] == "instruct"
         exemplars = [p for _, p in prompt["media"][:-1]]
         assert all(p in train_media for p in exemplars)  # k-shot pairs come from the train split
@@ -151,7 +151,7 @@ def test_audio_edit_reads_the_split_build_at_0_and_k_shots(built, ws, pipe, tmp_
     for s in samples:
         pair = test[s["id"].split("/", 1)[1]]
         prompt = s["runs"]["main"]["prompt"]
-        assert prompt["text"].endswith(pair["instruction"])
+        assert prompt["text"].endswith(instruction_sentence(pair["instruction"]))
         assert s["task"] == pair["type"] in ("add", "drop")
         if s["shots"]:
             a, b = (p for _, p in prompt["media"][:2])
@@ -178,9 +178,9 @@ def test_mixed_picture_and_sound_in_context_split_loads_in_both_suites(built, ws
             rec = next(x for x in test if x["id"] == s["id"].split("/", 1)[1])
             text = s["runs"]["main"]["prompt"]["text"]
             if s["shots"] == 0:
-                assert rec["meta"]["pair"]["instruction"] in text
+                assert instruction_sentence(rec["meta"]["pair"]["instruction"]) in text
             elif rec["meta"]["task"] == "icl_edit":  # the record's own exemplars; the edit is not named
-                assert rec["meta"]["pair"]["instruction"] not in text
+                assert instruction_sentence(rec["meta"]["pair"]["instruction"]) not in text
 
 
 def test_dreambench_records_k_reference_images(ws, pipe, tmp_path):
@@ -211,7 +211,7 @@ def test_the_suite_reader_finds_what_the_builders_wrote(built):
             assert rec.instruction == pair["instruction"] and rec.task == pair["type"] and rec.group == pair["group"]
             assert rec.target_caption == pair["output_caption"] and rec.target_caption
             assert rec.query_caption == pair["input_caption"]
-            assert edit_user_message(rec, 0, modality).content[-1].text == pair["instruction"]
+            assert edit_user_message(rec, 0, modality).content[-1].text == instruction_sentence(pair["instruction"])
         wrong = read_edit_records([built / name / "test.jsonl"], "audio" if modality == "image" else "image")
         assert wrong[0] == [] and wrong[1] == {"other_modality": len(test)}
 

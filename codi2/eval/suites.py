@@ -40,7 +40,7 @@ import numpy as np
 from PIL import Image
 
 from ..conversation import Message, Part, message_from_dict
-from ..editing import TEST, TRAIN, edit_info, normalise_instruction, split_manifests
+from ..editing import TEST, TRAIN, edit_info, instruction_sentence, normalise_instruction, split_manifests
 from ..media import Audio, load_audio, load_image, load_media
 from . import metrics as M
 
@@ -515,13 +515,14 @@ def edit_user_message(rec: EditRecord, k: int, modality: str,
                       pairs: Optional[Sequence[tuple[Path, Path]]] = None) -> Message:
     """The user turn of ``rec`` at ``k`` shots.
 
-    k = 0: [B, instruction] ("Edit this image." when the record has none). k >= 1 with the record's own pairs
+    k = 0: [B, instruction] (as a sentence, :func:`codi2.editing.instruction_sentence`; "Edit this image." when
+    the record has none). k >= 1 with the record's own pairs
     (``pairs`` None; an in-context record, whose exemplars share the edit): [intro, A_1, A'_1, …, A_k, A'_k,
     query text, B] (mini-world wording; the edit is not named). k >= 1 with ``pairs`` drawn from the train split
     (same edit type, other groups): [intro, A_1, A'_1, …, A_k, A'_k, B, instruction].
     """
     noun = {"image": "image", "audio": "sound", "video": "video"}[modality]
-    instruction = rec.instruction or f"Edit this {noun}."
+    instruction = instruction_sentence(rec.instruction) if rec.instruction else f"Edit this {noun}."
     if k == 0:
         return Message("user", [Part(type=modality, path=str(rec.query)), Part.from_text(instruction)])
     named = pairs is not None and rec.instruction is not None
