@@ -50,7 +50,7 @@ class ModelSource:
 @dataclass
 class DataConfig:
     """Attributes:
-        manifests: JSONL manifests (DESIGN.md §4); several are concatenated.
+        manifests: JSONL manifests (docs/design.md#manifest-schema); several are concatenated.
         target_cache: feature cache of the head targets; default: beside the first manifest.
         precompute: compute missing targets at start (rank 0; the other ranks wait).
         max_length: a conversation longer than this many tokens is a bad record (skipped, counted).
