@@ -1,6 +1,8 @@
 """The chat in a real browser: headless Chromium (Debian's ``chromium`` + ``chromium-driver``) via Selenium.
 
-Skipped when Chromium, its driver or Selenium is missing. Loads the page, sends a message with an
+Skipped when Chromium, its driver or Selenium is missing. The README's pictures (docs/chat_desktop.png,
+docs/chat_phone.png) come from ``CODI2_DOCS_SCREENSHOTS=1 CODI2_BROWSER_MODEL=checkpoints/codi2-mini pytest
+tests/test_serve_browser.py -k reload``. Loads the page, sends a message with an
 image, waits for the reply's image in the DOM and saves a screenshot to the test's tmp_path (and
 to ``$CODI2_ARTIFACTS`` when set). The random tiny model gets its image through the app's
 "Reply starts with" setting (``Here <img>``), see tests/test_serve.py.
@@ -45,10 +47,13 @@ def served(tiny_pipeline_dir, tmp_path_factory):
     from data_builders.world.model_card import write_model_card
     from serve.app import build_app
 
-    model = tmp_path_factory.mktemp("model") / "tiny"
-    shutil.copytree(tiny_pipeline_dir, model)
-    write_examples(model / "examples")  # the app shows the examples a model folder ships
-    write_model_card(model, "codi2-tiny")  # …and its card
+    if os.environ.get("CODI2_BROWSER_MODEL"):  # e.g. checkpoints/codi2-mini, for the README's screenshots
+        model = Path(os.environ["CODI2_BROWSER_MODEL"])
+    else:
+        model = tmp_path_factory.mktemp("model") / "tiny"
+        shutil.copytree(tiny_pipeline_dir, model)
+        write_examples(model / "examples")  # the app shows the examples a model folder ships
+        write_model_card(model, "codi2-tiny")  # …and its card
     app = build_app(CoDi2Pipeline.from_pretrained(model), workdir=tmp_path_factory.mktemp("serve"))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
