@@ -10,7 +10,11 @@ session (Gradio's session hash, also one per ``gradio_client.Client``) gets its 
 :class:`~codi2.chat_state.SessionManager`. Generation events run in Gradio's queue with
 ``concurrency_limit`` workers (default 1) and, whatever that setting, one turn at a time on the
 model (a lock in the manager: the weights are shared and the decoders' schedulers are stateful).
-Stop, undo, clear and export are not queued behind generation.
+Stop, undo, clear and export are not queued behind generation, and never create (or evict) a session.
+
+The page keeps its conversations in the browser (``gr.BrowserState``, :mod:`serve.history`): a reload takes up
+the detached server session again, or rebuilds it from the browser's copy; the model card of the model folder
+(:mod:`codi2.model_card`) is shown at the top and is in ``GET /config`` (``#codi2-model-card``).
 
 API endpoints (``gradio_client``): ``/chat`` (message, refs, settings…) streams the chat;
 ``/regenerate``, ``/undo``, ``/clear``, ``/stop``, ``/export``. Every endpoint returns the chat as

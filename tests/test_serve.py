@@ -398,3 +398,23 @@ def test_start_up_sweeps_what_a_killed_server_left(tmp_path):
         os.environ.pop("GRADIO_TEMP_DIR", None)
         if saved is not None:
             os.environ["GRADIO_TEMP_DIR"] = saved
+
+
+def test_the_browser_copy_stays_under_its_budget():
+    from serve import history
+
+    def snap(i: int, kb: int) -> dict:
+        return {"schema": 1, "id": f"{i:032x}", "title": f"chat {i}", "updated": 1.0e9 + i, "turns": [],
+                "media": [{"number": 1, "kind": "image", "file": "a.png", "data": "x" * kb * 1024}]}
+
+    store = history.clean_store({"schema": 2})
+    assert store == history.empty_store() and history.clean_store("junk") == history.empty_store()
+    for i in range(30):
+        store = history.put(store, snap(i, 200), max_chars=1_000_000)
+    assert len(json.dumps(store)) <= 1_000_000 and store["current"] == f"{29:032x}"
+    convs = store["conversations"]
+    assert len(convs) == history.MAX_CONVERSATIONS and convs[0]["media"][0]["data"]  # the newest keeps its media
+    assert convs[-1]["media"][0]["data"] is None  # the oldest restore their media only while the server has them
+    assert [label for label, _ in history.choices(store)][0].startswith("chat 29")
+    store = history.remove(store, f"{29:032x}")
+    assert store["current"] is None and history.find(store, f"{29:032x}") is None
