@@ -25,6 +25,7 @@ import logging
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -60,6 +61,7 @@ class ApiConfig:
     media_root: Optional[str] = None  # file:// URLs may read files under this folder only (None: no file://)
     output_dir: Optional[str] = None  # images answered as response_format="url" are written and served here
     model_name: Optional[str] = None  # the model id clients name (default: the model config's name)
+    media_parts: bool = True  # images / videos of a reply also as content parts (False: content is text only)
     max_images: int = 4  # n of /v1/images/*
     max_request_bytes: int = 64 * 2**20  # one request body
     keepalive_seconds: float = 5.0  # an SSE comment while a stream has nothing to send (e.g. during diffusion)
@@ -112,6 +114,7 @@ class Engine:
         self.pipeline, self.cfg = pipeline, cfg
         self.model_lock = model_lock or threading.Lock()
         self.in_flight = 0
+        self.cancelled_turns = 0  # turns stopped before their end (client gone, stop sequence)
         self._count = threading.Lock()
         model = pipeline.model
         gen = model.cfg.generation
@@ -177,6 +180,9 @@ class Engine:
             for ev in session.stream(user, options):
                 if job.cancelled.is_set():
                     session.cancel()  # again: a session clears the flag when its turn starts
+                if isinstance(ev, Cancelled):
+                    with self._count:
+                        self.cancelled_turns += 1
                 job.put(_Finished(ev, session.num_tokens - prompt) if isinstance(ev, TurnDone) else ev)
         except ApiError as e:
             job.put(e)
@@ -362,7 +368,7 @@ def create_app(pipeline: Any, cfg: Optional[ServeConfig] = None, api: Optional[A
         body = await json_body(request)
         check_model(body.get("model"), name)
         stream, include_usage = parse_stream(body)
-        options, stop, audio_out, ext = parse_options(body, cfg, outputs, engine.default_max_tokens)
+        options, stop, audio_out, ext = parse_options(body, cfg, outputs, engine.default_max_tokens, api.media_parts)
         engine.admit()
         wd = request_dir()
         handed_over = False
@@ -634,6 +640,20 @@ class ApiServer:
         self.thread.join(timeout=30)
 
 
+def create_app_with_chat(pipeline: Any, cfg: ServeConfig, api: Optional[ApiConfig] = None,
+                         auth: Optional[tuple[str, str]] = None, workdir: "str | Path | None" = None) -> tuple[Any, Any]:
+    """The API at /v1 and the Gradio chat at / in one FastAPI app, sharing the model lock; returns (app, chat app)."""
+    import gradio as gr
+
+    from .app import CSS, app_theme, build_app
+
+    chat = build_app(pipeline, cfg, workdir=workdir)
+    app = create_app(pipeline, cfg, api, model_lock=chat.manager.model_lock)
+    gr.mount_gradio_app(app, chat.blocks, path="/", auth=auth, allowed_paths=[str(chat.manager.workdir)],
+                        max_file_size=cfg.media.max_file_bytes, theme=app_theme(), css=CSS, footer_links=["api"])
+    return app, chat
+
+
 def add_api_options(p: argparse.ArgumentParser) -> None:
     """The API's own options (``codi2 serve --api`` and ``python -m serve.api``)."""
     p.add_argument("--api-key", default=None,
@@ -643,11 +663,15 @@ def add_api_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", default=None, metavar="DIR",
                    help="serve images asked for as response_format=url from DIR (at /v1/outputs/)")
     p.add_argument("--model-name", default=None, help="the model id clients send (default: the model config's name)")
+    p.add_argument("--text-content", action="store_true",
+                   help="reply content is always a string (media only in message.codi2 / message.audio), for "
+                        "clients that cannot take content parts")
 
 
 def api_config(args: argparse.Namespace) -> ApiConfig:
     key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
-    return ApiConfig(api_key=key, media_root=args.media_root, output_dir=args.output_dir, model_name=args.model_name)
+    return ApiConfig(api_key=key, media_root=args.media_root, output_dir=args.output_dir, model_name=args.model_name,
+                     media_parts=not args.text_content)
 
 
 def run(args: argparse.Namespace, with_chat: bool = False) -> int:
@@ -656,13 +680,13 @@ def run(args: argparse.Namespace, with_chat: bool = False) -> int:
 
     from codi2.config import load_config
 
-    from .app import CSS, DEFAULT_MODEL, app_theme, build_app, parse_auth
+    from .app import DEFAULT_MODEL, parse_auth
 
     explicit = args.model is not None
     model_dir = Path(args.model) if explicit else DEFAULT_MODEL
     if not (model_dir / "config.yaml").is_file():
         print(f"codi2 serve: no codi2 model at {model_dir}. Pass --model DIR with a model directory, or create a small "
-              f"random one:\n    codi2 init configs/model/tiny.yaml --out DIR", file=__import__("sys").stderr)
+              f"random one:\n    codi2 init configs/model/tiny.yaml --out DIR", file=sys.stderr)
         return 2 if explicit else 0
     api = api_config(args)
     if getattr(args, "share", False):
@@ -674,19 +698,10 @@ def run(args: argparse.Namespace, with_chat: bool = False) -> int:
 
     log.info("loading %s", model_dir)
     pipeline = CoDi2Pipeline.from_pretrained(model_dir, device=args.device, overrides=args.override)
-    chat = None
-    lock = None
     if with_chat:
-        chat = build_app(pipeline, cfg)
-        lock = chat.manager.model_lock
-    app = create_app(pipeline, cfg, api, model_lock=lock)
-    if chat is not None:
-        import gradio as gr
-
-        gr.mount_gradio_app(app, chat.blocks, path="/", auth=parse_auth(getattr(args, "auth", None)),
-                            allowed_paths=[str(chat.manager.workdir)], max_file_size=cfg.media.max_file_bytes,
-                            theme=app_theme(), css=CSS, footer_links=["api"], server_name=args.host,
-                            server_port=args.port)
+        app, chat = create_app_with_chat(pipeline, cfg, api, auth=parse_auth(getattr(args, "auth", None)))
+    else:
+        app, chat = create_app(pipeline, cfg, api), None
     where = f"http://{args.host}:{args.port}"
     log.info("OpenAI-compatible API at %s/v1 (model %r)%s", where, app.state.model_name,
              f"; the chat at {where}/" if chat is not None else "")
@@ -699,8 +714,6 @@ def run(args: argparse.Namespace, with_chat: bool = False) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    import sys
-
     p = argparse.ArgumentParser(prog="python -m serve.api", description="codi2 OpenAI-compatible API")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--model", default=None, help="a codi2 model directory (default: checkpoints/codi2-mini)")

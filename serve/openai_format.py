@@ -111,9 +111,9 @@ class Extension:
     KEYS = ("steps", "guidance", "scheduler", "prefix", "media_parts")
 
 
-def parse_extension(raw: Any, cfg: ServeConfig) -> Extension:
+def parse_extension(raw: Any, cfg: ServeConfig, media_parts: bool = True) -> Extension:
     if raw is None:
-        return Extension()
+        return Extension(media_parts=media_parts)
     if not isinstance(raw, dict):
         raise ApiError("codi2 must be an object such as {\"steps\": 20}", "codi2", "invalid_type")
     unknown = sorted(set(raw) - set(Extension.KEYS))
@@ -129,7 +129,7 @@ def parse_extension(raw: Any, cfg: ServeConfig) -> Extension:
     if len(prefix) > cfg.max_prefix_chars:
         raise ApiError(f"codi2.prefix is {len(prefix)} characters, over the limit of {cfg.max_prefix_chars} "
                        "(max_prefix_chars)", "codi2.prefix", "too_long")
-    media_parts = raw.get("media_parts", True)
+    media_parts = raw.get("media_parts", media_parts)
     if not isinstance(media_parts, bool):
         raise ApiError("codi2.media_parts must be true or false", "codi2.media_parts", "invalid_type")
     return Extension(steps, guidance, scheduler, prefix, media_parts)
@@ -218,12 +218,11 @@ class MediaReader:
                            f"{parsed.netloc!r}", param, "invalid_url")
         if self.root is None:
             raise ApiError(f"{param}: file:// URLs are disabled on this server (start it with --media-root DIR to "
-                           "allow files under DIR); send the media as a data: URL", param, "file_access_denied",
-                           status=403)
+                           "allow files under DIR); send the media as a data: URL", param, "file_access_denied")
         path = os.path.realpath(urllib.parse.unquote(parsed.path))  # symlinks and .. resolved before the check
         if os.path.commonpath([path, str(self.root)]) != str(self.root):
             raise ApiError(f"{param}: {urllib.parse.unquote(parsed.path)!r} is outside the media root; only files under "
-                           "the server's --media-root may be read", param, "file_access_denied", status=403)
+                           "the server's --media-root may be read", param, "file_access_denied")
         if not os.path.isfile(path):
             raise ApiError(f"{param}: no such file under the media root", param, "file_not_found")
         size = os.path.getsize(path)
@@ -405,8 +404,10 @@ class ChatRequest:
     ext: Extension = field(default_factory=Extension)
 
 
-def parse_options(body: dict, cfg: ServeConfig, outputs: Sequence[str], default_max_tokens: int) -> tuple[SamplingOptions, list[str], bool, Extension]:
-    """Sampling fields of a chat request -> (options, stop sequences, audio asked for, extension)."""
+def parse_options(body: dict, cfg: ServeConfig, outputs: Sequence[str], default_max_tokens: int,
+                  media_parts: bool = True) -> tuple[SamplingOptions, list[str], bool, Extension]:
+    """Sampling fields of a chat request -> (options, stop sequences, audio asked for, extension);
+    ``media_parts`` is the server's default for ``codi2.media_parts``."""
     temperature = _number(body, "temperature", 0.0, 2.0)
     top_p = _number(body, "top_p", 0.0, 1.0)
     name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
@@ -446,20 +447,18 @@ def parse_options(body: dict, cfg: ServeConfig, outputs: Sequence[str], default_
             raise ApiError(f"modalities {bad} are not produced by this model; allowed: {', '.join(known)}",
                            "modalities", "invalid_value")
         allowed = [m for m in outputs if m in mods]
-    audio_out = "audio" in allowed and mods is not None
+    audio_out = "audio" in allowed
     audio = body.get("audio")
     if audio is not None:
         fmt = audio.get("format") if isinstance(audio, dict) else None
         if not isinstance(audio, dict) or fmt not in (None, "wav"):
             raise ApiError(f"audio.format={fmt!r}: this server returns wav audio only; allowed: wav", "audio.format",
                            "invalid_value")
-    ext = parse_extension(body.get("codi2"), cfg)
+    ext = parse_extension(body.get("codi2"), cfg, media_parts)
     opts = sampling_options(cfg, temperature=temperature, top_p=top_p,
                             max_new_tokens=max_tokens if max_tokens is not None else default_max_tokens,
                             seed=seed, steps=ext.steps, guidance=ext.guidance, scheduler=ext.scheduler,
                             outputs=allowed, prefix=ext.prefix)
-    if seed is None:
-        opts.seed = None
     return opts, stops, audio_out, ext
 
 
