@@ -50,6 +50,7 @@ from .openai_format import (ApiError, MediaReader, OutputMedia, ReplyText, all_i
 log = logging.getLogger("codi2.api")
 
 API_KEY_ENV = "CODI2_API_KEY"
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "checkpoints" / "codi2-mini"  # as serve.app's
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -92,7 +93,10 @@ class Job:
         self.session: Any = None
 
     def put(self, item: Any) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the server's event loop is gone (shutdown): nobody is listening
+            pass
 
     def cancel(self) -> None:
         """Stops the turn from any thread (also while it waits for the model)."""
@@ -126,23 +130,28 @@ class Engine:
     def limit(self) -> int:
         return self.cfg.max_queue_size + 1  # waiting + the one generating
 
-    def admit(self) -> None:
-        """Counts a request in, or refuses it with 429 when the queue is full."""
+    def check_capacity(self) -> None:
+        """Refuses with 429 when the queue is full (:meth:`start` checks again and counts the turn in)."""
+        if self.in_flight >= self.limit:
+            raise ApiError(f"the server is busy: {self.in_flight} requests are generating or waiting, the limit is "
+                           f"{self.limit} (max_queue_size={self.cfg.max_queue_size} waiting + 1 generating); "
+                           "retry later", None, "queue_full", status=429, type="rate_limit_error")
+
+    def start(self, history: list[Message], user: Message, options: SamplingOptions,
+              cleanup: Optional[Path] = None) -> Job:
+        """Runs a turn in its own thread. The thread counts itself out and removes ``cleanup`` (the request's
+        folder) when the turn ends, whatever the HTTP side does meanwhile."""
         with self._count:
-            if self.in_flight >= self.limit:
-                raise ApiError(f"the server is busy: {self.in_flight} requests are generating or waiting, the limit "
-                               f"is {self.limit} (max_queue_size={self.cfg.max_queue_size} waiting + 1 generating); "
-                               "retry later", None, "queue_full", status=429, type="rate_limit_error")
+            self.check_capacity()
             self.in_flight += 1
-
-    def release(self) -> None:
-        with self._count:
-            self.in_flight -= 1
-
-    def start(self, history: list[Message], user: Message, options: SamplingOptions) -> Job:
         job = Job(asyncio.get_running_loop())
-        threading.Thread(target=self._work, args=(job, history, user, options), name="codi2-api-turn",
-                         daemon=True).start()
+        try:
+            threading.Thread(target=self._work, args=(job, history, user, options, cleanup), name="codi2-api-turn",
+                             daemon=True).start()
+        except BaseException:
+            with self._count:
+                self.in_flight -= 1
+            raise
         return job
 
     def _fit(self, history: list[Message], user: Message, options: SamplingOptions) -> list[Message]:
@@ -159,7 +168,8 @@ class Engine:
                                "lower max_tokens", "messages", "context_length_exceeded")
             history = history[2:]
 
-    def _work(self, job: Job, history: list[Message], user: Message, options: SamplingOptions) -> None:
+    def _work(self, job: Job, history: list[Message], user: Message, options: SamplingOptions,
+              cleanup: Optional[Path]) -> None:
         locked = False
         try:
             deadline = time.monotonic() + self.cfg.lock_timeout_seconds
@@ -195,14 +205,18 @@ class Engine:
         finally:
             if locked:
                 self.model_lock.release()
+            with self._count:
+                self.in_flight -= 1
+            if cleanup is not None:
+                shutil.rmtree(cleanup, ignore_errors=True)
             job.put(_END)
 
 
 class Turn:
     """Follows one job's events: the reply text (:class:`ReplyText`), its media, tokens and finish reason."""
 
-    def __init__(self, engine: Engine, job: Job, options: SamplingOptions, stop: Sequence[str], workdir: Path):
-        self.engine, self.job, self.options, self.workdir = engine, job, options, workdir
+    def __init__(self, engine: Engine, job: Job, options: SamplingOptions, stop: Sequence[str] = ()):
+        self.engine, self.job, self.options = engine, job, options
         self.text = ReplyText(stop)
         self.media: list[OutputMedia] = []
         self.prompt_tokens = 0
@@ -226,7 +240,7 @@ class Turn:
         elif isinstance(item, MediaDone) and item.media is not None:
             kind = item.modality.value
             number = 1 + sum(m.kind == kind for m in self.media)
-            media = await asyncio.to_thread(encode_media, kind, item.media, number, self.workdir)
+            media = await asyncio.to_thread(encode_media, kind, item.media, number)
             self.media.append(media)
             out += [self.text.media(kind, number), media]
         elif isinstance(item, _Finished):
@@ -369,14 +383,14 @@ def create_app(pipeline: Any, cfg: Optional[ServeConfig] = None, api: Optional[A
         check_model(body.get("model"), name)
         stream, include_usage = parse_stream(body)
         options, stop, audio_out, ext = parse_options(body, cfg, outputs, engine.default_max_tokens, api.media_parts)
-        engine.admit()
+        engine.check_capacity()  # before decoding any media
         wd = request_dir()
-        handed_over = False
+        job = None
         try:
             reader = MediaReader(cfg, wd, media_root, inputs)
             history, user = await asyncio.to_thread(parse_messages, body.get("messages"), reader, cfg, outputs)
-            job = engine.start(history, user, options)
-            turn = Turn(engine, job, options, stop, wd)
+            job = engine.start(history, user, options, cleanup=wd)
+            turn = Turn(engine, job, options, stop)
             events = _events(job, request, api.keepalive_seconds)
             cid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
             # wait until the turn has the model (or failed): refusals are still plain HTTP errors
@@ -395,13 +409,11 @@ def create_app(pipeline: Any, cfg: Optional[ServeConfig] = None, api: Optional[A
                         "choices": [{"index": 0, "logprobs": None, "finish_reason": turn.finish_reason,
                                      "message": chat_message(result, turn.media, audio_out, ext.media_parts)}],
                         "usage": usage(turn.prompt_tokens, turn.completion_tokens)}
-            handed_over = True
-            return StreamingResponse(_sse(turn, events, cid, now, name, audio_out, include_usage, wd, engine),
+            return StreamingResponse(_sse(turn, events, cid, now, name, audio_out, include_usage, api.keepalive_seconds),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         finally:
-            if not handed_over:
-                engine.release()
+            if job is None:  # refused before the turn started; otherwise its thread cleans up
                 shutil.rmtree(wd, ignore_errors=True)
 
     # ------------------------------------------------------------------ images
@@ -446,8 +458,8 @@ def create_app(pipeline: Any, cfg: Optional[ServeConfig] = None, api: Optional[A
         diffusion = {"steps": num("steps", 1, cfg.max_steps), "guidance": num("guidance", 0, 30, integer=False)}
         return n, seed, fmt, diffusion
 
-    async def make_images(request: Request, user: Message, n: int, seed: Optional[int], fmt: str, diffusion: dict,
-                          wd: Path) -> dict:
+    async def make_images(request: Request, user: Message, n: int, seed: Optional[int], fmt: str,
+                          diffusion: dict) -> dict:
         data = []
         for i in range(n):
             image = None
@@ -457,7 +469,7 @@ def create_app(pipeline: Any, cfg: Optional[ServeConfig] = None, api: Optional[A
                                        **diffusion)
                 job = engine.start([], Message("user", [Part(type=p.type, text=p.text, media=p.media, path=p.path)
                                                         for p in user.content]), opts)
-                turn = Turn(engine, job, opts, (), wd)
+                turn = Turn(engine, job, opts)
                 await _collect(turn, _events(job, request, api.keepalive_seconds))
                 image = next((m for m in turn.media if m.kind == "image"), None)
                 if image is not None:
@@ -488,13 +500,8 @@ def create_app(pipeline: Any, cfg: Optional[ServeConfig] = None, api: Optional[A
         check_model(body.get("model"), name, required=False)
         prompt = prompt_text(body.get("prompt"))
         n, seed, fmt, diffusion = image_fields(lambda k: body.get(k) if k in body else (body.get("codi2") or {}).get(k))
-        engine.admit()
-        wd = request_dir()
-        try:
-            return await make_images(request, Message("user", [Part.from_text(prompt)]), n, seed, fmt, diffusion, wd)
-        finally:
-            engine.release()
-            shutil.rmtree(wd, ignore_errors=True)
+        engine.check_capacity()
+        return await make_images(request, Message("user", [Part.from_text(prompt)]), n, seed, fmt, diffusion)
 
     @app.post("/v1/images/edits")
     async def images_edits(request: Request) -> Any:
@@ -522,7 +529,7 @@ def create_app(pipeline: Any, cfg: Optional[ServeConfig] = None, api: Optional[A
             raise ApiError(f"{len(files)} images, over the limit of {cfg.max_files_per_message} (max_files_per_message)",
                            "image", "too_many_media")
         n, seed, fmt, diffusion = image_fields(form.get)
-        engine.admit()
+        engine.check_capacity()
         wd = request_dir()
         try:
             reader = MediaReader(cfg, wd, media_root, inputs)
@@ -532,10 +539,9 @@ def create_app(pipeline: Any, cfg: Optional[ServeConfig] = None, api: Optional[A
                 param = "image" if len(files) == 1 else f"image[{i}]"
                 parts.append(await asyncio.to_thread(reader.from_bytes, raw, "image", param))
             user = Message("user", parts + [Part.from_text(prompt)])
-            return await make_images(request, user, n, seed, fmt, diffusion, wd)
+            return await make_images(request, user, n, seed, fmt, diffusion)
         finally:
-            engine.release()
-            shutil.rmtree(wd, ignore_errors=True)
+            shutil.rmtree(wd, ignore_errors=True)  # the pictures are decoded: the turns do not need the files
 
     if out_dir is not None:
         from fastapi.staticfiles import StaticFiles
@@ -563,16 +569,20 @@ def _chunk(cid: str, now: int, name: str, delta: dict, finish: Optional[str] = N
 
 
 async def _sse(turn: Turn, events: AsyncIterator[Any], cid: str, now: int, name: str, audio_out: bool,
-               include_usage: bool, wd: Path, engine: Engine) -> AsyncIterator[str]:
+               include_usage: bool, keepalive: float) -> AsyncIterator[str]:
     """The streamed reply: text deltas, media (``delta.codi2`` / ``delta.audio``), the finish, usage, [DONE]."""
     finished = False
     audio_id = None
+    last = time.monotonic()
     try:
         yield _chunk(cid, now, name, {"role": "assistant", "content": ""})
         async for item in events:
             if item is None:
-                yield ": keep-alive\n\n"
+                if time.monotonic() - last >= keepalive:
+                    last = time.monotonic()
+                    yield ": keep-alive\n\n"  # SSE comment: keeps proxies open, and finds a gone client
                 continue
+            last = time.monotonic()
             try:
                 shown = await turn.feed(item)
             except ApiError as e:
@@ -602,8 +612,6 @@ async def _sse(turn: Turn, events: AsyncIterator[Any], cid: str, now: int, name:
     finally:
         if not finished:
             turn.job.cancel()  # the client went away (or the stream failed): stop the turn
-        engine.release()
-        shutil.rmtree(wd, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- running it
@@ -680,8 +688,6 @@ def run(args: argparse.Namespace, with_chat: bool = False) -> int:
 
     from codi2.config import load_config
 
-    from .app import DEFAULT_MODEL, parse_auth
-
     explicit = args.model is not None
     model_dir = Path(args.model) if explicit else DEFAULT_MODEL
     if not (model_dir / "config.yaml").is_file():
@@ -699,6 +705,8 @@ def run(args: argparse.Namespace, with_chat: bool = False) -> int:
     log.info("loading %s", model_dir)
     pipeline = CoDi2Pipeline.from_pretrained(model_dir, device=args.device, overrides=args.override)
     if with_chat:
+        from .app import parse_auth  # gradio is imported only when the chat is served too
+
         app, chat = create_app_with_chat(pipeline, cfg, api, auth=parse_auth(getattr(args, "auth", None)))
     else:
         app, chat = create_app(pipeline, cfg, api), None

@@ -22,6 +22,7 @@ import binascii
 import io
 import os
 import re
+import tempfile
 import time
 import urllib.parse
 import uuid
@@ -571,17 +572,16 @@ class OutputMedia:
                 "mime_type": self.mime, "data": self.b64}
 
 
-def encode_media(kind: str, media: Any, number: int, workdir: Path) -> OutputMedia:
+def encode_media(kind: str, media: Any, number: int) -> OutputMedia:
     """PNG for pictures, WAV for sounds, MP4 for clips."""
     if kind == "image":
         buf = io.BytesIO()
         media.save(buf, format="PNG")
         return OutputMedia(kind, number, buf.getvalue(), MIME[kind])
-    path = workdir / f"out-{kind}-{number}-{uuid.uuid4().hex[:8]}.{'wav' if kind == 'audio' else 'mp4'}"
-    (save_audio if kind == "audio" else save_video)(media, path)
-    data = path.read_bytes()
-    path.unlink(missing_ok=True)
-    return OutputMedia(kind, number, data, MIME[kind])
+    with tempfile.TemporaryDirectory(prefix="codi2-api-out-") as d:
+        path = Path(d) / f"{kind}.{'wav' if kind == 'audio' else 'mp4'}"
+        (save_audio if kind == "audio" else save_video)(media, path)
+        return OutputMedia(kind, number, path.read_bytes(), MIME[kind])
 
 
 def audio_object(media: OutputMedia, transcript: str) -> dict:
