@@ -34,7 +34,7 @@ from codi2.chat_state import ServeConfig, sampling_options
 from codi2.conversation import Message, Part
 from codi2.generation import SamplingOptions
 from codi2.media import MediaError, detect_kind, load_media, probe, save_audio, save_video, validate
-from codi2.modality import ALL_MODALITIES, Modality
+from codi2.modality import ALL_MODALITIES
 
 MAX_STOP = 4  # stop sequences, as OpenAI
 MAX_STOP_CHARS = 100
@@ -158,7 +158,8 @@ class MediaReader:
             raise ApiError(f"{param}: the media is {n_bytes / 2**20:.1f} MiB, over the limit of {limit / 2**20:.1f} MiB "
                            "(media.max_file_bytes)", param, "media_too_large")
 
-    def _b64(self, data: str, param: str) -> bytes:
+    def decode_base64(self, data: str, param: str) -> bytes:
+        """Base64 text -> bytes, its size checked against media.max_file_bytes before decoding."""
         self._size_check(len(data) * 3 // 4, param)  # before decoding anything
         try:
             return base64.b64decode(data, validate=True)
@@ -204,7 +205,7 @@ class MediaReader:
             if not sep or not head.endswith(";base64"):
                 raise ApiError(f"{param}: a data URL must be base64, as data:<mime type>;base64,<data>", param,
                                "invalid_url")
-            return self.from_bytes(self._b64(data, param), kind, param)
+            return self.from_bytes(self.decode_base64(data, param), kind, param)
         if url.startswith("file:"):
             return self.from_bytes(self._file(url, param), kind, param)
         scheme = url.split(":", 1)[0] if ":" in url else "(none)"
@@ -332,7 +333,7 @@ def _user_message(msg: dict, where: str, reader: MediaReader, cfg: ServeConfig) 
             if fmt not in AUDIO_INPUT_FORMATS:
                 raise ApiError(f"{p}.input_audio.format={fmt!r}; allowed: {', '.join(AUDIO_INPUT_FORMATS)}",
                                f"{p}.input_audio.format", "invalid_value")
-            parts.append(reader.from_bytes(reader._b64(obj["data"], f"{p}.input_audio.data"), "audio",
+            parts.append(reader.from_bytes(reader.decode_base64(obj["data"], f"{p}.input_audio.data"), "audio",
                                            f"{p}.input_audio.data"))
         else:
             raise ApiError(f"{p}: unknown content part type {t!r}; allowed: text, image_url, input_audio, video_url",
@@ -616,7 +617,3 @@ def all_outputs(model: Any) -> list[str]:
 
 def all_inputs(model: Any) -> list[str]:
     return [m.value for m in ALL_MODALITIES if model.n_in.get(m, 0) > 0]
-
-
-def modality(kind: str) -> Modality:
-    return Modality(kind)
