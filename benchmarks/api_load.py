@@ -1,9 +1,10 @@
 """Load test of the OpenAI-compatible API next to the Gradio endpoint, on one server, one model, one run.
 
 Starts ``python -m serve.app --api`` (the Gradio chat at / and the API at /v1 on one port, sharing the model
-and its lock) in a child process on a free loopback port, then runs the same workload twice, one endpoint
-after the other: ``--clients`` threads × ``--requests`` requests each, through the ``openai`` SDK
-(``/v1/chat/completions``) and through ``gradio_client`` (``/chat``).
+and its lock) in a child process on a free loopback port, then runs the same workload through both endpoints:
+``--clients`` threads × ``--requests`` requests each, through the ``openai`` SDK (``/v1/chat/completions``) and
+through ``gradio_client`` (``/chat``). The endpoints take turns in ``--rounds`` rounds (each client goes on with
+its conversation), so on a shared machine both meet the same background load; the model is warmed up first.
 
 Each client holds one conversation of mini-world turns: it uploads a rendered picture and asks what is in it
 (text out); every ``--draw-every``-th turn it asks for a picture instead (image out, the model's own
@@ -140,49 +141,64 @@ def gradio_client(url: str) -> Callable[[dict], tuple[str, bool]]:
     return send
 
 
-def run_phase(name: str, make_client: Callable[[], Callable[[dict], tuple[str, bool]]], clients: int, requests: int,
-              draw_every: int, pictures: Path, pid: int) -> dict:
-    lock = threading.Lock()
-    latencies: list[float] = []
-    errors: list[str] = []
-    right: list[bool] = []
-    rss_start = rss_mb(pid)
+class Phase:
+    """One endpoint's clients (each keeps its conversation) and what their requests measured."""
 
-    def loop(k: int) -> None:
-        send = make_client()
-        for i in range(requests):
-            plan = turn_plan(k, i, draw_every, pictures)
-            t = time.perf_counter()
-            try:
-                text, has_image = send(plan)
-                dt = time.perf_counter() - t
-                if not text and plan["kind"] == "caption":
-                    raise RuntimeError("a caption turn returned no text")
-                if plan["kind"] == "draw" and not has_image:
-                    raise RuntimeError(f"a draw turn returned no picture: {text[:100]!r}")
-                with lock:
-                    latencies.append(dt)
-                    ok = caption_right(text, plan["want"])
-                    if ok is not None:
-                        right.append(ok)
-            except Exception as e:  # counted and reported; the load goes on
-                with lock:
-                    errors.append(f"{name} client {k} request {i}: {type(e).__name__}: {e}"[:300])
+    def __init__(self, name: str, make_client: Callable[[], Callable[[dict], tuple[str, bool]]], clients: int):
+        self.name, self.make_client, self.clients = name, make_client, clients
+        self.senders: list[Optional[Callable[[dict], tuple[str, bool]]]] = [None] * clients
+        self.done = [0] * clients
+        self.latencies: list[float] = []
+        self.errors: list[str] = []
+        self.right: list[bool] = []
+        self.seconds = 0.0
+        self.lock = threading.Lock()
 
-    t0 = time.monotonic()
-    threads = [threading.Thread(target=loop, args=(k,), daemon=True) for k in range(clients)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    wall = time.monotonic() - t0
-    n = len(latencies) + len(errors)
-    return {"endpoint": name, "clients": clients, "requests": n, "seconds": round(wall, 2),
-            "requests_per_s": round(n / wall, 3), "latency_p50_s": round(statistics.median(latencies), 3),
-            "latency_p95_s": round(percentile(latencies, 0.95), 3), "latency_mean_s": round(statistics.mean(latencies), 3),
-            "errors": len(errors), "error_samples": errors[:5],
-            "captions_right": f"{sum(right)}/{len(right)}",
-            "server_rss_start_mb": round(rss_start, 1), "server_rss_end_mb": round(rss_mb(pid), 1)}
+    def run(self, requests: int, draw_every: int, pictures: Path) -> None:
+        """``requests`` more requests per client, all clients at once."""
+        def loop(k: int) -> None:
+            if self.senders[k] is None:
+                self.senders[k] = self.make_client()
+            send = self.senders[k]
+            for _ in range(requests):
+                i = self.done[k]
+                self.done[k] += 1
+                plan = turn_plan(k, i, draw_every, pictures)
+                t = time.perf_counter()
+                try:
+                    text, has_image = send(plan)
+                    dt = time.perf_counter() - t
+                    if not text and plan["kind"] == "caption":
+                        raise RuntimeError("a caption turn returned no text")
+                    if plan["kind"] == "draw" and not has_image:
+                        raise RuntimeError(f"a draw turn returned no picture: {text[:100]!r}")
+                    with self.lock:
+                        self.latencies.append(dt)
+                        ok = caption_right(text, plan["want"])
+                        if ok is not None:
+                            self.right.append(ok)
+                except Exception as e:  # counted and reported; the load goes on
+                    with self.lock:
+                        self.errors.append(f"{self.name} client {k} request {i}: {type(e).__name__}: {e}"[:300])
+
+        t0 = time.monotonic()
+        threads = [threading.Thread(target=loop, args=(k,), daemon=True) for k in range(self.clients)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        self.seconds += time.monotonic() - t0
+
+    def result(self) -> dict:
+        lat = self.latencies
+        n = len(lat) + len(self.errors)
+        return {"endpoint": self.name, "clients": self.clients, "requests": n, "seconds": round(self.seconds, 2),
+                "requests_per_s": round(n / self.seconds, 3) if self.seconds else None,
+                "latency_p50_s": round(statistics.median(lat), 3) if lat else None,
+                "latency_p95_s": round(percentile(lat, 0.95), 3) if lat else None,
+                "latency_mean_s": round(statistics.mean(lat), 3) if lat else None,
+                "errors": len(self.errors), "error_samples": self.errors[:5],
+                "captions_right": f"{sum(self.right)}/{len(self.right)}"}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
@@ -192,6 +208,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     p.add_argument("--requests", type=int, default=50, help="requests per client and endpoint")
     p.add_argument("--draw-every", type=int, default=4, help="every k-th turn of a client asks for a picture")
     p.add_argument("--endpoints", default="api,gradio", help="which to drive, in this order")
+    p.add_argument("--rounds", type=int, default=5, help="the endpoints take turns this many times")
     p.add_argument("--set", action="append", default=["max_turns=4", "max_log_turns=16"],
                    help="serve settings (ServeConfig KEY=VALUE)")
     p.add_argument("--threads", type=int, default=None, help="torch threads of the server (default: torch's)")
@@ -212,7 +229,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         env["OMP_NUM_THREADS"] = str(args.threads)
     log_file = open(tmp / "server.log", "w")
     proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-    phases = []
+    phases: list[Phase] = []
+    rss: list[float] = []
     try:
         wait_for(url + "/v1/models", proc, args.startup_timeout)
         import httpx
@@ -224,9 +242,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         warm = api_client(url, model)  # loads the decoders and fills caches before anything is timed
         for i in (0, args.draw_every - 1):
             warm(turn_plan(99, i, args.draw_every, pictures))
-        for name in args.endpoints.split(","):
-            phases.append(run_phase(name, makers[name], args.clients, args.requests, args.draw_every, pictures, proc.pid))
-            print(json.dumps(phases[-1]), flush=True)
+        phases = [Phase(name, makers[name], args.clients) for name in args.endpoints.split(",")]
+        per_round = [args.requests // args.rounds + (r < args.requests % args.rounds) for r in range(args.rounds)]
+        rss = [round(rss_mb(proc.pid), 1)]
+        for r, n in enumerate(per_round):  # endpoints take turns, so both meet the same background load
+            for ph in phases:
+                ph.run(n, args.draw_every, pictures)
+                print(f"round {r + 1}/{args.rounds} {ph.name}: {json.dumps(ph.result())}", flush=True)
+                rss.append(round(rss_mb(proc.pid), 1))
     finally:
         proc.terminate()
         try:
@@ -243,9 +266,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "model": os.path.relpath(args.model, REPO) if Path(args.model).is_relative_to(REPO) else args.model,
         "settings": {"clients": args.clients, "requests_per_client": args.requests, "draw_every": args.draw_every,
                      "serve": args.set, "seed": 0},
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
-        "phases": phases,
-        "ok": all(ph["errors"] == 0 and ph["requests"] == args.clients * args.requests for ph in phases),
+        "rounds": args.rounds,
+        "endpoints": [ph.result() for ph in phases],
+        "server_rss_mb_after_each_phase": rss,
+        "ok": bool(phases) and all(ph.result()["errors"] == 0 and ph.result()["requests"] == args.clients * args.requests
+                                   for ph in phases),
     }
     text = json.dumps(result, indent=2)
     if args.out:

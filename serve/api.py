@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -287,6 +288,7 @@ def create_app(pipeline: Any, cfg: Optional[ServeConfig] = None, api: Optional[A
     model = pipeline.model
     name = api.model_name or pipeline.config.name
     inputs, outputs = all_inputs(model), all_outputs(model)
+    own_root = workdir is None
     root = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="codi2-api-"))
     root.mkdir(parents=True, exist_ok=True)
     media_root = Path(api.media_root) if api.media_root else None
@@ -294,8 +296,14 @@ def create_app(pipeline: Any, cfg: Optional[ServeConfig] = None, api: Optional[A
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     created = int((Path(pipeline.directory) / "config.yaml").stat().st_mtime) if pipeline.directory else int(time.time())
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if own_root:  # the request folders' parent, made here
+            shutil.rmtree(root, ignore_errors=True)
+
     app = FastAPI(title="codi2 OpenAI-compatible API", docs_url="/v1/docs", openapi_url="/v1/openapi.json",
-                  redoc_url=None)
+                  redoc_url=None, lifespan=lifespan)
     app.state.engine, app.state.api, app.state.model_name = engine, api, name
 
     def error(e: ApiError) -> JSONResponse:

@@ -178,8 +178,8 @@ class MediaReader:
         try:
             found = detect_kind(tmp)
             if found != kind and not (kind == "video" and probe(tmp).format == "gif"):
-                raise ApiError(f"{param}: expected {_ARTICLE[kind]}, but the content is {found}; send it as a "
-                               f"{PART_FOR_KIND[found]} part", param, "invalid_media")
+                raise ApiError(f"{param}: expected {_ARTICLE[kind]}, but the content is {found}; send it in a "
+                               f"'{PART_FOR_KIND[found]}' part", param, "invalid_media")
             fmt = probe(tmp, kind).format
             if fmt not in SUFFIX:
                 raise ApiError(f"{param}: {fmt} is not a supported {kind} format", param, "invalid_media")

@@ -118,6 +118,32 @@ def test_image_in_text_out_names_the_pictures_attributes(server):
         assert r.model == "codi2-mini" and r.id.startswith("chatcmpl-")
 
 
+def test_video_and_audio_inputs(server, tmp_path):
+    from codi2.media import save_audio, save_video
+    from data_builders.world.world import WorldObject, render_sound, render_video
+
+    _, srv = server
+    c = client(srv)
+    clip = save_video(render_video(WorldObject("square", "green", "large"), "up", 1), tmp_path / "clip.mp4")
+    url = "data:video/mp4;base64," + base64.b64encode(clip.read_bytes()).decode()
+    r = c.chat.completions.create(model="codi2-mini", seed=0, messages=[{"role": "user", "content": [
+        {"type": "video_url", "video_url": {"url": url}}, {"type": "text", "text": "Describe this video."}]}])
+    got = caption_attrs(r.choices[0].message.content)
+    assert (got.get("colour"), got.get("direction")) == ("green", "up"), r.choices[0].message.content
+    wav = save_audio(render_sound(WorldObject("circle", "blue", "large"), 1), tmp_path / "tone.wav")
+    r = c.chat.completions.create(model="codi2-mini", seed=0, messages=[{"role": "user", "content": [
+        {"type": "input_audio", "input_audio": {"data": base64.b64encode(wav.read_bytes()).decode(), "format": "wav"}},
+        {"type": "text", "text": "What makes this sound?"}]}])
+    got = caption_attrs(r.choices[0].message.content)
+    assert (got.get("shape"), got.get("colour")) == ("circle", "blue"), r.choices[0].message.content
+    # a picture sent as a video is refused, naming the part
+    with pytest.raises(openai.BadRequestError, match="expected a video") as e:
+        c.chat.completions.create(model="codi2-mini", messages=[{"role": "user", "content": [
+            {"type": "video_url", "video_url": {"url": data_url(render("circle", "red", "large", "left"))}},
+            {"type": "text", "text": "Describe this video."}]}])
+    assert e.value.param == "messages[0].content[0].video_url.url"
+
+
 def test_text_to_picture_and_picture_edit(server, judges):
     _, srv = server
     c = client(srv)
@@ -459,3 +485,24 @@ def test_api_and_chat_on_one_port_share_the_model_lock(mini, tmp_path):
     finally:
         srv.stop()
         chat.manager.close()
+
+
+def test_reply_text_pieces_join_to_the_text_whatever_the_stop_sequences():
+    import random
+
+    from serve.openai_format import ReplyText
+
+    r = ReplyText(["STOP"])
+    pieces = [r.add(d) for d in (" Here", " you go:", " ", "ST", "OP and more")] + [r.finish()]
+    assert pieces[:2] == ["Here", " you go:"] and "".join(pieces) == r.text == "Here you go:" and r.stopped
+    r = ReplyText()
+    pieces = [r.add("Sure: "), r.media("image", 1), r.add("and"), r.media("audio", 1), r.add("  "), r.finish()]
+    assert "".join(pieces) == r.text == "Sure: [image 1] and [audio 1]"
+    rng = random.Random(0)
+    for _ in range(2000):  # streamed pieces always join to the final text, which never holds a stop sequence
+        stops = rng.sample(["ab", "b ", "  x", "[im", "c"], rng.randint(0, 2))
+        r = ReplyText(stops)
+        pieces = [r.media("image", 1) if rng.random() < 0.2 else r.add("".join(rng.choice("ab c x") for _ in range(
+            rng.randint(0, 4)))) for _ in range(rng.randint(0, 8))] + [r.finish()]
+        assert "".join(pieces) == r.text == r.text.strip()
+        assert not any(s in r.text for s in stops), (stops, r.text)
