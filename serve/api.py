@@ -442,7 +442,8 @@ def create_app(pipeline: Any, cfg: Optional[ServeConfig] = None, api: Optional[A
             if isinstance(v, bool) or (integer and not x.is_integer()):
                 raise ApiError(f"{key} must be an integer, got {v!r}", key, "invalid_type")
             if not lo <= x <= hi:
-                raise ApiError(f"{key}={v} is out of range; allowed: {lo:g}..{hi:g}", key, "out_of_range")
+                span = f"{int(lo)}..{int(hi)}" if integer else f"{lo:g}..{hi:g}"
+                raise ApiError(f"{key}={v} is out of range; allowed: {span}", key, "out_of_range")
             return int(x) if integer else x
 
         if "image" not in outputs:

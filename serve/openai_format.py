@@ -76,7 +76,8 @@ def _number(body: dict, name: str, lo: float, hi: float, integer: bool = False, 
     if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not float(v).is_integer()):
         raise ApiError(f"{name} must be {kind}, got {v!r}", name, "invalid_type")
     if not lo <= v <= hi:
-        raise ApiError(f"{name}={v} is out of range; allowed: {lo:g}..{hi:g}{limit_note}", name, "out_of_range")
+        span = f"{int(lo)}..{int(hi)}" if integer else f"{lo:g}..{hi:g}"
+        raise ApiError(f"{name}={v} is out of range; allowed: {span}{limit_note}", name, "out_of_range")
     return int(v) if integer else float(v)
 
 

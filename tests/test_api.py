@@ -506,3 +506,30 @@ def test_reply_text_pieces_join_to_the_text_whatever_the_stop_sequences():
             rng.randint(0, 4)))) for _ in range(rng.randint(0, 8))] + [r.finish()]
         assert "".join(pieces) == r.text == r.text.strip()
         assert not any(s in r.text for s in stops), (stops, r.text)
+
+
+def test_messages_are_merged_checked_and_trimmed(tmp_path):
+    from codi2.chat_state import ServeConfig
+    from serve.openai_format import ApiError, MediaReader, parse_messages
+
+    cfg = ServeConfig(max_turns=2)
+    reader = MediaReader(cfg, tmp_path, None, ["image", "audio", "video"])
+    outs = ["image", "audio", "video"]
+    msgs = [{"role": "system", "content": "be brief"}, {"role": "assistant", "content": "Hello!"}]
+    for k in range(3):
+        msgs += [{"role": "user", "content": f"q{k}"}, {"role": "user", "content": [{"type": "text", "text": "more"}]},
+                 {"role": "assistant", "content": f"a{k} [audio 1] and [video 1] done", "audio": {"id": "x"}}]
+    msgs.append({"role": "user", "content": "last"})
+    history, user = parse_messages(msgs, reader, cfg, outs)
+    assert [m.role for m in history] == ["user", "assistant"] * 2  # max_turns=2; the greeting and system dropped
+    assert [p.text for p in history[0].content] == ["q1", "more"]
+    assert [p.type for p in history[1].content] == ["text", "audio", "text", "video", "text"]  # audio id: no extra span
+    assert user.text == "last"
+    history, _ = parse_messages(msgs, reader, cfg, ["image"])  # a model without audio/video out: the text stays text
+    assert [p.type for p in history[1].content] == ["text"] and "[audio 1]" in history[1].content[0].text
+    for bad, words in [([{"role": "tool", "content": "x"}], "not supported"), ([], "non-empty list"),
+                       (msgs[:-1], "last message must be a user message"),
+                       ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/a.png"}}]}],
+                        "fetches nothing")]:
+        with pytest.raises(ApiError, match=words):
+            parse_messages(bad, reader, cfg, outs)
