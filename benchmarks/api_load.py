@@ -123,7 +123,9 @@ def api_client(url: str, model: str) -> Callable[[dict], tuple[str, bool]]:
 def gradio_client(url: str) -> Callable[[dict], tuple[str, bool]]:
     from gradio_client import Client, handle_file
 
-    c = Client(url + "/", verbose=False)
+    # download_files=False: the client would otherwise fetch every file of the whole chat again at each streamed
+    # update (the endpoint returns the chat); the replies' files stay on the server as URLs
+    c = Client(url + "/", verbose=False, download_files=False)
 
     def send(plan: dict) -> tuple[str, bool]:
         files = [handle_file(str(plan["image"]))] if plan["image"] is not None else []
