@@ -425,11 +425,20 @@ def create_app(pipeline: Any, cfg: Optional[ServeConfig] = None, api: Optional[A
                 shutil.rmtree(wd, ignore_errors=True)
 
     # ------------------------------------------------------------------ images
-    def image_size_of() -> str:
-        h, w = model.decoder(Modality.IMAGE).image_size()
-        return f"{w}x{h}"
+    sizes: list[str] = []
 
-    def image_fields(get: Any) -> tuple[int, Optional[int], str, dict]:
+    async def image_size() -> str:
+        """The image decoder's WxH (read once, under the model lock: it may load the decoder)."""
+        if not sizes:
+            def read() -> tuple[int, int]:
+                with engine.model_lock:
+                    return model.decoder(Modality.IMAGE).image_size()
+
+            h, w = await asyncio.to_thread(read)
+            sizes.append(f"{w}x{h}")
+        return sizes[0]
+
+    def image_fields(get: Any, allowed: str) -> tuple[int, Optional[int], str, dict]:
         """n, seed, response_format and diffusion settings of an images request (JSON or form fields)."""
         def num(key: str, lo: float, hi: float, integer: bool = True) -> Any:
             v = get(key)
@@ -446,12 +455,9 @@ def create_app(pipeline: Any, cfg: Optional[ServeConfig] = None, api: Optional[A
                 raise ApiError(f"{key}={v} is out of range; allowed: {span}", key, "out_of_range")
             return int(x) if integer else x
 
-        if "image" not in outputs:
-            raise ApiError("this model does not make images", None, "unsupported_modality", status=400)
         n = num("n", 1, api.max_images) or 1
         seed = num("seed", 0, 2**63 - 1)
         size = get("size")
-        allowed = image_size_of()
         if size not in (None, "", "auto", allowed):
             raise ApiError(f"size={size!r} is not available: this model's image decoder makes {allowed} pictures; "
                            f"allowed: {allowed}, auto", "size", "invalid_value")
@@ -492,7 +498,7 @@ def create_app(pipeline: Any, cfg: Optional[ServeConfig] = None, api: Optional[A
                 data.append({"url": f"{str(request.base_url).rstrip('/')}/v1/outputs/{fname}", "revised_prompt": None})
             else:
                 data.append({"b64_json": image.b64, "revised_prompt": None})
-        return {"created": int(time.time()), "data": data, "output_format": "png", "size": image_size_of()}
+        return {"created": int(time.time()), "data": data, "output_format": "png", "size": await image_size()}
 
     def prompt_text(prompt: Any) -> str:
         if not isinstance(prompt, str) or not prompt.strip():
@@ -508,7 +514,10 @@ def create_app(pipeline: Any, cfg: Optional[ServeConfig] = None, api: Optional[A
         body = await json_body(request)
         check_model(body.get("model"), name, required=False)
         prompt = prompt_text(body.get("prompt"))
-        n, seed, fmt, diffusion = image_fields(lambda k: body.get(k) if k in body else (body.get("codi2") or {}).get(k))
+        if "image" not in outputs:
+            raise ApiError("this model does not make images", None, "unsupported_modality")
+        ext = body.get("codi2") if isinstance(body.get("codi2"), dict) else {}  # seed, steps, guidance: here or top level
+        n, seed, fmt, diffusion = image_fields(lambda k: body.get(k) if k in body else ext.get(k), await image_size())
         engine.check_capacity()
         return await make_images(request, Message("user", [Part.from_text(prompt)]), n, seed, fmt, diffusion)
 
@@ -537,7 +546,9 @@ def create_app(pipeline: Any, cfg: Optional[ServeConfig] = None, api: Optional[A
         if len(files) > cfg.max_files_per_message:
             raise ApiError(f"{len(files)} images, over the limit of {cfg.max_files_per_message} (max_files_per_message)",
                            "image", "too_many_media")
-        n, seed, fmt, diffusion = image_fields(form.get)
+        if "image" not in outputs:
+            raise ApiError("this model does not make images", None, "unsupported_modality")
+        n, seed, fmt, diffusion = image_fields(form.get, await image_size())
         engine.check_capacity()
         wd = request_dir()
         try:
