@@ -372,9 +372,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="serve setting override, e.g. --set max_sessions=8 --set media.max_audio_seconds=10")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="model config override")
     p.add_argument("--device", default=None)
+    p.add_argument("--api", action="store_true",
+                   help="also serve the OpenAI-compatible API at /v1 on the same port (serve/api.py)")
+    from .api import add_api_options
+
+    add_api_options(p)
 
 
-def _parse_auth(value: Optional[str]) -> Optional[tuple[str, str]]:
+def parse_auth(value: Optional[str]) -> Optional[tuple[str, str]]:
     if value is None:
         return None
     user, sep, password = value.partition(":")
@@ -387,7 +392,11 @@ def run(args: argparse.Namespace) -> int:
     """Loads the model and serves until interrupted. Returns the exit status."""
     from codi2.config import load_config
 
-    auth = _parse_auth(args.auth)
+    auth = parse_auth(args.auth)
+    if getattr(args, "api", False):
+        from .api import run as run_with_api
+
+        return run_with_api(args, with_chat=True)
     explicit = args.model is not None
     model = Path(args.model) if explicit else DEFAULT_MODEL
     if not (model / "config.yaml").is_file():

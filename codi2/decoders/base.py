@@ -421,6 +421,10 @@ class Decoder:
         v = self._null[name]
         return v.expand(b, *v.shape[1:]).to(self.device)
 
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) in pixels of the pictures or frames this decoder makes (loads the pipeline)."""
+        return self._image_size(self.pipe)
+
     def _image_size(self, pipe: Any) -> tuple[int, int]:
         default = pipe.unet.config.sample_size * pipe.vae_scale_factor
         return int(self.cfg.height or default), int(self.cfg.width or default)
