@@ -176,6 +176,30 @@ def _jsonable(x: Any) -> Any:
     return repr(x)
 
 
+def _profile(ctx: Ctx, fn: Callable[[], Any], top: int = 12) -> dict:
+    """Where the time of one call goes: the ops with the most self time on the device (CUDA) or the CPU, and
+    how much of the wall time the device was busy at all (a low share: launch or Python overhead bound)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if ctx.cuda else [])
+    with profile(activities=acts) as prof:
+        wall, _ = _timed(ctx, fn)
+    from torch.autograd import DeviceType
+
+    events = list(prof.key_averages())
+    if ctx.cuda:  # the kernels themselves (an aten op's own row repeats its kernels' time)
+        key = "self_device_time_total"
+        events = [e for e in events if e.device_type == DeviceType.CUDA]
+    else:
+        key = "self_cpu_time_total"
+    busy = sum(getattr(e, key) for e in events if getattr(e, key) > 0) / 1e6
+    rows = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:top]
+    return {"wall_s": wall, "clock": "device" if ctx.cuda else "cpu", "busy_s": busy,
+            "busy_fraction_of_wall": busy / wall if wall > 0 else None,
+            "top_ops": [{"name": e.key[:120], "calls": e.count, "self_s": getattr(e, key) / 1e6,
+                         "share_of_busy": getattr(e, key) / 1e6 / busy if busy else None} for e in rows]}
+
+
 def _timed(ctx: Ctx, fn: Callable[[], Any]) -> tuple[float, Any]:
     ctx.sync()
     t = time.perf_counter()
@@ -444,6 +468,14 @@ def sec_llm_decode(ctx: Ctx, res: dict) -> None:
             res[name] = {"skipped": _err(e)}
         ctx.flush(res)
     res["memory"] = ctx.memory()
+    try:  # where the time of eager decoding goes: 16 tokens (the prefill is a small part of it)
+        mask = torch.ones(emb.shape[:2], dtype=torch.long, device=emb.device)
+        with torch.no_grad():
+            res["profile_eager_16_tokens"] = _profile(ctx, lambda: model.generate(
+                inputs_embeds=emb, attention_mask=mask, max_new_tokens=16, min_new_tokens=16, do_sample=False,
+                pad_token_id=0))
+    except Exception as e:  # noqa: BLE001
+        res["profile_eager_16_tokens"] = {"skipped": _err(e)}
 
 
 def sec_llm_decode_compile(ctx: Ctx, res: dict) -> None:
@@ -575,6 +607,11 @@ def _train_steps(ctx: Ctx, model, res: dict, prefix: str) -> None:
     res.update(micro_batch=bs, step_s=t, step_times_s=times, tokens_per_s=bs * seq / t, loss=loss,
                model_tflop_per_step=fl["flops"] / 1e12, model_tflop_s=fl["flops"] / t / 1e12, flop_count=fl,
                memory=ctx.memory())
+    ctx.flush(res)
+    try:
+        res["profile_one_step"] = _profile(ctx, lambda: step(batch))
+    except Exception as e:  # noqa: BLE001
+        res["profile_one_step"] = {"skipped": _err(e)}
     engine.optimizer.zero_grad(set_to_none=True)
 
 
@@ -926,9 +963,10 @@ def markdown(report: dict) -> str:
     def why(sec: dict) -> str:
         return f"{sec.get('status')}: {sec.get('reason') or sec.get('skipped') or ''}".strip()
 
-    p = s.get("peaks", {})
-    row("copy bandwidth", f(p.get("copy", {}).get("bandwidth_gb_s"), " GB/s", 1) if p.get("copy") else why(p))
-    row("matmul rate", f(p.get("matmul", {}).get("tflop_s"), " TFLOP/s", 1) if p.get("matmul") else why(p))
+    p = s.get("peaks")
+    if p is not None:
+        row("copy bandwidth", f(p.get("copy", {}).get("bandwidth_gb_s"), " GB/s", 1) if p.get("copy") else why(p))
+        row("matmul rate", f(p.get("matmul", {}).get("tflop_s"), " TFLOP/s", 1) if p.get("matmul") else why(p))
     for sec, label in (("llm_decode", ""), ("llm_decode_compile", "")):
         x = s.get(sec, {})
         variants = [k for k, v in x.items() if isinstance(v, dict) and "decode_tokens_per_s" in v]

@@ -52,6 +52,8 @@ def test_gpu_check_tiny_writes_every_figure(tmp_path):
         assert _positive(lt[k]), (k, lt[k])
     assert lt["flop_count"]["lora_params"] > 0 and _positive(d["lora_train_mfu"])
     assert _positive(lt["memory"]["process_peak_rss_gib"])
+    for prof in (lt["profile_one_step"], s["llm_decode"]["profile_eager_16_tokens"]):
+        assert _positive(prof["busy_s"]) and prof["top_ops"] and all(o["self_s"] >= 0 for o in prof["top_ops"]), prof
 
     chat = s["chat_turn"]
     for k in ("cold", "warm"):
