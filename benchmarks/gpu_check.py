@@ -52,12 +52,10 @@ skipped, and ``--only`` runs the rest in a second try.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import datetime
 import gc
 import json
-import math
 import os
 import platform
 import shutil
@@ -992,6 +990,16 @@ def markdown(report: dict) -> str:
                 f", peak {f(peak_mem, ' GiB', 1)}")
         elif sec in s:
             row(sec, why(x))
+    for sec, key, label in (("llm_decode", "profile_eager_16_tokens", "eager decode, 16 tokens"),
+                            ("lora_train", "profile_one_step", "LoRA step"), ("qlora_train", "profile_one_step",
+                                                                               "QLoRA step")):
+        prof = s.get(sec, {}).get(key)
+        if prof and "busy_s" in prof:
+            tops = ", ".join(f"{o['name'][:40]} {f(o['share_of_busy'] and 100 * o['share_of_busy'], ' %', 0)}"
+                             for o in prof["top_ops"][:3])
+            busy = prof["busy_fraction_of_wall"]
+            row(f"profile: {label}", f"{prof['clock']} busy {f(busy and 100 * busy, ' %', 0)} of "
+                f"{f(prof['wall_s'], ' s', 3)}; top: {tops}")
     x = s.get("chat_turn", {})
     for k in ("cold", "warm"):
         if k in x:
@@ -1030,7 +1038,8 @@ def markdown(report: dict) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="tiny shapes on the CPU (seconds): checks the code paths")
-    p.add_argument("--out", default=str(DEFAULT_OUT), help="the JSON (the Markdown table goes beside it, .md)")
+    p.add_argument("--out", default=None, help=f"the JSON (the Markdown table goes beside it, .md); default "
+                   f"{DEFAULT_OUT.relative_to(REPO)}, with --tiny a file in the temporary folder")
     p.add_argument("--only", nargs="+", choices=SECTIONS, help="run these sections only")
     p.add_argument("--budget", type=float, default=None, help="seconds for the whole run (default 290 on CUDA)")
     p.add_argument("--work", default=None, help="scratch folder (default: a new temporary folder, removed after)")
@@ -1081,7 +1090,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "sections": sections,
     }
     report["derived"] = derive(sections)
-    out = Path(args.out)
+    out = Path(args.out) if args.out else (DEFAULT_OUT if not args.tiny
+                                           else Path(tempfile.gettempdir()) / "gpu_check_tiny.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, default=_jsonable) + "\n")
     md = markdown(report)

@@ -38,7 +38,8 @@ def test_gpu_check_tiny_writes_every_figure(tmp_path):
     assert s["qlora_train"]["status"] == "skipped" and "CUDA" in s["qlora_train"]["skipped"]
 
     assert _positive(s["peaks"]["copy"]["bandwidth_gb_s"]) and _positive(s["peaks"]["matmul"]["tflop_s"])
-    for sec, variants in (("llm_decode", ("eager", "static_cache")), ("llm_decode_compile", ("static_cache_compiled",))):
+    decode = (("llm_decode", ("eager", "static_cache")), ("llm_decode_compile", ("static_cache_compiled",)))
+    for sec, variants in decode:
         for v in variants:
             run = s[sec][v]
             assert run["tokens"] == run["new_tokens"] > 1, (sec, v, run)
