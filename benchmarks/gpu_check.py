@@ -871,7 +871,9 @@ def run_isolated(ctx: Ctx, name: str, limit: float) -> dict:
             proc.wait()
             rc = None
     res = json.loads(out.read_text()) if out.is_file() else {}
-    if rc is None:
+    if rc is None and res.get("finished"):
+        res["note"] = f"finished, but its process was still exiting at the time limit of {limit:.0f} s"
+    elif rc is None:
         res.update(status="timeout", reason=f"stopped after its time limit of {limit:.0f} s")
     elif rc != 0 and res.get("status") != "failed":
         res.update(status="failed", reason=f"exit code {rc}")
@@ -886,8 +888,11 @@ def section_main(args) -> int:
     ctx = Ctx(tiny=args.tiny, device=_device(args.tiny), work=Path(args.work), out_file=Path(args.section_out))
     _threads(args.tiny)
     res = run_in_process(ctx, args.section)
+    res["finished"] = True
     ctx.flush(res)
-    return 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # no interpreter teardown: library threads (profiler, NCCL, tokenizers) can hold it up
 
 
 def _threads(tiny: bool) -> None:
@@ -1063,40 +1068,50 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     ctx = Ctx(tiny=args.tiny, device=_device(args.tiny), work=work)
     _threads(args.tiny)
+    out = Path(args.out) if args.out else (DEFAULT_OUT if not args.tiny
+                                           else Path(tempfile.gettempdir()) / "gpu_check_tiny.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = "python benchmarks/gpu_check.py " + " ".join(argv if argv is not None else sys.argv[1:])
     sections: dict[str, dict] = {}
+
+    def write(final: bool) -> dict:
+        """The report so far (written after every section, so a run stopped from outside keeps what it did)."""
+        report = {
+            "meta": {"script": "benchmarks/gpu_check.py", "tiny": args.tiny, "config": ctx.config_name,
+                     "device": sections.get("peaks", {}).get("name") or str(ctx.device),
+                     "started_utc": started.isoformat(timespec="seconds"),
+                     "finished_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+                     if final else None, "complete": final,
+                     "wall_s": time.monotonic() - t_start, "budget_s": budget, "isolated_sections": isolate,
+                     "versions": _versions(), "git_commit": _git_commit(), "command": command},
+            "sections": sections,
+        }
+        report["derived"] = derive(sections)
+        tmp = out.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(report, indent=1, default=_jsonable) + "\n")
+        os.replace(tmp, out)
+        out.with_suffix(".md").write_text(markdown(report))
+        return report
+
     try:
         for name in args.only or SECTIONS:
             left = budget - (time.monotonic() - t_start)
             if left < MIN_START_S:
-                sections[name] = {"status": "skipped", "reason": f"time budget: {left:.0f} s of --budget {budget:.0f} "
-                                                                  f"s left (run it with --only {name})"}
+                sections[name] = {"status": "skipped", "wall_s": 0.0,
+                                  "reason": f"time budget: {left:.0f} s of --budget {budget:.0f} s left (run it "
+                                            f"with --only {name})"}
                 continue
             print(f"[gpu_check] {name} …", flush=True)
             sections[name] = (run_isolated(ctx, name, min(SECTION_LIMIT_S[name], left)) if isolate
                               else run_in_process(ctx, name))
             print(f"[gpu_check] {name}: {sections[name].get('status')} in {sections[name]['wall_s']:.1f} s "
                   f"{sections[name].get('reason', '')}", flush=True)
+            write(final=False)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
-    report = {
-        "meta": {"script": "benchmarks/gpu_check.py", "tiny": args.tiny, "config": ctx.config_name,
-                 "device": sections.get("peaks", {}).get("name") or str(ctx.device),
-                 "started_utc": started.isoformat(timespec="seconds"),
-                 "finished_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                 "wall_s": time.monotonic() - t_start, "budget_s": budget, "isolated_sections": isolate,
-                 "versions": _versions(), "git_commit": _git_commit(),
-                 "command": "python benchmarks/gpu_check.py " + " ".join(argv if argv is not None else sys.argv[1:])},
-        "sections": sections,
-    }
-    report["derived"] = derive(sections)
-    out = Path(args.out) if args.out else (DEFAULT_OUT if not args.tiny
-                                           else Path(tempfile.gettempdir()) / "gpu_check_tiny.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1, default=_jsonable) + "\n")
-    md = markdown(report)
-    out.with_suffix(".md").write_text(md)
-    print(md)
+    report = write(final=True)
+    print(markdown(report))
     return 0
 
 

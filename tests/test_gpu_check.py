@@ -29,7 +29,7 @@ def test_gpu_check_tiny_writes_every_figure(tmp_path):
     meta, s, d = r["meta"], r["sections"], r["derived"]
     assert meta["tiny"] is True and meta["config"] == "tiny"
     assert meta["versions"]["torch"] == torch.__version__ and meta["started_utc"].endswith("+00:00")
-    assert meta["device"] and _positive(meta["wall_s"])
+    assert meta["device"] and _positive(meta["wall_s"]) and meta["complete"] is True
     assert list(s) == ["peaks", "llm_decode", "lora_train", "qlora_train", "chat_turn", "decoders",
                        "deepspeed_zero2", "deepspeed_zero3", "llm_decode_compile"]
     for name, sec in s.items():
