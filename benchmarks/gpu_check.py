@@ -16,13 +16,15 @@ or runs out of time is recorded with the reason, never with a number it did not 
 ``llm_decode``
     Llama-2-7B bf16, batch 1, a 1,024-token context given as embeddings (as codi2 feeds its multimodal context),
     greedy ``generate`` with the KV cache: time to first token and tokens/s, eager (dynamic cache) and static
-    cache; against the HBM bound (weight bytes / copy bandwidth).
+    cache; against the HBM bound (weight bytes / copy bandwidth); a profile of 16 eager tokens (the kernels with
+    the most device time, and the share of the wall time the device was busy at all).
 ``lora_train``
     one optimizer step of codi2's trainer (``train.step.TrainModule`` through ``train.loop.PlainEngine``, as
     ``python -m train`` runs it): LoRA r=128 on q,k,v,o, bf16 autocast, gradient checkpointing, sequences of
     1,024 tokens holding one 257-token image span and one image output, the last quarter supervised; the
     micro-batch doubled until it no longer fits; tokens/s, model FLOP/s and MFU against the measured matmul
-    rate, peak memory. Then the model is saved as a pipeline directory for the sections below.
+    rate, peak memory, a profile of one step. Then the model is saved as a pipeline directory (about 16 GB in
+    ``--work``) for the sections below.
 ``qlora_train``
     the same step with the base loaded in 4 bit through bitsandbytes (``llm.quantization=4bit``; CUDA only).
 ``chat_turn``
@@ -47,7 +49,12 @@ or runs out of time is recorded with the reason, never with a number it did not 
 ``--tiny`` runs every section on the CPU with ``configs/model/tiny.yaml`` and tiny decoders, in one process;
 what needs CUDA (bitsandbytes 4 bit, accelerate offload) is recorded as skipped with the reason. On a GPU the
 whole run is bounded by ``--budget`` seconds (default 290); sections that would start too late are recorded as
-skipped, and ``--only`` runs the rest in a second try.
+skipped, and ``--only`` runs the rest in a second try (give both runs the same ``--work`` so the second reuses the
+saved pipeline and decoders: about 25 GB of disk). The JSON and the table are rewritten after every section.
+
+JSON: ``meta`` (device, versions, start and end in UTC, the command), ``sections`` (each with ``status`` ok /
+skipped / failed / timeout, a ``reason`` where not ok, and its measurements), ``derived`` (decode against the HBM
+bound, MFU: ratios of numbers measured in the same run).
 """
 from __future__ import annotations
 
