@@ -532,12 +532,12 @@ def _flops_per_step(model, batch: int, seq: int, supervised: int) -> dict:
     no causal discount); the LM head 4 · V · d on the supervised tokens only (codi2's text loss)."""
     cfg = model.llm.base.config
     lin = lora = 0
-    for name, p in model.llm.base.model.named_parameters():
-        if p.ndim == 2 and "embed_tokens" not in name:
+    for name, m in model.llm.base.model.named_modules():  # modules, not parameters: 4-bit weights are packed
+        if isinstance(m, torch.nn.Linear):
             if "lora_" in name:
-                lora += p.numel()
+                lora += m.in_features * m.out_features
             else:
-                lin += p.numel()
+                lin += m.in_features * m.out_features
     attn = 12 * cfg.num_hidden_layers * cfg.hidden_size * seq
     head = 4 * model.llm.vocab_size * cfg.hidden_size
     per_token = 4 * lin + 6 * lora + attn
