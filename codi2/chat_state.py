@@ -462,8 +462,7 @@ class ChatState:
     def _restore(self, old_turn: Any) -> None:
         """Puts back the turn a failed regenerate had undone (re-encodes the kept context)."""
         if old_turn is not None and (not self.session.turns or self.session.turns[-1] is not old_turn):
-            self.session.turns.append(old_turn)
-            self.session._rebuild()  # ChatSession has no public "re-insert a turn"; rebuild re-encodes the history
+            self.session.restore(self.session.turns + [old_turn])
 
     def _commit(self, user: Message, reply: Message, saved: list[Path], regenerate: bool) -> None:
         """Records a finished turn: media paths, registry numbers, log; trims the context."""
@@ -491,9 +490,7 @@ class ChatState:
         self.log.append(LogTurn(number, _light(user), _light(reply)))
         # the model's context: the last max_turns turns
         s = self.session
-        if len(s.turns) > max(1, self.cfg.max_turns):
-            del s.turns[:len(s.turns) - max(1, self.cfg.max_turns)]
-            s._rebuild()  # ChatSession has no public "keep the last N turns"; rebuild re-encodes what is kept
+        s.keep_last(max(1, self.cfg.max_turns))
         keep = {(Modality(p.type), p.key) for t in s.turns for p in t.user.media_parts if p.key}
         for k in [k for k in s.feature_cache if k not in keep]:
             del s.feature_cache[k]

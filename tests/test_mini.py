@@ -183,17 +183,17 @@ def test_train_timesteps_over_sample_high_noise():
 
 
 def test_judge_accuracy_keys():
-    from train.mini.decoder_train import _accuracy
+    from train.mini.decoder_train import attribute_accuracy
 
     truth = [{"shape": "star", "colour": "red", "size": "small", "direction": "up"},
              {"shape": "circle", "colour": "blue", "size": "large", "direction": "left"}]
     said = [{"shape": ("star", 0.9), "colour": ("red", 0.8), "size": ("large", 0.7), "direction": ("up", 0.9)},
             {"shape": ("star", 0.9), "colour": ("blue", 0.8), "size": ("large", 0.7), "direction": ("right", 0.6)}]
-    acc = _accuracy(said, truth)
+    acc = attribute_accuracy(said, truth)
     assert acc["colour"] == 1.0 and acc["direction"] == 0.5 and acc["shape+colour"] == 0.5 and acc["all"] == 0.0
     assert acc["colour+direction"] == 0.5
     still = [{k: v for k, v in t.items() if k != "direction"} for t in truth]
-    assert "colour+direction" not in _accuracy(said, still)  # images and sounds have no direction
+    assert "colour+direction" not in attribute_accuracy(said, still)  # images and sounds have no direction
 
 
 def test_encoder_stage_writes_a_strictly_loadable_checkpoint(tmp_path):

@@ -43,7 +43,7 @@ from codi2.modality import Modality
 
 from . import checkpointing as ckpt
 from .config import TrainConfig
-from .phases import PhaseSampler, _seed_for
+from .phases import PhaseSampler, seed_for
 from .step import TrainModule, param_groups, set_stage
 
 log = logging.getLogger("train")
@@ -377,7 +377,7 @@ class Trainer:
                 stats = precompute_targets(m, self.model, cache_root=cache_root, progress=True)
                 log.info("targets for %s: %d computed, %d cached, %d failed", m, stats["computed"], stats["cached"],
                          len(stats["failed"]))
-            self.model._decoders.clear()  # training reads targets from the cache; no decoder stays loaded
+            self.model.unload_decoders()  # training reads targets from the cache; no decoder stays loaded
         barrier()
         self.targets = TargetCache(cache_root, self.model.cfg, base_dir=self.model.base_dir)
         self.feature_cache: Any = None  # encoder features of input media (see DataConfig.feature_cache)
@@ -463,7 +463,7 @@ class Trainer:
         pool = [i for i in self.sampler.indices[b.phase] if i not in self._known_bad] or self.sampler.indices[b.phase]
         tries = 0
         while len(recs) < len(b.indices) and tries < MAX_REPLACEMENT_TRIES:
-            rng = random.Random(_seed_for(self.cfg.seed, "replace", b.step, self.info.rank, tries))
+            rng = random.Random(seed_for(self.cfg.seed, "replace", b.step, self.info.rank, tries))
             r = self._load_record(rng.choice(pool))
             if r is not None:
                 recs.append(r)

@@ -503,9 +503,9 @@ def vocoder_level(dec, samples: list[WorldSample], judges=None) -> dict[str, flo
     ratio = (out.pow(2).mean(1) / waves[:, :out.shape[1]].pow(2).mean(1).clamp(min=1e-12)).sqrt()
     res: dict[str, float] = {}
     if judges is not None:
-        scores = [_score(judges, "audio", Audio(samples=w[None].numpy().astype(np.float32),
+        scores = [judge_scores(judges, "audio", Audio(samples=w[None].numpy().astype(np.float32),
                                                 sample_rate=dec.sample_rate)) for w in out]
-        res.update(_accuracy(scores, [s.attrs for s in samples]))
+        res.update(attribute_accuracy(scores, [s.attrs for s in samples]))
     res["rms_ratio"] = round(float(ratio.mean()), 4)
     for shape in sorted({s.attrs["shape"] for s in samples}):
         idx = [i for i, s in enumerate(samples) if s.attrs["shape"] == shape]
@@ -614,7 +614,7 @@ def _vae_loss(vae, x: torch.Tensor, kl_weight: float, g: torch.Generator) -> tup
 # ----------------------------------------------------------------------------- data
 def _image_pixels(dec, images: list) -> torch.Tensor:
     """PIL images -> (B, 3, H, W) in [-1, 1] at the decoder's size (the pipeline's own preprocessing)."""
-    h, w = dec._image_size(dec.pipe)
+    h, w = dec.image_size(dec.pipe)
     return dec.pipe.image_processor.preprocess(images, height=h, width=w)
 
 
@@ -813,7 +813,7 @@ def _null_cond(dec, modality: str, cond: dict[str, torch.Tensor]) -> dict[str, t
     b = next(iter(cond.values())).shape[0]
     if modality == "image":
         return {"image_embeds": torch.zeros_like(cond["image_embeds"])}
-    null = dec._null  # the decoder's empty-prompt conditioning, computed at load (codi2.decoders.base)
+    null = dec.null_conditioning  # the decoder's empty-prompt conditioning, computed at load (codi2.decoders.base)
     return {k: null[k].expand(b, *null[k].shape[1:]).to(cond[k].dtype).cpu() for k in cond}
 
 
@@ -903,11 +903,11 @@ def train_unet(dec, modality: str, latents: torch.Tensor, cond: dict[str, torch.
 
 
 # ----------------------------------------------------------------------------- evaluation
-def _score(judges, modality: str, media: Any) -> dict:
+def judge_scores(judges, modality: str, media: Any) -> dict:
     return {"image": judges.score_image, "audio": judges.score_audio, "video": judges.score_video}[modality](media)
 
 
-def _accuracy(scores: list[dict], attrs: list[dict]) -> dict[str, float]:
+def attribute_accuracy(scores: list[dict], attrs: list[dict]) -> dict[str, float]:
     """Per-attribute accuracy, ``all`` (every attribute right), ``shape+colour`` and, for clips,
     ``colour+direction`` (the text -> video target)."""
     out: dict[str, float] = {}
@@ -941,20 +941,20 @@ def judge_reconstructions(dec, modality: str, samples: list[WorldSample], judges
     vae = dec.pipe.vae
     scores = []
     if modality == "image":
-        scores = [_score(judges, modality, im) for im in image_round_trip(dec, [s.media for s in samples])]
+        scores = [judge_scores(judges, modality, im) for im in image_round_trip(dec, [s.media for s in samples])]
     elif modality == "video":
         n = int(dec.cfg.num_frames)
         rec = vae.decode(vae.encode(_video_frames(dec, [s.media for s in samples])).latent_dist.mode()).sample
         frames = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-        scores = [_score(judges, modality, Video(frames=frames[i * n:(i + 1) * n], fps=float(dec.cfg.fps)))
+        scores = [judge_scores(judges, modality, Video(frames=frames[i * n:(i + 1) * n], fps=float(dec.cfg.fps)))
                   for i in range(len(samples))]
     else:
         mel = _mels(dec, _waves(dec, [s.media for s in samples]))
         rec = vae.decode(vae.encode(mel).latent_dist.mode()).sample[:, 0]
         waves = dec.pipe.vocoder(rec).numpy()
-        scores = [_score(judges, modality, Audio(samples=w[None].astype(np.float32), sample_rate=dec.sample_rate))
+        scores = [judge_scores(judges, modality, Audio(samples=w[None].astype(np.float32), sample_rate=dec.sample_rate))
                   for w in waves]
-    return _accuracy(scores, [s.attrs for s in samples])
+    return attribute_accuracy(scores, [s.attrs for s in samples])
 
 
 @torch.no_grad()
@@ -969,8 +969,8 @@ def judge_generations(dec, modality: str, samples: list[WorldSample], judges, co
         c = {k: v[i:i + batch] for k, v in cond.items()}
         outputs += dec.decode(c, seed=seed + i, steps=steps or None, scheduler=scheduler, guidance=guidance)
     seconds = time.time() - t0
-    scores = [_score(judges, modality, o) for o in outputs]
-    return {**_accuracy(scores, [s.attrs for s in samples]), "n": len(samples),
+    scores = [judge_scores(judges, modality, o) for o in outputs]
+    return {**attribute_accuracy(scores, [s.attrs for s in samples]), "n": len(samples),
             "seconds_per_sample": round(seconds / len(samples), 3)}
 
 
@@ -1013,7 +1013,7 @@ def resume_fingerprint(cfg: DecoderTrainConfig, modality: str, mcfg: ModelConfig
             "run": {k: v for k, v in asdict(cfg).items() if k not in skip}, "starts_from": starts}
 
 
-def _decoder_config(mcfg: ModelConfig, modality: str, path: Path) -> DecoderConfig:
+def decoder_config(mcfg: ModelConfig, modality: str, path: Path) -> DecoderConfig:
     return dataclasses.replace(mcfg.modalities[modality].decoder, path=str(path), device="cpu", dtype="float32",
                                offload="none")
 
@@ -1075,7 +1075,7 @@ def train_decoder(cfg: DecoderTrainConfig, modality: str, mcfg: ModelConfig, jud
             if cfg.init is not None and arch.unet_steps == 0:
                 logger.warning("%s: the scheduler changed (%s) but no UNet step runs: the UNet was trained for the "
                                "old one", modality, changed)
-        dec = build_decoder(modality, _decoder_config(mcfg, modality, tmp), device="cpu").load()
+        dec = build_decoder(modality, decoder_config(mcfg, modality, tmp), device="cpu").load()
         logger.info("%s decoder: unet %s params, vae %s params", modality,
                     f"{sum(p.numel() for p in dec.pipe.unet.parameters()):,}",
                     f"{sum(p.numel() for p in dec.pipe.vae.parameters()):,}")
