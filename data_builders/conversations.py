@@ -41,7 +41,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-from .core import BuildError, Sample, ShardWriter, _existing_outputs, _write_json
+from codi2.io import write_json
+
+from .records import BuildError, Sample, ShardWriter, existing_outputs
 
 log = logging.getLogger(__name__)
 
@@ -444,7 +446,7 @@ def compose(manifests: Sequence[Union[str, Path]], out: Union[str, Path], mix: M
     mix.check()
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    existing = _existing_outputs(out)
+    existing = existing_outputs(out)
     if existing:
         raise BuildError(f"{out} already holds a manifest ({', '.join(existing)}); choose an empty folder")
     pairs = _load_pairs(manifests)
@@ -484,6 +486,6 @@ def compose(manifests: Sequence[Union[str, Path]], out: Union[str, Path], mix: M
                "tasks": dict(sorted(counts.items())), "unavailable": unavailable,
                "inputs": [str(Path(m).resolve()) for m in manifests], "manifests": [s["file"] for s in shards],
                "mixture": dataclasses.asdict(mix)}
-    _write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)
     log.info("composed %d conversations %s -> %s", mix.n, dict(counts), out)
     return summary

@@ -56,6 +56,10 @@ from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 from tqdm import tqdm
 
 from codi2.config import MediaLimits
+from codi2.io import write_json
+
+from .conversations import pair_record
+from .records import STATE_FILE, BuildError, Sample, ShardWriter, existing_outputs
 
 log = logging.getLogger(__name__)
 
@@ -73,15 +77,9 @@ SKIP_REASONS = {
     "duplicate": "the same media bytes (all of the sample's media) were already kept",
     "duplicate_caption": "the same normalised caption was already kept (dedup_captions)",
 }
-STATE_FILE = ".build-state.json"
 SEEN_FILE = ".build-seen.txt"
 SUMMARY_FILE = "summary.json"
 N_EXAMPLES = 5
-
-
-class BuildError(ValueError):
-    """A build that cannot start or continue (bad input, an output folder in the way, a state mismatch).
-    A ``ValueError``, so ``codi2``'s command line prints it as an error message."""
 
 
 # ----------------------------------------------------------------------------- options
@@ -189,48 +187,6 @@ class Unit:
     name: str
     payload: Any
     size: Optional[int] = None
-
-
-@dataclass
-class Sample:
-    """One paired data point read from a source.
-
-    Captioned pairs have ``media`` keyed by modality (``{"image": path}``, ``{"image": p, "audio": q}`` …)
-    and a ``caption`` describing every item. Edits have ``media = {"input": p, "output": q}``,
-    ``modality`` and ``edit``: ``{"instruction", "type", "group", "input_caption", "output_caption"}``.
-
-    Attributes:
-        id: the original id in the source (kept in ``meta.orig_id``).
-        media: role -> path (absolute, or relative to the output folder for files this build wrote).
-        caption: captioned pairs: the caption.
-        modality: edits: the modality of input and output.
-        edit: edits: the instruction and its metadata.
-        subject: an optional subject / group label (subject-driven conversations).
-        license: the licence named by the input (None: the build's default).
-        extra: other input fields, kept in ``meta.orig``.
-        sha256: role -> sha256 of the file bytes (filled by :func:`check_sample`).
-        written: files this build wrote for the sample (deleted when it is dropped).
-    """
-
-    id: str
-    media: dict[str, str]
-    caption: Optional[str] = None
-    modality: Optional[str] = None
-    edit: Optional[dict] = None
-    subject: Optional[str] = None
-    license: Optional[str] = None
-    extra: dict = field(default_factory=dict)
-    sha256: dict[str, str] = field(default_factory=dict)
-    written: list[str] = field(default_factory=list)
-
-    def kind(self, role: str) -> str:
-        """The modality of the media in ``role``."""
-        return self.modality if self.edit is not None else role
-
-    @property
-    def text(self) -> Optional[str]:
-        """What the caption filters look at: the caption, or an edit's instruction."""
-        return self.edit.get("instruction") if self.edit is not None else self.caption
 
 
 @dataclass
@@ -375,67 +331,9 @@ def _remove_written(out: str, written: Iterable[str]) -> None:
             pass
 
 
-# ----------------------------------------------------------------------------- output
-class ShardWriter:
-    """Appends record lines to ``manifest.jsonl`` (``shard_size = 0``) or ``manifest-NNNNN.jsonl`` shards.
-
-    Args:
-        out: the output folder.
-        shard_size: records per shard (0 = one file).
-        shards: committed shards ``[{"file", "records", "bytes"}]`` to continue from (resume).
-    """
-
-    def __init__(self, out: Path, shard_size: int, shards: Optional[list[dict]] = None):
-        self.out, self.shard_size = out, shard_size
-        self.shards: list[dict] = [dict(s) for s in (shards or [])]
-        self._f = None
-        if self.shards:
-            last = self.shards[-1]
-            self._f = open(out / last["file"], "ab")
-
-    def _name(self, i: int) -> str:
-        return "manifest.jsonl" if self.shard_size == 0 else f"manifest-{i:05d}.jsonl"
-
-    def write(self, record: dict) -> None:
-        """Appends one record (compact JSON, one line)."""
-        if not self.shards or (self.shard_size and self.shards[-1]["records"] >= self.shard_size):
-            if self._f is not None:
-                self._f.close()
-            name = self._name(len(self.shards))
-            self.shards.append({"file": name, "records": 0, "bytes": 0})
-            self._f = open(self.out / name, "wb")
-        line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
-        self._f.write(line)
-        self.shards[-1]["records"] += 1
-        self.shards[-1]["bytes"] += len(line)
-
-    def commit(self) -> list[dict]:
-        """Flushes to disk; returns the shard list for the state file."""
-        if self._f is not None:
-            self._f.flush()
-            os.fsync(self._f.fileno())
-        return [dict(s) for s in self.shards]
-
-    def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _truncate(path: Path, n_bytes: int) -> None:
     with open(path, "r+b") as f:
         f.truncate(n_bytes)
-
-
-def _existing_outputs(out: Path) -> list[str]:
-    names = [STATE_FILE, "manifest.jsonl"] + sorted(p.name for p in out.glob("manifest-*.jsonl"))
-    return [n for n in names if (out / n).exists()]
 
 
 def normalise_caption(text: str) -> str:
@@ -482,8 +380,6 @@ def build(source: Source, opts: BuildOptions) -> dict:
         BuildError: ``out`` already holds a build and ``resume`` is off; the state does not match
             (different source or options); bad options.
     """
-    from .conversations import pair_record
-
     if opts.workers < 1:
         raise BuildError(f"workers = {opts.workers}; it must be >= 1")
     if opts.shard_size < 0:
@@ -510,7 +406,7 @@ def build(source: Source, opts: BuildOptions) -> dict:
         for s in state["shards"]:
             _truncate(out / s["file"], s["bytes"])
         kept = {s["file"] for s in state["shards"]}
-        for n in _existing_outputs(out):
+        for n in existing_outputs(out):
             if n.startswith("manifest") and n not in kept:
                 (out / n).unlink()
         if not seen_path.exists():
@@ -519,14 +415,14 @@ def build(source: Source, opts: BuildOptions) -> dict:
         log.info("%s: resuming after %d of %d units (%d records)", out, state["units_done"], len(units),
                  state["summary"].get("records", 0))
     else:
-        existing = _existing_outputs(out)
+        existing = existing_outputs(out)
         if existing:
             raise BuildError(f"{out} already holds a build ({', '.join(existing)}); pass --resume to continue it, "
                              "or choose an empty folder")
         state = {"version": 1, "fingerprint": fingerprint, "units": len(units), "units_done": 0, "shards": [],
                  "seen_bytes": 0, "summary": {}, "complete": False}
         seen_path.write_bytes(b"")
-        _write_json(state_path, state)  # from here on, --resume can take over (even before the first commit)
+        write_json(state_path, state)  # from here on, --resume can take over (even before the first commit)
     if state["units"] != len(units):
         raise BuildError(f"the input now has {len(units)} units, the state was started with {state['units']}; "
                          "the input changed since the interrupted build: build into a new folder")
@@ -574,7 +470,7 @@ def build(source: Source, opts: BuildOptions) -> dict:
                 state["seen_bytes"] = seen_f.tell()
                 state["units_done"] += 1
                 state["summary"] = summary.to_dict()
-                _write_json(state_path, state)
+                write_json(state_path, state)
                 bar.update(1)
                 bar.set_postfix(records=summary.records, skipped=sum(summary.skipped.values()))
     finally:
@@ -585,9 +481,9 @@ def build(source: Source, opts: BuildOptions) -> dict:
             pool.join()
     result = {"name": name, "source": source.name, **summary.to_dict(),
               "manifests": [s["file"] for s in state["shards"]], "units": len(units)}
-    _write_json(out / SUMMARY_FILE, result)
+    write_json(out / SUMMARY_FILE, result)
     state["complete"] = True
-    _write_json(state_path, state)
+    write_json(state_path, state)
     seen_path.unlink()
     dt = time.perf_counter() - t0
     log.info("%s: %d records from %d samples (%d skipped: %s) in %.1f s -> %s", name, summary.records,
