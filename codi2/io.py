@@ -1,16 +1,22 @@
-"""Atomic file writes and the entry points' logging set-up, shared by every layer.
+"""Atomic file and folder writes and the entry points' logging set-up, shared by every layer.
 
 A write goes to a temporary sibling first (its name carries the process id) and is moved onto the target
-with ``os.replace``, so a reader sees the old file or the new one, never a half-written one.
+(``os.replace``; :func:`atomic_dir` renames a folder), so a reader sees the old file or the new one, never a
+half-written one.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
+
+logger = logging.getLogger(__name__)
 
 
 def atomic_write(path: "str | Path", write: Callable[[Path], Any]) -> Path:
@@ -35,6 +41,47 @@ def atomic_write_text(path: "str | Path", text: str) -> Path:
 def write_json(path: "str | Path", obj: Any, sort_keys: bool = False) -> Path:
     """Writes ``obj`` as indented JSON (non-ASCII kept, a final newline) to ``path`` atomically."""
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys, ensure_ascii=False) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(target: "str | Path") -> Iterator[Path]:
+    """Yields a temporary sibling directory; on success it replaces ``target`` (old contents removed).
+
+    A crash inside the block leaves ``target`` untouched and removes the temporary directory. A killed process
+    cannot remove it: its name carries the process id, and the next ``atomic_dir`` of the same target removes those
+    of processes no longer running.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.tmp-*-*"):
+        pid = stale.name[len(f".{target.name}.tmp-"):].split("-", 1)[0]
+        if stale.is_dir() and pid.isdigit() and not _running(int(pid)):
+            logger.info("removing %s, left by process %s (no longer running)", stale, pid)
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        target.rename(old)
+    tmp.rename(target)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
 
 
 def setup_logging(level: int = logging.INFO, rank: Optional[int] = None) -> None:

@@ -118,7 +118,7 @@ def test_world_samples_are_seeded_and_splits_differ():
 def test_atomic_dir_replaces_on_success_and_removes_what_killed_runs_left(tmp_path):
     import subprocess
 
-    from train.mini.common import atomic_dir
+    from codi2.io import atomic_dir
 
     target = tmp_path / "audio"
     target.mkdir()

@@ -38,6 +38,7 @@ import torch.distributed as dist
 
 from codi2.config import load_config, load_model_config
 from codi2.data import BadRecordCounter, ManifestDataset, Record, RecordError, TooManyBadRecords, group_by_phase
+from codi2.io import setup_logging
 from codi2.media import MediaError
 from codi2.modality import Modality
 
@@ -89,12 +90,6 @@ def all_reduce_sum(values: Sequence[float]) -> list[float]:
     t = torch.tensor(list(values), dtype=torch.float64, device=dev)
     dist.all_reduce(t)
     return t.tolist()
-
-
-def setup_logging(rank: int) -> None:
-    """INFO on rank 0, WARNING on the others (the rank-zero logging helper)."""
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s", force=True)
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -692,7 +687,7 @@ def main(argv: Optional[Sequence[str]] = None, use_deepspeed: bool = False) -> i
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     args = p.parse_args(argv)
     info = DistInfo.from_env()
-    setup_logging(info.rank)
+    setup_logging(rank=info.rank)
     cfg = load_train_config(args.config, args.override)
     out = Trainer(cfg, use_deepspeed=use_deepspeed).run()
     log.info("done: %s", out)

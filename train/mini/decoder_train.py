@@ -51,8 +51,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from codi2.config import DecoderConfig, ModelConfig, load_model_config, resolve_path
-from train.mini.common import (WORLD_MODALITIES, LoopCheckpoints, LoopClock, WorldSample, atomic_dir, check_choice,
-                               file_digest, resumed_note, seed_everything, set_threads, world_batch)
+from codi2.io import atomic_dir
+from train.checkpointing import LoopCheckpoints, LoopClock, resumed_note
+from train.mini.common import (WORLD_MODALITIES, WorldSample, check_choice, file_digest, seed_everything, set_threads,
+                               world_batch)
 
 logger = logging.getLogger(__name__)
 
