@@ -84,14 +84,18 @@ def _running(pid: int) -> bool:
     return True
 
 
-def setup_logging(level: int = logging.INFO, rank: Optional[int] = None) -> None:
-    """Logging for an entry point: timestamped lines on stderr.
+def setup_logging(level: int = logging.INFO, rank: Optional[int] = None, timestamps: bool = True) -> None:
+    """Logging for an entry point: ``LEVEL logger: message`` lines on stderr (after the time with ``timestamps``).
 
     Without ``rank``, a configuration already in place is kept. With ``rank`` (a distributed run), every line
     names the rank, ranks other than 0 log warnings and errors only, and any earlier configuration is replaced.
     """
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if rank is not None:
+        fmt = f"[rank {rank}] {fmt}"
+    if timestamps:
+        fmt = f"%(asctime)s {fmt}"
     if rank is None:
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(level=level, format=fmt)
     else:
-        logging.basicConfig(level=level if rank == 0 else logging.WARNING,
-                            format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s", force=True)
+        logging.basicConfig(level=level if rank == 0 else logging.WARNING, format=fmt, force=True)

@@ -31,6 +31,7 @@ import gradio as gr
 from codi2.chat_state import ChatInputError, ChatSettings, ChatState, ServeConfig, SessionManager, TurnFailed
 from codi2.generation import TextDelta
 from codi2.conversation import Message
+from codi2.io import setup_logging
 
 log = logging.getLogger("codi2.serve")
 
@@ -420,8 +421,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("-v", "--verbose", action="store_true")
     add_arguments(p)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO, timestamps=False)
     try:
         return run(args)
     except (ValueError, FileNotFoundError) as e:

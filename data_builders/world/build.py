@@ -27,6 +27,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from codi2.io import setup_logging
 from codi2.media import save_audio, save_image, save_video
 
 from .world import (
@@ -637,5 +638,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m data_builders.world", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(p)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(timestamps=False)
     return _run(p.parse_args(argv))
