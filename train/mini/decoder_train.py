@@ -305,11 +305,12 @@ def build_pipeline(modality: str, arch: DecoderArch, mcfg: ModelConfig, seed: in
                              f"modalities.audio.decoder.prompt_len = {mc.decoder.prompt_len}; make them equal")
         # mel hop = prod(vocoder_upsample_rates): the recipe's 500 -> 32 frames a second (see vocoder_pitch_errors
         # for why not AudioLDM's 160); the T5 tokenizer knows every world word (world_t5_tokenizer)
-        return build_audioldm2(diffusion_size(arch), vocoder_size(arch), gl, gd, td, world_t5_tokenizer(pl),
+        return build_audioldm2(diffusion_size(arch), vocoder_size(arch), gen_len=gl, gen_dim=gd, t5_dim=td,
+                               t5_tokenizer=world_t5_tokenizer(pl),
                                t5_layers=2, t5_heads=max(1, td // 16), t5_d_kv=16, clap_dim=32, clap_hidden=32,
                                vae_sample_size=64, seed=seed)
     (tl, td), = (t["prompt_embeds"],)
-    return build_text_to_video(diffusion_size(arch), tl, td, image_size=64, seed=seed)
+    return build_text_to_video(diffusion_size(arch), text_dim=td, text_len=tl, image_size=64, seed=seed)
 
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
