@@ -28,9 +28,10 @@ from typing import Any, Iterator, Optional, Sequence
 
 import gradio as gr
 
-from codi2.chat_state import ChatInputError, ChatState, ServeConfig, SessionManager, TurnFailed, sampling_options
+from codi2.chat_state import ChatInputError, ChatSettings, ChatState, ServeConfig, SessionManager, TurnFailed
 from codi2.generation import TextDelta
 from codi2.conversation import Message
+from codi2.io import setup_logging
 
 log = logging.getLogger("codi2.serve")
 
@@ -145,17 +146,6 @@ class ChatApp:
     def _refs(self, state: ChatState) -> Any:
         return gr.Dropdown(choices=[(it.label, it.number) for it in state.media], value=[])
 
-    def _options(self, state: ChatState, settings: Sequence[Any]) -> Any:
-        temperature, top_p, max_new_tokens, seed, steps, guidance, scheduler, outputs, prefix = settings
-        return sampling_options(
-            self.cfg, temperature=None if temperature is None else float(temperature),
-            top_p=None if top_p is None else float(top_p),
-            max_new_tokens=None if max_new_tokens is None else int(max_new_tokens),
-            seed=None if seed is None else int(seed),
-            steps=int(steps) if steps else None, guidance=float(guidance) if guidance else None,
-            scheduler=None if scheduler in (None, "", "default") else scheduler,
-            outputs=list(outputs) if outputs is not None else None, prefix=prefix or "")
-
     def _drive(self, state: ChatState, events: Iterator[Any]) -> Iterator[tuple]:
         """Streams a turn: (chatbot, textbox, refs) updates, throttled for text."""
         busy_box = gr.MultimodalTextbox(value=None, interactive=False, submit_btn=False, stop_btn=True)
@@ -174,13 +164,17 @@ class ChatApp:
              max_new_tokens: int, seed: int, steps: int, guidance: float, scheduler: str, outputs: list, prefix: str,
              request: gr.Request) -> Iterator[tuple]:
         """``/chat``: message = {"text": str, "files": [paths]}; refs = media numbers to attach again."""
-        settings = (temperature, top_p, max_new_tokens, seed, steps, guidance, scheduler, outputs, prefix)
+        settings = ChatSettings(temperature, top_p, max_new_tokens, seed, steps, guidance, scheduler, outputs, prefix)
+        yield from self._chat(message, refs, settings, request)
+
+    def _chat(self, message: Optional[dict], refs: Optional[list], settings: ChatSettings,
+              request: gr.Request) -> Iterator[tuple]:
         state = self._state(request)
         message = message or {}
         text = message.get("text") or ""
         files = [f if isinstance(f, str) else f.get("path") for f in (message.get("files") or [])]
         try:
-            opts = self._options(state, settings)
+            opts = settings.options(self.cfg)
         except ChatInputError as e:
             state.add_notice(str(e))
             yield from self._drive(state, iter([TurnFailed(str(e))]))
@@ -196,10 +190,10 @@ class ChatApp:
 
     def regenerate(self, temperature: float, top_p: float, max_new_tokens: int, seed: int, steps: int,
                    guidance: float, scheduler: str, outputs: list, prefix: str, request: gr.Request) -> Iterator[tuple]:
-        settings = (temperature, top_p, max_new_tokens, seed, steps, guidance, scheduler, outputs, prefix)
+        settings = ChatSettings(temperature, top_p, max_new_tokens, seed, steps, guidance, scheduler, outputs, prefix)
         state = self._state(request)
         try:
-            opts = self._options(state, settings)
+            opts = settings.options(self.cfg)
         except ChatInputError as e:
             state.add_notice(str(e))
             yield from self._drive(state, iter([TurnFailed(str(e))]))
@@ -210,12 +204,12 @@ class ChatApp:
                 steps: int, guidance: float, scheduler: str, outputs: list, prefix: str,
                 request: gr.Request) -> Iterator[tuple]:
         """A chatbot example card: runs the server's own copy of example ``evt.index`` (client paths are ignored)."""
-        settings = (temperature, top_p, max_new_tokens, seed, steps, guidance, scheduler, outputs, prefix)
+        settings = ChatSettings(temperature, top_p, max_new_tokens, seed, steps, guidance, scheduler, outputs, prefix)
         index = evt.index if isinstance(evt.index, int) else (evt.index or [0])[0]
         if not 0 <= index < len(self.examples):
             raise gr.Error(f"there is no example {index}")
         ex = self.examples[index]
-        yield from self.chat({"text": ex.text, "files": ex.files}, [], *settings, request=request)
+        yield from self._chat({"text": ex.text, "files": ex.files}, [], settings, request)
 
     def undo(self, request: gr.Request) -> tuple:
         state = self._state(request)
@@ -436,8 +430,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("-v", "--verbose", action="store_true")
     add_arguments(p)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO, timestamps=False)
     try:
         return run(args)
     except (ValueError, FileNotFoundError) as e:
