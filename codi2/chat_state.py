@@ -231,6 +231,35 @@ def combined_error(errors: Sequence[Exception]) -> Exception:
     return cls(f"{len(errors)} of the message's media were refused:\n" + "\n".join(f"- {e}" for e in errors))
 
 
+@dataclass
+class ChatSettings:
+    """A turn's settings as a chat UI's controls send them: ``None`` (and 0 steps or guidance, scheduler
+    ``"default"``) leave the model's defaults; :meth:`options` checks them (see :func:`sampling_options`)."""
+
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    max_new_tokens: Optional[int] = None
+    seed: Optional[int] = None
+    steps: Optional[int] = None
+    guidance: Optional[float] = None
+    scheduler: Optional[str] = None
+    outputs: Optional[Sequence[str]] = None
+    prefix: Optional[str] = ""
+
+    def options(self, cfg: ServeConfig) -> SamplingOptions:
+        """The :class:`SamplingOptions` of these settings (raises :class:`ChatInputError` when one is out of range)."""
+        # raw values: sampling_options checks each (NaN, ±inf, huge numbers) and names the field and its range
+        def unset(v: Any) -> bool:  # None, or 0 (a number, not text): the model's default
+            return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v == 0)
+
+        return sampling_options(
+            cfg, temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens, seed=self.seed,
+            steps=None if unset(self.steps) else self.steps, guidance=None if unset(self.guidance) else self.guidance,
+            scheduler=None if self.scheduler in (None, "", "default") else self.scheduler,
+            outputs=list(self.outputs) if isinstance(self.outputs, (list, tuple)) else self.outputs,
+            prefix=self.prefix or "")
+
+
 class ChatState:
     """One user's conversation: a :class:`ChatSession` plus limits, a media registry, a log and export.
 

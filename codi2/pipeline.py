@@ -111,8 +111,13 @@ class CoDi2Pipeline:
         return d
 
     # ------------------------------------------------------------------ chat
-    def session(self, **kwargs: Any) -> ChatSession:
-        return ChatSession(self.model, **kwargs)
+    def session(self, history: Sequence[Message] = (), **kwargs: Any) -> ChatSession:
+        """A new conversation; ``history`` (user, assistant, user, assistant, … messages) is replayed into its
+        context first, as if those turns had been generated (the OpenAI-style API is stateless: each request
+        brings its whole history). Replaying runs the LLM, so hold the model lock while calling it."""
+        s = ChatSession(self.model, **kwargs)
+        _replay(s, history)
+        return s
 
     def chat(self, message: "Message | str", options: Optional[SamplingOptions] = None,
              history: Sequence[Message] = ()) -> Message:

@@ -36,12 +36,13 @@ from typing import Any, Iterator, Optional, Sequence
 
 import gradio as gr
 
-from codi2.chat_state import ChatInputError, ChatState, ServeConfig, SessionManager, TurnFailed, sampling_options
+from codi2.chat_state import ChatInputError, ChatSettings, ChatState, ServeConfig, SessionManager, TurnFailed
 from codi2.model_card import load_model_card
-
-from . import history
 from codi2.generation import TextDelta
 from codi2.conversation import Message
+from codi2.io import setup_logging
+
+from . import history
 
 log = logging.getLogger("codi2.serve")
 
@@ -204,16 +205,6 @@ class ChatApp:
         items = state.media if state is not None else []
         return gr.Dropdown(choices=[(it.label, it.number) for it in items], value=[])
 
-    def _options(self, state: ChatState, settings: Sequence[Any]) -> Any:
-        temperature, top_p, max_new_tokens, seed, steps, guidance, scheduler, outputs, prefix = settings
-        # raw values: sampling_options checks each (NaN, ±inf, huge numbers) and names the field and its range
-        return sampling_options(
-            self.cfg, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed,
-            steps=None if steps is None or (not isinstance(steps, str) and steps == 0) else steps,
-            guidance=None if guidance is None or (not isinstance(guidance, str) and guidance == 0) else guidance,
-            scheduler=None if scheduler in (None, "", "default") else scheduler,
-            outputs=list(outputs) if isinstance(outputs, (list, tuple)) else outputs, prefix=prefix or "")
-
     def _forget_cached(self, state: ChatState, paths: Optional[Sequence[Path]] = None) -> None:
         """Deletes Gradio's cached copies of a session's files (the copies Gradio serves; ``paths``: these files,
         default: every file of the session) and the uploads Gradio stored for it."""
@@ -264,14 +255,18 @@ class ChatApp:
              max_new_tokens: int, seed: int, steps: int, guidance: float, scheduler: str, outputs: list, prefix: str,
              request: gr.Request) -> Iterator[tuple]:
         """``/chat``: message = {"text": str, "files": [paths]}; refs = media numbers to attach again."""
-        settings = (temperature, top_p, max_new_tokens, seed, steps, guidance, scheduler, outputs, prefix)
+        settings = ChatSettings(temperature, top_p, max_new_tokens, seed, steps, guidance, scheduler, outputs, prefix)
+        yield from self._chat(message, refs, settings, request)
+
+    def _chat(self, message: Optional[dict], refs: Optional[list], settings: ChatSettings,
+              request: gr.Request) -> Iterator[tuple]:
         state = self._state(request)
         message = message or {}
         text = message.get("text") or ""
         files = [f if isinstance(f, str) else f.get("path") for f in (message.get("files") or [])]
         self._own_uploads(state, files)
         try:
-            opts = self._options(state, settings)
+            opts = settings.options(self.cfg)
         except ChatInputError as e:
             state.add_notice(str(e))
             yield from self._drive(state, iter([TurnFailed(str(e))]))
@@ -323,10 +318,10 @@ class ChatApp:
 
     def regenerate(self, temperature: float, top_p: float, max_new_tokens: int, seed: int, steps: int,
                    guidance: float, scheduler: str, outputs: list, prefix: str, request: gr.Request) -> Iterator[tuple]:
-        settings = (temperature, top_p, max_new_tokens, seed, steps, guidance, scheduler, outputs, prefix)
+        settings = ChatSettings(temperature, top_p, max_new_tokens, seed, steps, guidance, scheduler, outputs, prefix)
         state = self._state(request)
         try:
-            opts = self._options(state, settings)
+            opts = settings.options(self.cfg)
         except ChatInputError as e:
             state.add_notice(str(e))
             yield from self._drive(state, iter([TurnFailed(str(e))]))
@@ -337,12 +332,12 @@ class ChatApp:
                 steps: int, guidance: float, scheduler: str, outputs: list, prefix: str,
                 request: gr.Request) -> Iterator[tuple]:
         """A chatbot example card: runs the server's own copy of example ``evt.index`` (client paths are ignored)."""
-        settings = (temperature, top_p, max_new_tokens, seed, steps, guidance, scheduler, outputs, prefix)
+        settings = ChatSettings(temperature, top_p, max_new_tokens, seed, steps, guidance, scheduler, outputs, prefix)
         index = evt.index if isinstance(evt.index, int) else (evt.index or [0])[0]
         if not 0 <= index < len(self.examples):
             raise gr.Error(f"there is no example {index}")
         ex = self.examples[index]
-        yield from self.chat({"text": ex.text, "files": ex.files}, [], *settings, request=request)
+        yield from self._chat({"text": ex.text, "files": ex.files}, [], settings, request)
 
     def undo(self, request: gr.Request) -> tuple:
         state = self._find(request)
@@ -650,9 +645,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="serve setting override, e.g. --set max_sessions=8 --set media.max_audio_seconds=10")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="model config override")
     p.add_argument("--device", default=None)
+    p.add_argument("--api", action="store_true",
+                   help="also serve the OpenAI-compatible API at /v1 on the same port (serve/api.py)")
+    from .api import add_api_options
+
+    add_api_options(p)
 
 
-def _parse_auth(value: Optional[str]) -> Optional[tuple[str, str]]:
+def parse_auth(value: Optional[str]) -> Optional[tuple[str, str]]:
     if value is None:
         return None
     user, sep, password = value.partition(":")
@@ -700,7 +700,11 @@ def run(args: argparse.Namespace) -> int:
     """Loads the model and serves until interrupted. Returns the exit status."""
     from codi2.config import load_config
 
-    auth = _parse_auth(args.auth)
+    auth = parse_auth(args.auth)
+    if getattr(args, "api", False):
+        from .api import run as run_with_api
+
+        return run_with_api(args, with_chat=True)
     explicit = args.model is not None
     model = Path(args.model) if explicit else DEFAULT_MODEL
     if not (model / "config.yaml").is_file():
@@ -741,8 +745,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("-v", "--verbose", action="store_true")
     add_arguments(p)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO, timestamps=False)
     try:
         return run(args)
     except (ValueError, FileNotFoundError) as e:
