@@ -116,7 +116,7 @@ class CoDi2Pipeline:
         context first, as if those turns had been generated (the OpenAI-style API is stateless: each request
         brings its whole history). Replaying runs the LLM, so hold the model lock while calling it."""
         s = ChatSession(self.model, **kwargs)
-        _replay(s, history)
+        replay(s, history)
         return s
 
     def chat(self, message: "Message | str", options: Optional[SamplingOptions] = None,
