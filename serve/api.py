@@ -33,7 +33,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Optional, Sequence
+from typing import Any, AsyncIterator, Callable, Optional, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -43,6 +43,7 @@ from starlette.exceptions import HTTPException
 from codi2.chat_state import ServeConfig
 from codi2.conversation import Message, Part
 from codi2.generation import Cancelled, MediaDone, SamplingOptions, TextDelta, TurnDone
+from codi2.io import setup_logging
 from codi2.modality import Modality
 
 from .openai_format import (ApiError, MediaReader, OutputMedia, ReplyText, all_inputs, all_outputs, audio_object,
@@ -668,20 +669,6 @@ class ApiServer:
         self.thread.join(timeout=30)
 
 
-def create_app_with_chat(pipeline: Any, cfg: ServeConfig, api: Optional[ApiConfig] = None,
-                         auth: Optional[tuple[str, str]] = None, workdir: "str | Path | None" = None) -> tuple[Any, Any]:
-    """The API at /v1 and the Gradio chat at / in one FastAPI app, sharing the model lock; returns (app, chat app)."""
-    import gradio as gr
-
-    from .app import CSS, app_theme, build_app
-
-    chat = build_app(pipeline, cfg, workdir=workdir)
-    app = create_app(pipeline, cfg, api, model_lock=chat.manager.model_lock)
-    gr.mount_gradio_app(app, chat.blocks, path="/", auth=auth, allowed_paths=[str(chat.manager.workdir)],
-                        max_file_size=cfg.media.max_file_bytes, theme=app_theme(), css=CSS, footer_links=["api"])
-    return app, chat
-
-
 def add_api_options(p: argparse.ArgumentParser) -> None:
     """The API's own options (``codi2 serve --api`` and ``python -m serve.api``)."""
     p.add_argument("--api-key", default=None,
@@ -702,8 +689,10 @@ def api_config(args: argparse.Namespace) -> ApiConfig:
                      media_parts=not args.text_content)
 
 
-def run(args: argparse.Namespace, with_chat: bool = False) -> int:
-    """Loads the model and serves the API (``with_chat``: the Gradio chat too, at /) until interrupted."""
+def run(args: argparse.Namespace, with_chat: Optional[Callable[[Any, ServeConfig, ApiConfig], tuple[Any, Any]]] = None
+        ) -> int:
+    """Loads the model and serves the API until interrupted. ``with_chat(pipeline, cfg, api) -> (app, chat)`` builds
+    the FastAPI app with the Gradio chat mounted too (``serve.app.create_app_with_chat``, for ``codi2 serve --api``)."""
     import uvicorn
 
     from codi2.config import load_config
@@ -724,10 +713,8 @@ def run(args: argparse.Namespace, with_chat: bool = False) -> int:
 
     log.info("loading %s", model_dir)
     pipeline = CoDi2Pipeline.from_pretrained(model_dir, device=args.device, overrides=args.override)
-    if with_chat:
-        from .app import parse_auth  # gradio is imported only when the chat is served too
-
-        app, chat = create_app_with_chat(pipeline, cfg, api, auth=parse_auth(getattr(args, "auth", None)))
+    if with_chat is not None:
+        app, chat = with_chat(pipeline, cfg, api)
     else:
         app, chat = create_app(pipeline, cfg, api), None
     where = f"http://{args.host}:{args.port}"
@@ -753,8 +740,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--device", default=None)
     add_api_options(p)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO, timestamps=False)
     try:
         return run(args)
     except (ValueError, FileNotFoundError) as e:

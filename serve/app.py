@@ -32,7 +32,7 @@ import threading
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 import gradio as gr
 
@@ -43,6 +43,9 @@ from codi2.conversation import Message
 from codi2.io import setup_logging
 
 from . import history
+
+if TYPE_CHECKING:
+    from .api import ApiConfig
 
 log = logging.getLogger("codi2.serve")
 
@@ -652,6 +655,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_api_options(p)
 
 
+def create_app_with_chat(pipeline: Any, cfg: ServeConfig, api: Optional["ApiConfig"] = None,
+                         auth: Optional[tuple[str, str]] = None, workdir: "str | Path | None" = None) -> tuple[Any, Any]:
+    """The API at /v1 and the Gradio chat at / in one FastAPI app, sharing the model lock; returns (app, chat app)."""
+    import gradio as gr
+
+    from .api import create_app
+
+    chat = build_app(pipeline, cfg, workdir=workdir)
+    app = create_app(pipeline, cfg, api, model_lock=chat.manager.model_lock)
+    gr.mount_gradio_app(app, chat.blocks, path="/", auth=auth, allowed_paths=[str(chat.manager.workdir)],
+                        max_file_size=cfg.media.max_file_bytes, theme=app_theme(), css=CSS, footer_links=["api"])
+    return app, chat
+
+
 def parse_auth(value: Optional[str]) -> Optional[tuple[str, str]]:
     if value is None:
         return None
@@ -704,7 +721,8 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "api", False):
         from .api import run as run_with_api
 
-        return run_with_api(args, with_chat=True)
+        return run_with_api(args, with_chat=lambda pipeline, cfg, api: create_app_with_chat(pipeline, cfg, api,
+                                                                                             auth=auth))
     explicit = args.model is not None
     model = Path(args.model) if explicit else DEFAULT_MODEL
     if not (model / "config.yaml").is_file():

@@ -474,7 +474,8 @@ def test_api_and_chat_on_one_port_share_the_model_lock(mini, tmp_path):
     import httpx
 
     from codi2.chat_state import ServeConfig
-    from serve.api import ApiServer, create_app_with_chat
+    from serve.api import ApiServer
+    from serve.app import create_app_with_chat
 
     app, chat = create_app_with_chat(mini, ServeConfig(), workdir=tmp_path)
     assert app.state.engine.model_lock is chat.manager.model_lock
