@@ -598,12 +598,18 @@ class ChatApp:
                share: bool = False, block: bool = True, quiet: bool = False) -> Any:
         """Starts the server (``block=False`` returns at once; call :meth:`close` to stop it)."""
         theme = app_theme()
-        threading.Thread(target=self._reap, name="codi2-reaper", daemon=True).start()
+        self.start_reaper()
         return self.blocks.launch(server_name=host, server_port=port, auth=auth, share=share,
                                   prevent_thread_lock=not block, quiet=quiet, show_error=True,
                                   allowed_paths=[str(self.manager.workdir)],
                                   max_file_size=self.cfg.media.max_file_bytes, theme=theme, css=CSS,
                                   footer_links=["api"])
+
+    def start_reaper(self) -> None:
+        """Starts the thread that ends idle sessions (once; :meth:`close` stops it)."""
+        if not getattr(self, "_reaper", None):
+            self._reaper = threading.Thread(target=self._reap, name="codi2-reaper", daemon=True)
+            self._reaper.start()
 
     def _reap(self, every: float = 60.0) -> None:
         """Ends idle sessions (and deletes their files) even when no one is using the server."""
@@ -663,6 +669,7 @@ def create_app_with_chat(pipeline: Any, cfg: ServeConfig, api: Optional["ApiConf
     from .api import create_app
 
     chat = build_app(pipeline, cfg, workdir=workdir)
+    chat.start_reaper()
     app = create_app(pipeline, cfg, api, model_lock=chat.manager.model_lock)
     gr.mount_gradio_app(app, chat.blocks, path="/", auth=auth, allowed_paths=[str(chat.manager.workdir)],
                         max_file_size=cfg.media.max_file_bytes, theme=app_theme(), css=CSS, footer_links=["api"])
@@ -721,8 +728,8 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "api", False):
         from .api import run as run_with_api
 
-        return run_with_api(args, with_chat=lambda pipeline, cfg, api: create_app_with_chat(pipeline, cfg, api,
-                                                                                             auth=auth))
+        return run_with_api(args, with_chat=lambda pipeline, cfg, api: create_app_with_chat(
+            pipeline, cfg, api, auth=auth, workdir=server_folders(args.port)[1]))
     explicit = args.model is not None
     model = Path(args.model) if explicit else DEFAULT_MODEL
     if not (model / "config.yaml").is_file():
