@@ -323,6 +323,83 @@ class InputFeatureCache:
         self.store(m).save(key, {"features": value.float()}, metadata={"modality": m.value})
 
 
+class MemoryFeatureCache:
+    """Encoder features of input media in memory, capped in bytes: least recently used entries go first.
+
+    The same dict-like interface as :class:`InputFeatureCache` (``(Modality, key) -> (n_in, D_enc)`` tensor), so
+    it can be passed as ``CoDi2Model.collate(feature_cache=...)``. A full-scale stage sees millions of distinct
+    inputs (about 1 MB each at 7B: 257 × 1024 float32); an uncapped dict would hold them all.
+
+    Args:
+        max_bytes: the cap on the bytes of the stored tensors (> 0). An entry larger than the cap is not kept.
+
+    Attributes:
+        nbytes: bytes held now. hits, misses, evictions: counters (for logs and benchmarks).
+    """
+
+    def __init__(self, max_bytes: int):
+        from collections import OrderedDict
+
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes = {max_bytes}; the feature cache needs a positive byte cap")
+        self.max_bytes = int(max_bytes)
+        self._d: "OrderedDict[tuple[Modality, str], torch.Tensor]" = OrderedDict()
+        self.nbytes = 0
+        self.hits = self.misses = self.evictions = 0
+
+    @staticmethod
+    def _norm(item: tuple[Modality, str]) -> tuple[Modality, str]:
+        m, key = item
+        return Modality(m), key
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __contains__(self, item: tuple[Modality, str]) -> bool:
+        return self._norm(item) in self._d
+
+    def __getitem__(self, item: tuple[Modality, str]) -> torch.Tensor:
+        k = self._norm(item)
+        if k not in self._d:
+            self.misses += 1
+            raise KeyError(f"no cached {k[0].value} input features for key {k[1]}")
+        self.hits += 1
+        self._d.move_to_end(k)
+        return self._d[k]
+
+    def get(self, item: tuple[Modality, str], default: Any = None) -> Any:
+        return self[item] if item in self else default
+
+    def __setitem__(self, item: tuple[Modality, str], value: torch.Tensor) -> None:
+        k = self._norm(item)
+        # a copy: a row of a batch tensor is a view that would keep the whole batch alive
+        v = value.detach().contiguous().clone()
+        size = v.numel() * v.element_size()
+        if k in self._d:
+            self.nbytes -= self._d[k].numel() * self._d[k].element_size()
+            del self._d[k]
+        if size > self.max_bytes:
+            return
+        self._d[k] = v
+        self.nbytes += size
+        while self.nbytes > self.max_bytes:
+            _, old = self._d.popitem(last=False)
+            self.nbytes -= old.numel() * old.element_size()
+            self.evictions += 1
+
+    def __delitem__(self, item: tuple[Modality, str]) -> None:
+        v = self._d.pop(self._norm(item))
+        self.nbytes -= v.numel() * v.element_size()
+
+    def clear(self) -> None:
+        self._d.clear()
+        self.nbytes = 0
+
+    def stats(self) -> dict:
+        return {"entries": len(self._d), "bytes": self.nbytes, "max_bytes": self.max_bytes, "hits": self.hits,
+                "misses": self.misses, "evictions": self.evictions}
+
+
 # ----------------------------------------------------------------------------- a model without its LLM
 class TargetModel:
     """What head targets need from a model directory — the encoder and the decoders — without the LLM.

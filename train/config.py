@@ -56,9 +56,12 @@ class DataConfig:
         max_length: a conversation longer than this many tokens is a bad record (skipped, counted).
         max_bad_fraction: stop when more than this fraction of the records read so far failed to load.
         bad_min_seen: the bad fraction is judged only once this many records were read (summed over ranks).
-        feature_cache: encoder features of input media: ``memory`` (kept for the run), ``disk`` (beside the
-            targets, reused across runs) or ``none`` (encoded every time). Each media is encoded on its own, so
-            the features do not depend on which batch it came in.
+        feature_cache: encoder features of input media: ``memory`` (an LRU capped at ``feature_cache_max_mb``),
+            ``disk`` (beside the targets, reused across runs; what the full-scale configs use) or ``none``
+            (encoded every time). Each media is encoded on its own, so the features do not depend on which batch
+            it came in.
+        feature_cache_max_mb: the byte cap of the ``memory`` cache per rank, in MiB (least recently used entries
+            are dropped first). At 7B an image's features are about 1 MiB (257 × 1024 float32).
         workers: threads loading (decoding) the records of a batch in parallel; 0 = in the training thread.
     """
 
@@ -69,6 +72,7 @@ class DataConfig:
     max_bad_fraction: float = 0.05
     bad_min_seen: int = 100
     feature_cache: str = "memory"
+    feature_cache_max_mb: float = 1024.0
     workers: int = 4
 
 
@@ -182,6 +186,9 @@ class TrainConfig:
             raise ValueError(f"data.workers = {self.data.workers}; it must be ≥ 0")
         if self.data.feature_cache not in ("none", "memory", "disk"):
             raise ValueError(f"data.feature_cache = {self.data.feature_cache!r}; allowed: none, memory, disk")
+        if not self.data.feature_cache_max_mb > 0:
+            raise ValueError(f"data.feature_cache_max_mb = {self.data.feature_cache_max_mb}; it must be > 0 (MiB "
+                             f"held by the memory feature cache; use feature_cache=none for no cache)")
         if self.optim.warmup_steps < 0 or not 0.0 <= self.optim.min_lr_ratio <= 1.0:
             raise ValueError(f"optim.warmup_steps = {self.optim.warmup_steps} (≥ 0) / optim.min_lr_ratio = "
                              f"{self.optim.min_lr_ratio} (in [0, 1])")

@@ -349,7 +349,8 @@ class Trainer:
 
     def setup(self) -> None:
         from codi2.pipeline import CoDi2Pipeline
-        from codi2.targets import InputFeatureCache, TargetCache, default_cache_root, precompute_targets
+        from codi2.targets import (InputFeatureCache, MemoryFeatureCache, TargetCache, default_cache_root,
+                                   precompute_targets)
 
         cfg, info = self.cfg, self.info
         self._init_distributed()
@@ -382,7 +383,7 @@ class Trainer:
         self.targets = TargetCache(cache_root, self.model.cfg, base_dir=self.model.base_dir)
         self.feature_cache: Any = None  # encoder features of input media (see DataConfig.feature_cache)
         if cfg.data.feature_cache == "memory":
-            self.feature_cache = {}
+            self.feature_cache = MemoryFeatureCache(int(cfg.data.feature_cache_max_mb * 2**20))
         elif cfg.data.feature_cache == "disk":
             self.feature_cache = InputFeatureCache(cache_root, self.model.cfg, base_dir=self.model.base_dir)
         # 3. sampler
