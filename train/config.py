@@ -52,7 +52,8 @@ class DataConfig:
     """Attributes:
         manifests: JSONL manifests (DESIGN.md §4); several are concatenated.
         target_cache: feature cache of the head targets; default: beside the first manifest.
-        precompute: compute missing targets at start (rank 0; the other ranks wait).
+        precompute: compute missing targets at start, every rank its own shard of them
+            (``codi2.targets.precompute_targets``); a rank waits only for the others' shards.
         max_length: a conversation longer than this many tokens is a bad record (skipped, counted).
         max_bad_fraction: stop when more than this fraction of the records read so far failed to load.
         bad_min_seen: the bad fraction is judged only once this many records were read (summed over ranks).
@@ -135,6 +136,8 @@ class TrainConfig:
         max_nonfinite_in_a_row: stop after this many consecutive non-finite losses (each is skipped).
         export: write the ``final/`` pipeline directory at the end.
         device: ``cpu``, ``cuda`` …; default: CUDA (this rank's local device) when available.
+        dist_timeout_minutes: how long a collective (a barrier, an all-reduce) waits for the other ranks before
+            the run fails (the process-group timeout given to ``deepspeed.init_distributed``).
     """
 
     output_dir: str = "runs/codi2"
@@ -160,6 +163,7 @@ class TrainConfig:
     export: bool = True
     tensorboard: bool = True
     device: Optional[str] = None
+    dist_timeout_minutes: float = 60.0
 
     def check(self) -> None:
         """Raises ``ValueError`` naming the bad field and what is allowed."""
@@ -178,6 +182,9 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "max_steps", "log_every", "keep_last", "max_nonfinite_in_a_row"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} = {getattr(self, name)}; it must be ≥ 1")
+        if not self.dist_timeout_minutes > 0:
+            raise ValueError(f"dist_timeout_minutes = {self.dist_timeout_minutes}; it must be > 0 (minutes a "
+                             f"collective waits for the other ranks)")
         if self.save_every < 0:
             raise ValueError(f"save_every = {self.save_every}; it must be ≥ 0 (0 = only at the end)")
         if not 0.0 <= self.data.max_bad_fraction <= 1.0:

@@ -327,7 +327,10 @@ class Trainer:
 
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)
-            deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo")
+            from datetime import timedelta
+
+            deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo",
+                                       timeout=timedelta(minutes=self.cfg.dist_timeout_minutes))
         elif self.info.world_size > 1:
             raise ValueError(f"python -m train runs one process but WORLD_SIZE = {self.info.world_size}; use "
                              f"`deepspeed --num_gpus N train/train.py CONFIG` for several")
@@ -373,11 +376,14 @@ class Trainer:
         # 2. data + targets
         self.data = Datasets(cfg.data.manifests, self.model.cfg.media, load_outputs=diffusion)
         cache_root = Path(cfg.data.target_cache) if cfg.data.target_cache else default_cache_root(cfg.data.manifests[0])
-        if cfg.data.precompute and info.main:
+        if cfg.data.precompute:  # every rank computes its own shard; the barrier waits for the slowest shard only
             for m in cfg.data.manifests:
-                stats = precompute_targets(m, self.model, cache_root=cache_root, progress=True)
-                log.info("targets for %s: %d computed, %d cached, %d failed", m, stats["computed"], stats["cached"],
-                         len(stats["failed"]))
+                stats = precompute_targets(m, self.model, cache_root=cache_root, progress=info.main,
+                                           rank=info.rank, world_size=info.world_size)
+                total = all_reduce_sum([stats["computed"], stats["cached"], len(stats["failed"]), stats["seconds"]])
+                log.info("targets for %s over %d rank(s): %d computed, %d cached, %d failed (rank 0: %d of its %d, "
+                         "%.1f s)", m, info.world_size, total[0], total[1], total[2], stats["computed"],
+                         stats["shard"], stats["seconds"])
             self.model._decoders.clear()  # training reads targets from the cache; no decoder stays loaded
         barrier()
         self.targets = TargetCache(cache_root, self.model.cfg, base_dir=self.model.base_dir)
