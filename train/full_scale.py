@@ -130,8 +130,14 @@ def write_weights(root: "str | Path", seed: int = 0, bin_variant: bool = True) -
     if done.is_file():
         return json.loads(done.read_text())["env"]
     write_llama(root / "llama", safetensors=True, seed=seed)
-    if bin_variant:
-        write_llama(root / "llama-bin", safetensors=False, seed=seed)
+    if bin_variant:  # the same weights in the older layout: pytorch_model.bin (a torch.save'd state dict)
+        import shutil
+
+        import torch
+        from safetensors.torch import load_file
+
+        shutil.copytree(root / "llama", root / "llama-bin", ignore=shutil.ignore_patterns("*.safetensors"))
+        torch.save(load_file(str(root / "llama" / "model.safetensors")), root / "llama-bin" / "pytorch_model.bin")
     write_imagebind(root / "imagebind_huge.pth", seed=seed)
     tiny.save_tiny_unclip(root / "unclip", image_embed_dim=IMAGE_EMBED, seed=seed)
     tiny.save_tiny_audioldm2(root / "audioldm2", gen_dim=AUDIO_GEN[1], gen_len=AUDIO_GEN[0], t5_dim=AUDIO_T5[1],
