@@ -56,9 +56,9 @@ SIZES = {
     # records per reader (samples before skips): wds image = shards × per shard, wds video likewise,
     # ip2p = folders × seeds, audiocaps rows, audit rows, table rows
     "smoke": dict(wds_image=(2, 5), wds_video=(1, 3), ip2p=(3, 2), audiocaps=5, audit=4, table=5,
-                  batch=1, steps1=6, save1=2, steps2=6, save2=2, eval_n=1, shots="0,1"),
+                  batch=1, steps1=6, save1=2, steps2=6, save2=2, eval_n=1, shots="0,1", eval_fraction=0.5),
     "full": dict(wds_image=(8, 100), wds_video=(4, 50), ip2p=(100, 3), audiocaps=300, audit=200, table=300,
-                 batch=2, steps1=40, save1=20, steps2=30, save2=15, eval_n=4, shots="0,1,2"),
+                 batch=2, steps1=40, save1=20, steps2=30, save2=15, eval_n=4, shots="0,1,2", eval_fraction=0.1),
 }
 
 
@@ -106,8 +106,16 @@ class Runner:
                node: Optional[int] = None) -> subprocess.Popen:
         f = open(log, "ab")
         pre = (lambda: _mark_node(node)) if node is not None else None
-        return subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env=env or self.env, stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True, preexec_fn=pre)
+        self.launched = getattr(self, "launched", [])
+        self.launched.append(p := subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env=env or self.env, stdout=f, stderr=subprocess.STDOUT,
+                                      start_new_session=True, preexec_fn=pre))
+        return p
+
+    def kill_all(self) -> None:
+        """Kills what is still running of the launched commands (each its own process group)."""
+        for p in getattr(self, "launched", []):
+            if p.poll() is None:
+                _kill_group(p)
 
     def watch(self, procs: Sequence[subprocess.Popen], until: Optional[Callable[[], bool]] = None,
               timeout: float = 3600) -> tuple[float, int, bool]:
@@ -209,16 +217,19 @@ def make_fixtures(raw: Path, size: dict) -> dict:
     return made
 
 
-def build_commands(raw: Path, data: Path) -> dict[str, list[str]]:
+def build_commands(raw: Path, data: Path, eval_fraction: Optional[float] = None) -> dict[str, list[str]]:
+    """``codi2 build-data`` per reader; with ``eval_fraction`` the editing readers hold out that fraction of their
+    edit groups as ``test.jsonl`` (``--eval-fraction``, where the builders have it)."""
     c = [str(BIN / "codi2"), "build-data"]
+    held = ["--eval-fraction", str(eval_fraction)] if eval_fraction else []
     return {
         "cc3m": [*c, "webdataset", "--input", raw / "wds-image", "--out", data / "cc3m", "--name", "cc3m"],
         "webvid": [*c, "webdataset", "--input", raw / "wds-video", "--out", data / "webvid", "--name", "webvid"],
-        "ip2p": [*c, "instructpix2pix", "--input", raw / "ip2p", "--out", data / "ip2p"],
+        "ip2p": [*c, "instructpix2pix", "--input", raw / "ip2p", "--out", data / "ip2p", *held],
         "audiocaps": [*c, "audiocaps", "--input", raw / "audiocaps" / "train.csv", "--media-root",
                       raw / "audiocaps" / "audio", "--out", data / "audiocaps"],
         "audit": [*c, "audit", "--input", raw / "audit" / "edits.csv", "--media-root", raw / "audit", "--out",
-                  data / "audit"],
+                  data / "audit", *held],
         "laion": [*c, "table", "--input", raw / "table" / "metadata.parquet", "--out", data / "laion", "--name", "laion"],
     }
 
@@ -238,7 +249,11 @@ def _progress(out_dir: Path) -> int:
 
 
 def _complete(out_dir: Path) -> list[int]:
-    return sorted(int(p.parent.name.split("-")[1]) for p in (out_dir / "checkpoints").glob("step-*/COMPLETE"))
+    """Steps of the complete checkpoints (``step-N/COMPLETE``; not ``step-N.tmp/``, which is being finalized)."""
+    import re
+
+    return sorted(int(p.parent.name[5:]) for p in (out_dir / "checkpoints").glob("step-*/COMPLETE")
+                  if re.fullmatch(r"step-\d+", p.parent.name))
 
 
 def _final_step(out_dir: Path) -> Optional[int]:
@@ -392,6 +407,15 @@ def node_writes(out_dir: Path, cache: Path) -> dict:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    runners: list[Runner] = []
+    try:
+        return _main(argv, runners)
+    finally:  # an error in the rehearsal itself leaves no launcher or worker behind
+        for r in runners:
+            r.kill_all()
+
+
+def _main(argv: Optional[Sequence[str]], runners: list) -> int:
     p = argparse.ArgumentParser(prog="python -m train.rehearse", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--smoke", action="store_true", help="CI size (default: full size, ≥ 2,000 records)")
@@ -416,6 +440,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
            "CODI2_IMAGEBIND": str(weights / "imagebind_huge.pth"), "CODI2_UNCLIP": str(weights / "unclip"),
            "CODI2_AUDIOLDM2": str(weights / "audioldm2"), "CODI2_ZEROSCOPE": str(weights / "zeroscope")}
     run = Runner(out, env, logs)
+    runners.append(run)
     py = str(sys.executable)
     results: dict = {"size": size_name, "sizes": size, "out": str(out), "steps": {}, "missing": []}
     model, model_bin = out / "model", out / "model-bin"
@@ -434,7 +459,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # 3-5. data
     raw, data = out / "raw", out / "data"
     run.step("fixtures", [[py, "-c", f"from train.rehearse import make_fixtures; make_fixtures(__import__('pathlib').Path({str(raw)!r}), {size!r})"]])
-    builds = build_commands(raw, data)
+    split = has_eval_split()
+    builds = build_commands(raw, data, size["eval_fraction"] if split else None)
     run.step("build-data", [_cli_many([[*c[1:], "--no-progress"] for c in builds.values()])])
     built = {}
     for name in builds:
@@ -449,7 +475,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 for k in sorted({k for b in built.values() for k in b["skipped"]})}
     manifests = {n: data / n / "manifest.jsonl" for n in builds}
     vlogs = []
-    rv = run.step("validate-data", [_cli_many([["validate-data", m, "--workers", "1"] for m in manifests.values()])])
+    tests = [data / n / "test.jsonl" for n in ("ip2p", "audit") if (data / n / "test.jsonl").is_file()]
+    results["held_out_splits"] = {t.parent.name: sum(1 for _ in open(t)) for t in tests}
+    rv = run.step("validate-data", [_cli_many([["validate-data", m, "--workers", "1"]
+                                               for m in [*manifests.values(), *tests]])])
     results["validate_ok"] = rv.ok
     vlogs.append(str(logs / "validate-data.log"))
 
@@ -516,12 +545,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                   "save_tiny_clip, save_tiny_dino, make_dreambench; d = Path(sys.argv[1]); "
                                   "save_tiny_clip(d / 'clip'); save_tiny_dino(d / 'dino'); make_dreambench(d / 'dreambench')",
                                   ev / "models"]])
-        split_note = held_out_note()
-        results["eval_held_out"] = split_note
+        results["eval_held_out"] = (f"held out: test.jsonl of ip2p and audit ({results['held_out_splits']} records; "
+                                    f"--eval-fraction {size['eval_fraction']}, split by edit group)"
+                                    if results.get("held_out_splits") else held_out_note())
         base = [str(BIN / "codi2"), "eval", "--model", final, "--n", str(size["eval_n"]), "--shots", size["shots"],
                 "--force-output", "--max-new-tokens", "8", "--steps", "2", "--n-boot", "200",
                 "--clip", ev / "models" / "clip", "--dino", ev / "models" / "dino", "--seed", "0"]
-        suites = {"image-edit": manifests["ip2p"], "audio-edit": manifests["audit"], "dreambench": ev / "models" / "dreambench"}
+        held = results.get("held_out_splits", {})
+        suites = {"image-edit": data / "ip2p" if "ip2p" in held else manifests["ip2p"],
+                  "audio-edit": data / "audit" if "audit" in held else manifests["audit"],
+                  "dreambench": ev / "models" / "dreambench"}
         results["eval"] = {}
         for suite, d in suites.items():
             re_ = run.step(f"eval-{suite}", [[base[0], base[1], "--suite", suite, *base[2:], "--data", d, "--out", ev / suite]])
@@ -532,7 +565,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 results["eval"][suite] = {"ok": re_.ok, "samples": len(rj.get("samples", [])),
                                           "metrics": {k: (v.get("mean") if isinstance(v, dict) else v)
                                                       for k, v in overall.items()} if isinstance(overall, dict) else overall,
-                                          "prompt_check": prompt_check(rj, d) if suite != "dreambench" else None}
+                                          "prompt_check": prompt_check(rj, d / "test.jsonl" if d.is_dir() else d)
+                                          if suite != "dreambench" else None}
             else:
                 results["eval"][suite] = {"ok": False}
 
@@ -565,12 +599,14 @@ def _cli_many(argvs: Sequence[Sequence]) -> list[str]:
     return [sys.executable, "-c", code, json.dumps([[str(x) for x in a] for a in argvs])]
 
 
-def held_out_note() -> str:
-    """Whether the builders write held-out evaluation splits yet."""
+def has_eval_split() -> bool:
+    """Whether the editing builders can hold out an evaluation split (``--eval-fraction``)."""
     r = subprocess.run([str(BIN / "codi2"), "build-data", "instructpix2pix", "--help"], capture_output=True, text=True,
                        cwd=ROOT)
-    if "--split" in r.stdout:
-        return "builders have a split option"
+    return "--eval-fraction" in r.stdout
+
+
+def held_out_note() -> str:
     return ("not held out: the builders write no evaluation split yet (issue 39a adds one); the suites read the "
             "training manifests of ip2p and audit")
 
@@ -586,10 +622,15 @@ def prompt_check(rj: dict, manifest: Path) -> dict:
         r = json.loads(ln)
         m = r.get("meta", {})
         instr[r["id"]] = (m.get("pair") or {}).get("instruction") or m.get("instruction")
-    missing = [s["id"] for s in samples
-               if not instr.get(s["id"].split("/", 1)[-1]) or
-               instr[s["id"].split("/", 1)[-1]].lower() not in json.dumps(s.get("prompt")).lower()]
-    return {"recorded": True, "zero_shot": len(samples), "without_instruction": len(missing), "examples": missing[:3]}
+    missing, unknown = [], []
+    for smp in samples:
+        want = instr.get(smp["id"].split("/", 1)[-1])
+        if not want:
+            unknown.append(smp["id"])
+        elif want.lower() not in json.dumps(smp.get("prompt"), ensure_ascii=False).lower():
+            missing.append(smp["id"])
+    return {"recorded": True, "zero_shot": len(samples), "without_instruction": len(missing),
+            "instruction_unknown": len(unknown), "examples": (missing + unknown)[:3]}
 
 
 def report(res: dict) -> str:
