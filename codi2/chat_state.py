@@ -7,7 +7,7 @@ use it the same way::
     state = manager.get(session_id)                         # one ChatState per user (LRU, bounded)
     for ev in state.submit("make @2 blue", files=[], options=SamplingOptions()):
         ...   # codi2.generation events, plus TurnFailed for a refused input or a failed turn
-    zip_path = state.export()                               # manifest.jsonl (DESIGN.md §4) + media/
+    zip_path = state.export()                               # manifest.jsonl (docs/design.md#manifest-schema) + media/
 
 What a :class:`ChatState` adds to a :class:`~codi2.generation.ChatSession`:
 
@@ -555,7 +555,7 @@ class ChatState:
 
     # ------------------------------------------------------------------ export
     def manifest(self, media_dir: Optional[Path] = None) -> dict:
-        """The conversation as one training-manifest record (DESIGN.md §4).
+        """The conversation as one training-manifest record (docs/design.md#manifest-schema).
 
         With ``media_dir``, media files are copied there and paths are ``media/<file>``
         (relative to the manifest next to that folder); without, paths are the session's files.

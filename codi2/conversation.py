@@ -1,10 +1,10 @@
 """Conversations: the interleaved message schema, prompt building and label masks.
 
 A conversation is a list of :class:`Message`; each message holds interleaved :class:`Part`
-objects (text, image, audio, video). The manifest form (DESIGN.md §4) is the dict form of
+objects (text, image, audio, video). The manifest form (docs/design.md#manifest-schema) is the dict form of
 the same objects (:func:`message_from_dict` / :meth:`Message.to_dict`).
 
-Token layout (DESIGN.md §2), produced by :class:`PromptBuilder`:
+Token layout (docs/design.md#feature-tokens), produced by :class:`PromptBuilder`:
 
 * input media (user turns):   ``<img> [IMG_IN]×n_in </img>``; the ``[IMG_IN]`` positions later
   receive projected encoder features;

@@ -1,4 +1,4 @@
-"""Training data: the manifest schema (DESIGN.md §4), its validator, the dataset, and bad-record accounting.
+"""Training data: the manifest schema (docs/design.md#manifest-schema), its validator, the dataset, and bad-record accounting.
 
 A manifest is JSON Lines, one conversation a line::
 
@@ -598,7 +598,7 @@ def register(subparsers: Any) -> None:
     """Adds ``codi2 validate-data MANIFEST [--json] [--decode] [--limits key=value …]``
     (exit status 0 when every record is fine, 1 otherwise)."""
     p = subparsers.add_parser("validate-data", help="check every record of a training manifest and its media files")
-    p.add_argument("manifest", help="a JSONL manifest (DESIGN.md §4)")
+    p.add_argument("manifest", help="a JSONL manifest (docs/design.md#manifest-schema)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--decode", action="store_true", help="also decode every media file fully (slow)")
     p.add_argument("--no-media", action="store_true", help="check structure only, not the media files")

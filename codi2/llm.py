@@ -219,6 +219,34 @@ def _check_cfg(cfg: LLMConfig) -> torch.dtype:
     return DTYPES[cfg.dtype]
 
 
+# What ``LlamaForCausalLM.from_pretrained`` reads, in its order of preference: one safetensors file, sharded
+# safetensors (an index names the shards), one PyTorch pickle, sharded pickles.
+LLAMA_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                      "pytorch_model.bin.index.json")
+
+
+def llama_weight_files(path: "str | Path") -> list[Path]:
+    """The weight files of a Hugging Face Llama directory that transformers loads (the first layout of
+    :data:`LLAMA_WEIGHT_FILES` present; with an index, the index and the shards it names), or [] when there are
+    none. An index that is not one, or that names a missing shard, is an error naming the file."""
+    d = Path(path)
+    for name in LLAMA_WEIGHT_FILES:
+        f = d / name
+        if not f.is_file():
+            continue
+        if not name.endswith(".index.json"):
+            return [f]
+        try:
+            shards = sorted(set(json.loads(f.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError, AttributeError):
+            raise ValueError(f"{f}: not a weight index (expected JSON with a 'weight_map' of tensor -> shard file)") from None
+        missing = [s for s in shards if not (d / s).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{f} names {len(missing)} shard(s) that are not in {d}, e.g. {missing[0]}")
+        return [f] + [d / s for s in shards]
+    return []
+
+
 def _load_base(cfg: LLMConfig, dtype: torch.dtype, device: torch.device, base_dir) -> "PreTrainedModel":
     """The plain ``LlamaForCausalLM``: from ``cfg.path`` or randomly initialised (caller seeds torch)."""
     from transformers import BitsAndBytesConfig, LlamaForCausalLM
@@ -231,10 +259,13 @@ def _load_base(cfg: LLMConfig, dtype: torch.dtype, device: torch.device, base_di
         return model.to(device=device, dtype=dtype)
 
     path = resolve_path(cfg.path, "llm.path", base_dir,
-                        expect="a Hugging Face Llama directory with config.json and *.safetensors")
-    if not (path / "config.json").is_file() or not any(path.glob("*.safetensors")):
-        raise FileNotFoundError(f"llm.path = {cfg.path!r} ({path}) lacks config.json or *.safetensors; expected "
-                                f"a Hugging Face Llama directory (save_pretrained layout)")
+                        expect="a Hugging Face Llama directory with config.json and its weights")
+    weights = llama_weight_files(path)
+    if not (path / "config.json").is_file() or not weights:
+        raise FileNotFoundError(f"llm.path = {cfg.path!r} ({path}) lacks config.json or weights; expected a Hugging "
+                                f"Face Llama directory (save_pretrained layout) with one of "
+                                f"{', '.join(LLAMA_WEIGHT_FILES)} (*.safetensors or *.bin shards beside an index)")
+    logger.debug("llm.path %s: weights %s", path, ", ".join(p.name for p in weights[:3]))
     kwargs: dict = {"dtype": dtype, "local_files_only": True}
     if cfg.quantization is not None:
         kwargs["quantization_config"] = BitsAndBytesConfig(

@@ -1,4 +1,4 @@
-"""Modalities and the feature-token contract (DESIGN.md §2).
+"""Modalities and the feature-token contract (docs/design.md#feature-tokens).
 
 Input media become ``<img> [IMG_IN]×n_in </img>``; output media are opened by the
 model (``<img>``), after which the generator appends the output slots

@@ -1,4 +1,4 @@
-"""CoDi2Model: a plain composition of the parts (DESIGN.md §1).
+"""CoDi2Model: a plain composition of the parts (docs/design.md#architecture).
 
     encoder (ImageBind, frozen) ─► InputProjector[m] ─► Llama (+LoRA) ─► OutputHead[m] ─► decoder[m]
 
@@ -217,7 +217,7 @@ class CoDi2Model(nn.Module):
 
     @torch.no_grad()
     def compute_targets(self, m: Modality, parts: Sequence[Part]) -> dict[str, torch.Tensor]:
-        """Head targets for output media (DESIGN.md §2): image -> the encoder's vision embedding of the
+        """Head targets for output media (docs/design.md#feature-tokens): image -> the encoder's vision embedding of the
         target image; audio/video -> the decoder's own conditioning for the part's caption."""
         if m is Modality.IMAGE:
             media = [self.load_part(p) for p in parts]

@@ -1,4 +1,4 @@
-"""Precomputed output-head targets (DESIGN.md §2) and input features, in a content-addressed disk cache.
+"""Precomputed output-head targets (docs/design.md#feature-tokens) and input features, in a content-addressed disk cache.
 
 Training reads each output media's head target from here and never loads a decoder (unless the
 diffusion loss is on). ``codi2 precompute-targets MANIFEST --model DIR`` fills the cache once.

@@ -1,4 +1,4 @@
-"""Data builders: local corpora -> codi2 training manifests (DESIGN.md §4).
+"""Data builders: local corpora -> codi2 training manifests (docs/design.md#manifest-schema).
 
 ``core``           the build engine: checks, dedup, sharded output, resume, workers, summary (:func:`build`)
 ``sources``        readers: WebDataset tars, tables (CSV/JSON/JSONL/Parquet), AudioCaps, InstructPix2Pix, AUDIT

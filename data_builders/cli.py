@@ -9,6 +9,16 @@
                                      --mixture configs/data/mixture.yaml --set n=100000 --out data/mix
     codi2 build-data world           --out data/world --n 1000          (the mini world, data_builders.world)
 
+Held-out evaluation split (``--eval-fraction F``, readers and conversations): a fraction F of the edit groups
+(an InstructPix2Pix folder, an AUDIT instruction; a subject; else each sample) goes to ``test.jsonl``, the rest
+to ``manifest.jsonl``, decided by a hash of the group key (deterministic, no group on both sides); each record
+gets ``meta.split`` and summary.json lists the files under ``splits``. ``codi2 eval --suite image-edit|audio-edit
+--data OUT`` evaluates the test split and takes k-shot exemplars from the train split.
+
+    codi2 build-data instructpix2pix --input ip2p/ --out data/ip2p --eval-fraction 0.1
+    codi2 build-data conversations   --input data/ip2p/manifest.jsonl data/ip2p/test.jsonl --out data/mix \
+                                     --set n=100000 --eval-n 500
+
 Common options of the readers: ``--seed`` (phrasing), ``--workers``, ``--shard-size``, ``--resume``,
 ``--filter key=value …`` (:class:`data_builders.core.Filters`), ``--copy-media``, ``--relative-paths``,
 ``--license``, ``--mix caption=1 generate=1 joint=0`` (the task of each captioned pair).
@@ -75,18 +85,25 @@ def _run_build(args: argparse.Namespace) -> int:
     opts = BuildOptions(out=args.out, name=args.name, seed=args.seed, workers=args.workers,
                         shard_size=args.shard_size, resume=args.resume, filters=parse_filters(args.filter or []),
                         copy_media=args.copy_media, relative_paths=args.relative_paths, license=args.license,
-                        mix=_mix(args.mix), progress=not args.no_progress)
+                        mix=_mix(args.mix), progress=not args.no_progress, eval_fraction=args.eval_fraction)
     summary = build(make_source(args), opts)
-    print(json.dumps({k: summary[k] for k in ("name", "records", "samples", "skipped", "tasks", "manifests")}))
+    keys = ("name", "records", "samples", "skipped", "tasks", "manifests", "splits")
+    print(json.dumps({k: summary[k] for k in keys if k in summary}))
     return 0
 
 
 def _run_compose(args: argparse.Namespace) -> int:
     from .conversations import compose, load_mixture
 
-    mix = load_mixture(args.mixture, list(args.set or []))
+    overrides = list(args.set or [])
+    if args.eval_fraction is not None:
+        overrides.append(f"eval_fraction={args.eval_fraction}")
+    if args.eval_n is not None:
+        overrides.append(f"eval_n={args.eval_n}")
+    mix = load_mixture(args.mixture, overrides)
     summary = compose(args.input, args.out, mix, progress=not args.no_progress)
-    print(json.dumps({k: summary[k] for k in ("name", "records", "tasks", "unavailable", "manifests")}))
+    keys = ("name", "records", "tasks", "unavailable", "skipped", "manifests", "splits")
+    print(json.dumps({k: summary[k] for k in keys if k in summary}))
     return 0
 
 
@@ -106,6 +123,9 @@ def _common(p: argparse.ArgumentParser, input_help: str) -> None:
     p.add_argument("--license", default="unknown", help="licence for records whose input names none")
     p.add_argument("--mix", nargs="+", action="extend", metavar="TASK=WEIGHT",
                    help="task weights for captioned pairs: caption, generate, joint (default 1, 1, 0)")
+    p.add_argument("--eval-fraction", type=float, default=0.0, metavar="F",
+                   help="hold out this fraction of edit groups (else subjects, else samples) as test.jsonl, "
+                        "by a hash of the group key (default 0: no test split)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_build)
 
@@ -155,6 +175,10 @@ def add_sources(sources: Any) -> None:
     c.add_argument("--mixture", default=None, help="a mixture YAML (data_builders.conversations.Mixture)")
     c.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
                    help="mixture overrides, e.g. n=10000 seed=1 weights.icl_edit=2")
+    c.add_argument("--eval-fraction", type=float, default=None, metavar="F",
+                   help="hold out this fraction of groups of the pairs that have no meta.split yet (test.jsonl)")
+    c.add_argument("--eval-n", type=int, default=None, metavar="N",
+                   help="test conversations to write (default: --set n x the test pairs' share)")
     c.add_argument("--no-progress", action="store_true")
     c.set_defaults(func=_run_compose)
 

@@ -27,6 +27,14 @@ Two entry points:
   the inputs, the mixture and the seed. A task whose pool is empty (e.g. no subjects) is left out and
   counted in the summary (``unavailable``).
 
+  Held-out split: every pair is ``train`` or ``test``: its record's ``meta.split`` (a reader build with
+  ``--eval-fraction``), else :func:`codi2.editing.split_of` of its group key with the mixture's
+  ``eval_fraction``. Training conversations (``manifest.jsonl``) draw only from train pairs; ``eval_n`` test
+  conversations (``test.jsonl``, ids ``{name}-test-NNNNNNNN``, ``Random(f"{seed}:test:{i}")``) draw only from
+  test pairs, so no edit group (or subject) is on both sides. Edit and in-context records carry their query's
+  edit in ``meta.pair`` (the editing-record schema, :mod:`codi2.editing`). A pair whose media file is missing
+  is skipped and counted (``skipped`` in the summary).
+
 Phrasing: every turn's text comes from the template lists below, chosen by the record's RNG.
 """
 from __future__ import annotations
@@ -41,7 +49,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-from .core import BuildError, Sample, ShardWriter, _existing_outputs, _write_json
+from codi2.editing import (
+    CAPTIONED_KIND,
+    EDIT_KIND,
+    KIND,
+    PAIR,
+    SPLIT,
+    SPLIT_PREFIX,
+    SUMMARY_SPLITS,
+    TEST,
+    TRAIN,
+    check_eval_fraction,
+    edit_pair,
+    group_key,
+    instruction_sentence,
+    split_of,
+)
+
+from .core import BuildError, Sample, ShardWriter, existing_outputs, write_json
 
 log = logging.getLogger(__name__)
 
@@ -134,18 +159,17 @@ def joint_messages(media: dict[str, str], caption: str, rng: random.Random) -> l
 def edit_messages(kind: str, src: str, instruction: str, dst: str, out_caption: Optional[str],
                   rng: random.Random) -> list[dict]:
     """input media + instruction -> output media."""
-    return [{"role": "user", "content": [_media(kind, src), _txt(rng.choice(EDIT_JOINERS) + _sentence(_cap(instruction)))]},
+    return [{"role": "user", "content": [_media(kind, src), _txt(rng.choice(EDIT_JOINERS) + instruction_sentence(instruction))]},
             {"role": "assistant", "content": [_txt(rng.choice(REPLY_PREFIXES)), _media(kind, dst, out_caption)]}]
 
 
 def pair_of(s: Sample) -> dict:
     """The ``meta.pair`` form of a sample (paths as in the record)."""
-    if s.edit is not None:
-        return {"kind": "edit", "modality": s.modality, "input": s.media["input"], "output": s.media["output"],
-                **{k: s.edit.get(k) for k in ("instruction", "type", "group", "input_caption", "output_caption")},
-                "output_caption_derived": bool(s.edit.get("output_caption_derived")),
-                "sha256": dict(s.sha256)}
-    d = {"kind": "captioned", "caption": s.caption, "media": dict(s.media), "sha256": dict(s.sha256)}
+    if s.edit is not None:  # the editing-record schema (codi2.editing)
+        return edit_pair(s.modality, s.media["input"], s.media["output"],
+                         **{k: s.edit.get(k) for k in ("instruction", "type", "group", "input_caption", "output_caption")},
+                         output_caption_derived=bool(s.edit.get("output_caption_derived")), sha256=s.sha256)
+    d = {KIND: CAPTIONED_KIND, "caption": s.caption, "media": dict(s.media), "sha256": dict(s.sha256)}
     if s.subject:
         d["subject"] = s.subject
     return d
@@ -187,7 +211,7 @@ def pair_record(s: Sample, rid: str, name: str, seed: int, mix: dict[str, float]
             messages = generate_messages(kind, s.media[kind], s.caption, rng)
         else:
             messages = joint_messages(s.media, s.caption, rng)
-    meta: dict[str, Any] = {"task": task, "orig_id": s.id, "pair": pair}
+    meta: dict[str, Any] = {"task": task, "orig_id": s.id, PAIR: pair}
     if s.extra:
         meta["orig"] = s.extra
     return {"schema": 1, "id": rid, "source": name, "messages": messages, "meta": meta,
@@ -213,6 +237,10 @@ class Mixture:
         name: the id prefix (records are ``{name}-00000000`` …).
         shard_size: records per output shard (0 = one ``manifest.jsonl``).
         relative_paths: media paths relative to the output folder (default: absolute).
+        eval_fraction: the fraction of edit groups / subjects / samples held out as the test split, for pairs
+            whose manifest has no ``meta.split`` (0: none; pairs already split keep their side).
+        eval_n: test conversations to write (default: ``n`` × the test pairs' share, rounded up; 0 when there
+            are no test pairs).
     """
 
     n: int = 1000
@@ -224,6 +252,8 @@ class Mixture:
     name: str = "mix"
     shard_size: int = 0
     relative_paths: bool = False
+    eval_fraction: float = 0.0
+    eval_n: Optional[int] = None
 
     def check(self) -> None:
         bad = sorted(set(self.weights) - set(TASKS))
@@ -238,6 +268,9 @@ class Mixture:
         if self.n < 0 or self.max_rounds < 2 or self.shard_size < 0:
             raise ValueError(f"n = {self.n} (>= 0), max_rounds = {self.max_rounds} (>= 2), "
                              f"shard_size = {self.shard_size} (>= 0)")
+        check_eval_fraction(self.eval_fraction)
+        if self.eval_n is not None and self.eval_n < 0:
+            raise ValueError(f"eval_n = {self.eval_n}; it must be >= 0 (or unset: n x the test pairs' share)")
 
 
 def load_mixture(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> Mixture:
@@ -259,9 +292,13 @@ class _Pair:
     source: str
     license: str
     orig_id: str
+    split: str = TRAIN
 
 
-def _load_pairs(manifests: Sequence[Union[str, Path]]) -> list[_Pair]:
+def _load_pairs(manifests: Sequence[Union[str, Path]], eval_fraction: float = 0.0,
+                skipped: Optional[dict[str, list]] = None) -> list[_Pair]:
+    """The pairs of reader manifests, paths made absolute, each with its split. A pair whose media file is
+    missing goes to ``skipped["missing_file"]`` (a list of ``{"id", "detail"}``) instead."""
     from codi2.data import read_manifest
 
     pairs = []
@@ -269,7 +306,8 @@ def _load_pairs(manifests: Sequence[Union[str, Path]]) -> list[_Pair]:
         base = Path(m).resolve().parent
         n_before = len(pairs)
         for line, raw in read_manifest(m):
-            pair = (raw.get("meta") or {}).get("pair")
+            meta = raw.get("meta") or {}
+            pair = meta.get(PAIR)
             if not isinstance(pair, dict):
                 continue
             pair = json.loads(json.dumps(pair))  # a private copy
@@ -277,14 +315,25 @@ def _load_pairs(manifests: Sequence[Union[str, Path]]) -> list[_Pair]:
             def absolute(p: str) -> str:
                 return p if os.path.isabs(p) else str(base / p)
 
-            if pair["kind"] == "edit":
+            if pair[KIND] == EDIT_KIND:
                 pair["input"], pair["output"] = absolute(pair["input"]), absolute(pair["output"])
+                files = [pair["input"], pair["output"]]
             else:
                 pair["media"] = {k: absolute(v) for k, v in pair["media"].items()}
-            pairs.append(_Pair(pair, raw["id"], raw.get("source", ""), raw.get("license", "unknown"),
-                               str(raw["meta"].get("orig_id", raw["id"]))))
+                files = list(pair["media"].values())
+            missing = [f for f in files if not os.path.isfile(f)]
+            if missing:
+                if skipped is not None:
+                    skipped.setdefault("missing_file", []).append(
+                        {"id": raw.get("id"), "detail": f"{m}:{line}: media file not found: {missing[0]}"})
+                continue
+            orig_id = str(meta.get("orig_id", raw["id"]))
+            split = meta.get(SPLIT) if meta.get(SPLIT) in (TRAIN, TEST) else split_of(group_key(pair, orig_id),
+                                                                                     eval_fraction)
+            pairs.append(_Pair(pair, raw["id"], raw.get("source", ""), raw.get("license", "unknown"), orig_id,
+                               split))
         if len(pairs) == n_before:
-            log.warning("%s has no records with meta.pair (is it a reader's output?)", m)
+            log.warning("%s has no usable records with meta.pair (is it a reader's output?)", m)
     return pairs
 
 
@@ -374,7 +423,7 @@ def _multi_round(pools: _Pools, mix: Mixture, rng: random.Random) -> tuple[list[
         kind = chain[0].pair["modality"]
         msgs: list[dict] = []
         for i, p in enumerate(chain):
-            user = ([_media(kind, p.pair["input"])] if i == 0 else []) + [_txt(_sentence(_cap(p.pair["instruction"])))]
+            user = ([_media(kind, p.pair["input"])] if i == 0 else []) + [_txt(instruction_sentence(p.pair["instruction"]))]
             msgs += [{"role": "user", "content": user},
                      {"role": "assistant", "content": [_txt(rng.choice(REPLY_PREFIXES)),
                                                        _media(kind, p.pair["output"], p.pair.get("output_caption"))]}]
@@ -389,13 +438,15 @@ def _multi_round(pools: _Pools, mix: Mixture, rng: random.Random) -> tuple[list[
                        {"role": "assistant", "content": [_txt(_sentence(_cap(d["output_caption"])))]}], [p]
     # describe the input first, then edit it (the second user turn refers back to it)
     first = caption_messages(kind, d["input"], d["input_caption"], rng)
-    second = [{"role": "user", "content": [_txt(_sentence(_cap(d["instruction"])))]}, edit[1]]
+    second = [{"role": "user", "content": [_txt(instruction_sentence(d["instruction"]))]}, edit[1]]
     return first + second, [p]
 
 
-def compose_record(i: int, pools: _Pools, mix: Mixture, tasks: list[str], weights: list[float]) -> dict:
-    """Conversation ``i`` of a composed manifest (deterministic in ``(mix.seed, i)``)."""
-    rng = random.Random(f"{mix.seed}:{i}")
+def compose_record(i: int, pools: _Pools, mix: Mixture, tasks: list[str], weights: list[float],
+                   split: Optional[str] = None) -> dict:
+    """Conversation ``i`` of a composed manifest (deterministic in ``(mix.seed, i)``; the test split's
+    conversation ``i`` in ``(mix.seed, "test", i)``). ``split``: written to ``meta.split`` when given."""
+    rng = random.Random(f"{mix.seed}:test:{i}" if split == TEST else f"{mix.seed}:{i}")
     task = rng.choices(tasks, weights)[0]
     if task in ("caption", "generate"):
         kind = rng.choice(sorted(pools.captioned))
@@ -418,9 +469,52 @@ def compose_record(i: int, pools: _Pools, mix: Mixture, tasks: list[str], weight
         msgs, used = _multi_round(pools, mix, rng)
     sources = sorted({p.source for p in used})
     licenses = sorted({p.license for p in used})
-    return {"schema": 1, "id": f"{mix.name}-{i:08d}", "source": "+".join(sources), "messages": msgs,
-            "meta": {"task": task, "from": [p.rid for p in used], "orig_ids": [p.orig_id for p in used]},
+    meta: dict[str, Any] = {"task": task, "from": [p.rid for p in used], "orig_ids": [p.orig_id for p in used]}
+    if task in ("edit", "icl_edit"):  # the query's edit (the last pair used), in the editing-record schema
+        meta[PAIR] = json.loads(json.dumps(used[-1].pair))
+    if split is not None:
+        meta[SPLIT] = split
+    rid = f"{mix.name}-test-{i:08d}" if split == TEST else f"{mix.name}-{i:08d}"
+    return {"schema": 1, "id": rid, "source": "+".join(sources), "messages": msgs, "meta": meta,
             "license": "; ".join(licenses)}
+
+
+def _tasks_of(pools: _Pools, mix: Mixture) -> tuple[list[str], list[float], list[str]]:
+    """(tasks with weight > 0 and data, their weights, tasks with weight > 0 but no data)."""
+    tasks, weights, unavailable = [], [], []
+    for t in TASKS:
+        w = float(mix.weights.get(t, 0.0)) if mix.weights else 1.0
+        if w <= 0:
+            continue
+        if pools.available(t):
+            tasks.append(t)
+            weights.append(w)
+        else:
+            unavailable.append(t)
+    return tasks, weights, unavailable
+
+
+def _write_records(writer: ShardWriter, out: Path, mix: Mixture, n: int, pools: _Pools, tasks: list[str],
+                   weights: list[float], split: Optional[str], counts: Counter, progress: bool) -> list[dict]:
+    from tqdm import tqdm
+
+    try:
+        desc = f"compose {mix.name}" + (" (test)" if split == TEST else "")
+        for i in tqdm(range(n), desc=desc, unit="conv", disable=not progress):
+            rec = compose_record(i, pools, mix, tasks, weights, split)
+            if mix.relative_paths:
+                for msg in rec["messages"]:
+                    for part in msg["content"]:
+                        if "path" in part:
+                            part["path"] = os.path.relpath(part["path"], out)
+                pair = rec["meta"].get(PAIR)
+                if pair is not None:
+                    pair["input"], pair["output"] = (os.path.relpath(pair[k], out) for k in ("input", "output"))
+            writer.write(rec)
+            counts[rec["meta"]["task"]] += 1
+        return writer.commit()
+    finally:
+        writer.close()
 
 
 def compose(manifests: Sequence[Union[str, Path]], out: Union[str, Path], mix: Mixture, progress: bool = True) -> dict:
@@ -434,56 +528,62 @@ def compose(manifests: Sequence[Union[str, Path]], out: Union[str, Path], mix: M
 
     Returns:
         The summary (also ``out/summary.json``): ``records``, ``tasks`` (task -> count), ``unavailable``
-        (tasks with weight > 0 whose pool is empty), ``pairs`` read, ``manifests`` written.
+        (tasks with weight > 0 whose pool is empty), ``pairs`` read, ``skipped`` (reason -> count: pairs whose
+        media are missing), ``manifests`` written; with a test split also ``splits``
+        (``{"train": {"records", "manifests", "pairs"}, "test": {…}}``).
 
     Raises:
         BuildError: nothing to draw (no task with weight > 0 has data), or ``out`` already holds a manifest.
     """
-    from tqdm import tqdm
-
     mix.check()
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    existing = _existing_outputs(out)
+    existing = existing_outputs(out)
     if existing:
         raise BuildError(f"{out} already holds a manifest ({', '.join(existing)}); choose an empty folder")
-    pairs = _load_pairs(manifests)
-    pools = _Pools(pairs, mix.icl_shots[0], mix.subject_refs[0])
-    tasks, weights, unavailable = [], [], []
-    for t in TASKS:
-        w = float(mix.weights.get(t, 0.0)) if mix.weights else 1.0
-        if w <= 0:
-            continue
-        if pools.available(t):
-            tasks.append(t)
-            weights.append(w)
-        else:
-            unavailable.append(t)
+    skipped: dict[str, list] = {}
+    pairs = _load_pairs(manifests, mix.eval_fraction, skipped)
+    for reason, items in skipped.items():
+        log.warning("%d pairs skipped (%s), e.g. %s", len(items), reason, items[0]["detail"])
+    train_pairs = [p for p in pairs if p.split == TRAIN]
+    test_pairs = [p for p in pairs if p.split == TEST]
+    pools = _Pools(train_pairs, mix.icl_shots[0], mix.subject_refs[0])
+    tasks, weights, unavailable = _tasks_of(pools, mix)
     if unavailable:
-        log.warning("no data for tasks %s in %d pairs; they are left out of the mixture", unavailable, len(pairs))
-    if not tasks:
+        log.warning("no data for tasks %s in %d train pairs; they are left out of the mixture", unavailable,
+                    len(train_pairs))
+    if not tasks and mix.n > 0:
         wanted = sorted(t for t, w in (mix.weights or dict.fromkeys(TASKS, 1.0)).items() if w > 0)
         raise BuildError(f"none of the tasks with weight > 0 ({wanted}) "
-                         f"has data in {[str(m) for m in manifests]} ({len(pairs)} pairs)")
-    writer = ShardWriter(out, mix.shard_size)
+                         f"has data in {[str(m) for m in manifests]} ({len(train_pairs)} train pairs)")
+    eval_n = mix.eval_n
+    if eval_n is None:
+        eval_n = -(-mix.n * len(test_pairs) // len(pairs)) if test_pairs else 0
+    test_pools = _Pools(test_pairs, mix.icl_shots[0], mix.subject_refs[0])
+    test_tasks, test_weights, test_unavailable = _tasks_of(test_pools, mix)
+    if eval_n > 0 and not test_tasks:
+        raise BuildError(f"eval_n = {eval_n} test conversations asked for, but none of the tasks with weight > 0 "
+                         f"has data in the {len(test_pairs)} test pairs; raise eval_fraction or set eval_n=0")
     counts: Counter = Counter()
-    try:
-        for i in tqdm(range(mix.n), desc=f"compose {mix.name}", unit="conv", disable=not progress):
-            rec = compose_record(i, pools, mix, tasks, weights)
-            if mix.relative_paths:
-                for msg in rec["messages"]:
-                    for part in msg["content"]:
-                        if "path" in part:
-                            part["path"] = os.path.relpath(part["path"], out)
-            writer.write(rec)
-            counts[rec["meta"]["task"]] += 1
-        shards = writer.commit()
-    finally:
-        writer.close()
+    test_counts: Counter = Counter()
+    shards = _write_records(ShardWriter(out, mix.shard_size), out, mix, mix.n, pools, tasks, weights,
+                            TRAIN if test_pairs or eval_n else None, counts, progress)
+    test_shards: list[dict] = []
+    if eval_n > 0:
+        test_shards = _write_records(ShardWriter(out, mix.shard_size, prefix=SPLIT_PREFIX[TEST]), out, mix, eval_n,
+                                     test_pools, test_tasks, test_weights, TEST, test_counts, progress)
     summary = {"name": mix.name, "source": "conversations", "records": mix.n, "pairs": len(pairs),
                "tasks": dict(sorted(counts.items())), "unavailable": unavailable,
+               "skipped": {k: len(v) for k, v in sorted(skipped.items())},
+               "examples": {k: v[:5] for k, v in sorted(skipped.items())},
                "inputs": [str(Path(m).resolve()) for m in manifests], "manifests": [s["file"] for s in shards],
                "mixture": dataclasses.asdict(mix)}
-    _write_json(out / "summary.json", summary)
-    log.info("composed %d conversations %s -> %s", mix.n, dict(counts), out)
+    if test_pairs or eval_n:
+        summary[SUMMARY_SPLITS] = {
+            TRAIN: {"records": mix.n, "pairs": len(train_pairs), "manifests": [s["file"] for s in shards],
+                    "tasks": dict(sorted(counts.items()))},
+            TEST: {"records": eval_n, "pairs": len(test_pairs), "manifests": [s["file"] for s in test_shards],
+                   "tasks": dict(sorted(test_counts.items())), "unavailable": test_unavailable}}
+    write_json(out / "summary.json", summary)
+    log.info("composed %d conversations %s (+ %d test %s) -> %s", mix.n, dict(counts), eval_n, dict(test_counts), out)
     return summary

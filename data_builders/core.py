@@ -7,8 +7,9 @@ point: media + caption, or an edit input/output pair). :func:`build` then
 1. hands the units to ``workers`` processes (``multiprocessing`` *spawn*, ``imap``: results come back
    in unit order whatever the worker count). A worker reads its unit, extracts tar members (only a tar
    source writes media, or any source with ``copy_media``), checks every sample (:func:`check_sample`:
-   caption length, file exists, :func:`codi2.media.validate` from the header only, size / duration
-   filters) and hashes its media (sha256 of the file bytes);
+   caption length, file exists, :func:`codi2.media.validate` from the header, size / duration
+   filters, then a full decode of images and audio unless ``decode=false``) and hashes its media (sha256
+   of the file bytes);
 2. in the main process, in order: drops duplicates (the tuple of a sample's media hashes; optionally
    exact normalised captions), turns each kept sample into a manifest record
    (:func:`data_builders.conversations.pair_record`, phrasing drawn from an RNG seeded by
@@ -21,6 +22,10 @@ Output folder::
     manifest.jsonl                  (shard_size = 0, the default) or
     manifest-00000.jsonl, …         (shard_size = N: N records a shard; each shard is a valid manifest,
                                      ids are unique across shards; give them all to data.manifests)
+    test.jsonl / test-00000.jsonl … (eval_fraction > 0 only) the held-out split: records whose group key
+                                     (:func:`codi2.editing.group_key`: an edit's group, a subject, else the
+                                     sample) hashes into the evaluation fraction; the manifests above then hold
+                                     the train split. Every record carries ``meta.split``.
     media/{unit}/{key}.{ext}        media extracted from tar shards (or copied with copy_media)
     summary.json                    records, skipped samples by reason (with examples), tasks, manifests
     .build-state.json               resume state (kept; ``complete: true`` once finished)
@@ -56,6 +61,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 from tqdm import tqdm
 
 from codi2.config import MediaLimits
+from codi2.editing import PAIR, SPLIT, SPLIT_PREFIX, SUMMARY_SPLITS, TEST, TRAIN, check_eval_fraction, group_key, split_of
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +69,7 @@ KINDS = ("image", "audio", "video")
 SKIP_REASONS = {
     "bad_row": "the input row or sample is malformed (missing column, bad JSON, no media)",
     "missing_file": "a media file named by the input does not exist",
-    "undecodable": "a media file is corrupt, empty or not of the expected kind",
+    "undecodable": "a media file is corrupt, truncated, empty or not of the expected kind",
     "too_large": "a media file is over max_bytes or max_pixels",
     "too_long": "an audio/video file is over max_seconds (or the frame limit)",
     "too_short": "an audio/video file is under min_seconds",
@@ -98,6 +104,8 @@ class Filters:
         min_seconds / max_seconds: audio and video duration (from the header).
         dedup: drop samples whose media bytes (all of them) were already kept.
         dedup_captions: also drop samples whose normalised caption (lower case, single spaces) was already kept.
+        decode: decode every image and audio file in full (a truncated file passes the header check and would
+            fail only in training); ``false`` checks headers only. Video is checked from its header.
     """
 
     min_caption_chars: int = 1
@@ -109,6 +117,7 @@ class Filters:
     max_seconds: float = 60.0
     dedup: bool = True
     dedup_captions: bool = False
+    decode: bool = True
 
     def limits(self) -> MediaLimits:
         """The :class:`codi2.config.MediaLimits` that :func:`codi2.media.validate` checks against."""
@@ -159,6 +168,8 @@ class BuildOptions:
         license: the licence written to records whose input names none.
         mix: task weights for paired data (``caption``, ``generate``, ``joint``; edits are always ``edit``).
         progress: show a tqdm bar.
+        eval_fraction: the fraction of groups held out as the ``test`` split (0: no split); see
+            :func:`codi2.editing.split_of`.
     """
 
     out: Union[str, Path]
@@ -173,6 +184,7 @@ class BuildOptions:
     license: str = "unknown"
     mix: dict[str, float] = field(default_factory=lambda: {"caption": 1.0, "generate": 1.0, "joint": 0.0})
     progress: bool = True
+    eval_fraction: float = 0.0
 
 
 # ----------------------------------------------------------------------------- samples and units
@@ -312,7 +324,7 @@ def check_sample(s: Sample, ctx: Context, unit: Unit) -> Union[Sample, Skip]:
     Returns:
         The sample (``sha256`` filled, media paths final), or a :class:`Skip` naming the reason.
     """
-    from codi2.media import MediaError, validate
+    from codi2.media import MediaError, load_audio, load_image, validate
 
     f = ctx.filters
     if not s.media:
@@ -332,6 +344,8 @@ def check_sample(s: Sample, ctx: Context, unit: Unit) -> Union[Sample, Skip]:
             return Skip(s.id, "missing_file", f"{kind} file not found: {path}", s.written)
         try:
             info = validate(full, kind, limits)
+            if f.decode and kind in ("image", "audio"):
+                (load_image if kind == "image" else load_audio)(full, limits)
         except MediaError as e:
             return Skip(s.id, media_error_reason(str(e)), str(e), s.written)
         if kind in ("audio", "video") and info.duration is not None and info.duration < f.min_seconds:
@@ -383,10 +397,11 @@ class ShardWriter:
         out: the output folder.
         shard_size: records per shard (0 = one file).
         shards: committed shards ``[{"file", "records", "bytes"}]`` to continue from (resume).
+        prefix: the file names' stem (``test`` for a held-out split: ``test.jsonl``, ``test-NNNNN.jsonl``).
     """
 
-    def __init__(self, out: Path, shard_size: int, shards: Optional[list[dict]] = None):
-        self.out, self.shard_size = out, shard_size
+    def __init__(self, out: Path, shard_size: int, shards: Optional[list[dict]] = None, prefix: str = "manifest"):
+        self.out, self.shard_size, self.prefix = out, shard_size, prefix
         self.shards: list[dict] = [dict(s) for s in (shards or [])]
         self._f = None
         if self.shards:
@@ -394,7 +409,7 @@ class ShardWriter:
             self._f = open(out / last["file"], "ab")
 
     def _name(self, i: int) -> str:
-        return "manifest.jsonl" if self.shard_size == 0 else f"manifest-{i:05d}.jsonl"
+        return f"{self.prefix}.jsonl" if self.shard_size == 0 else f"{self.prefix}-{i:05d}.jsonl"
 
     def write(self, record: dict) -> None:
         """Appends one record (compact JSON, one line)."""
@@ -422,7 +437,8 @@ class ShardWriter:
             self._f = None
 
 
-def _write_json(path: Path, obj: dict) -> None:
+def write_json(path: Path, obj: dict) -> None:
+    """Writes ``obj`` as indented JSON through a temporary file (a reader never sees half a file)."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
@@ -433,8 +449,11 @@ def _truncate(path: Path, n_bytes: int) -> None:
         f.truncate(n_bytes)
 
 
-def _existing_outputs(out: Path) -> list[str]:
-    names = [STATE_FILE, "manifest.jsonl"] + sorted(p.name for p in out.glob("manifest-*.jsonl"))
+def existing_outputs(out: Path) -> list[str]:
+    """The build files already in ``out``: the state file, train and test manifests (shards included)."""
+    names = [STATE_FILE]
+    for prefix in SPLIT_PREFIX.values():
+        names += [f"{prefix}.jsonl"] + sorted(p.name for p in out.glob(f"{prefix}-*.jsonl"))
     return [n for n in names if (out / n).exists()]
 
 
@@ -454,6 +473,7 @@ class Summary:
         self.tasks: Counter = Counter(state.get("tasks", {}))
         self.skipped: Counter = Counter(state.get("skipped", {}))
         self.examples: dict[str, list[dict]] = {k: list(v) for k, v in state.get("examples", {}).items()}
+        self.splits: Counter = Counter(state.get("split_records", {}))
 
     def skip(self, unit: str, s: Skip) -> None:
         self.skipped[s.reason] += 1
@@ -462,9 +482,12 @@ class Summary:
             ex.append({"id": s.id, "unit": unit, "detail": s.detail})
 
     def to_dict(self) -> dict:
-        return {"samples": self.samples, "records": self.records, "tasks": dict(sorted(self.tasks.items())),
-                "skipped": dict(sorted(self.skipped.items())),
-                "examples": {k: self.examples[k] for k in sorted(self.examples)}}
+        out = {"samples": self.samples, "records": self.records, "tasks": dict(sorted(self.tasks.items())),
+               "skipped": dict(sorted(self.skipped.items())),
+               "examples": {k: self.examples[k] for k in sorted(self.examples)}}
+        if self.splits:
+            out["split_records"] = dict(sorted(self.splits.items()))
+        return out
 
 
 def build(source: Source, opts: BuildOptions) -> dict:
@@ -476,7 +499,9 @@ def build(source: Source, opts: BuildOptions) -> dict:
 
     Returns:
         The summary dict (also written to ``out/summary.json``): ``records``, ``samples``, ``skipped``
-        (reason -> count), ``examples``, ``tasks``, ``manifests`` (file names, in order), ``name``, ``source``.
+        (reason -> count), ``examples``, ``tasks``, ``manifests`` (file names, in order), ``name``, ``source``;
+        with ``eval_fraction`` > 0 also ``splits``: ``{"train": {"records", "manifests"}, "test": {…}}``
+        (``manifests`` is then the train split).
 
     Raises:
         BuildError: ``out`` already holds a build and ``resume`` is off; the state does not match
@@ -488,6 +513,10 @@ def build(source: Source, opts: BuildOptions) -> dict:
         raise BuildError(f"workers = {opts.workers}; it must be >= 1")
     if opts.shard_size < 0:
         raise BuildError(f"shard_size = {opts.shard_size}; it must be >= 0 (0 = one manifest.jsonl)")
+    try:
+        eval_fraction = check_eval_fraction(opts.eval_fraction)
+    except ValueError as e:
+        raise BuildError(f"--eval-fraction: {e}") from None
     out = Path(opts.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     name = opts.name or source.name
@@ -495,6 +524,8 @@ def build(source: Source, opts: BuildOptions) -> dict:
                    "filters": dataclasses.asdict(opts.filters), "copy_media": opts.copy_media,
                    "relative_paths": opts.relative_paths, "license": opts.license,
                    "mix": dict(sorted(opts.mix.items()))}
+    if eval_fraction > 0:
+        fingerprint["eval_fraction"] = eval_fraction
     units = source.units()
     state_path, seen_path = out / STATE_FILE, out / SEEN_FILE
 
@@ -507,11 +538,11 @@ def build(source: Source, opts: BuildOptions) -> dict:
         if state.get("complete"):
             log.info("%s: the build is already complete (%d records)", out, state["summary"]["records"])
             return json.loads((out / SUMMARY_FILE).read_text(encoding="utf-8"))
-        for s in state["shards"]:
+        for s in state["shards"] + state.get("test_shards", []):
             _truncate(out / s["file"], s["bytes"])
-        kept = {s["file"] for s in state["shards"]}
-        for n in _existing_outputs(out):
-            if n.startswith("manifest") and n not in kept:
+        kept = {s["file"] for s in state["shards"] + state.get("test_shards", [])}
+        for n in existing_outputs(out):
+            if n != STATE_FILE and n not in kept:
                 (out / n).unlink()
         if not seen_path.exists():
             seen_path.touch()
@@ -519,14 +550,16 @@ def build(source: Source, opts: BuildOptions) -> dict:
         log.info("%s: resuming after %d of %d units (%d records)", out, state["units_done"], len(units),
                  state["summary"].get("records", 0))
     else:
-        existing = _existing_outputs(out)
+        existing = existing_outputs(out)
         if existing:
             raise BuildError(f"{out} already holds a build ({', '.join(existing)}); pass --resume to continue it, "
                              "or choose an empty folder")
         state = {"version": 1, "fingerprint": fingerprint, "units": len(units), "units_done": 0, "shards": [],
                  "seen_bytes": 0, "summary": {}, "complete": False}
+        if eval_fraction > 0:
+            state["test_shards"] = []
         seen_path.write_bytes(b"")
-        _write_json(state_path, state)  # from here on, --resume can take over (even before the first commit)
+        write_json(state_path, state)  # from here on, --resume can take over (even before the first commit)
     if state["units"] != len(units):
         raise BuildError(f"the input now has {len(units)} units, the state was started with {state['units']}; "
                          "the input changed since the interrupted build: build into a new folder")
@@ -534,6 +567,7 @@ def build(source: Source, opts: BuildOptions) -> dict:
     seen: set[str] = set(seen_path.read_text(encoding="utf-8").split())
     summary = Summary(state["summary"])
     writer = ShardWriter(out, opts.shard_size, state["shards"])
+    test_writer = ShardWriter(out, opts.shard_size, state.get("test_shards"), prefix=SPLIT_PREFIX[TEST])
     seen_f = open(seen_path, "ab")
     ctx = Context(str(out), opts.filters, opts.copy_media, opts.relative_paths)
     todo = units[state["units_done"]:]
@@ -564,35 +598,49 @@ def build(source: Source, opts: BuildOptions) -> dict:
                         seen_f.write((k + "\n").encode())
                     rid = f"{name}-{summary.records:08d}"
                     record = pair_record(item, rid, name, opts.seed, opts.mix, opts.license)
-                    writer.write(record)
+                    split = TRAIN
+                    if eval_fraction > 0:
+                        split = split_of(group_key(record["meta"][PAIR], item.id), eval_fraction)
+                        record["meta"][SPLIT] = split
+                        summary.splits[split] += 1
+                    (test_writer if split == TEST else writer).write(record)
                     summary.records += 1
                     summary.tasks[record["meta"]["task"]] += 1
                 # 3. commit.
                 seen_f.flush()
                 os.fsync(seen_f.fileno())
                 state["shards"] = writer.commit()
+                if eval_fraction > 0:
+                    state["test_shards"] = test_writer.commit()
                 state["seen_bytes"] = seen_f.tell()
                 state["units_done"] += 1
                 state["summary"] = summary.to_dict()
-                _write_json(state_path, state)
+                write_json(state_path, state)
                 bar.update(1)
                 bar.set_postfix(records=summary.records, skipped=sum(summary.skipped.values()))
     finally:
         writer.close()
+        test_writer.close()
         seen_f.close()
         if pool is not None:
             pool.terminate()
             pool.join()
     result = {"name": name, "source": source.name, **summary.to_dict(),
               "manifests": [s["file"] for s in state["shards"]], "units": len(units)}
-    _write_json(out / SUMMARY_FILE, result)
+    if eval_fraction > 0:
+        result["eval_fraction"] = eval_fraction
+        result[SUMMARY_SPLITS] = {
+            sp: {"records": summary.splits.get(sp, 0), "manifests": [s["file"] for s in state[key]]}
+            for sp, key in ((TRAIN, "shards"), (TEST, "test_shards"))}
+    write_json(out / SUMMARY_FILE, result)
     state["complete"] = True
-    _write_json(state_path, state)
+    write_json(state_path, state)
     seen_path.unlink()
     dt = time.perf_counter() - t0
     log.info("%s: %d records from %d samples (%d skipped: %s) in %.1f s -> %s", name, summary.records,
              summary.samples, sum(summary.skipped.values()), dict(summary.skipped), dt,
-             ", ".join(result["manifests"]) or "no manifest (nothing kept)")
+             ", ".join(result["manifests"] + [s["file"] for s in state.get("test_shards", [])])
+             or "no manifest (nothing kept)")
     return result
 
 

@@ -185,13 +185,18 @@ def instructpix2pix_corpus(root: Union[str, Path], n_folders: int = 3, seeds_per
     return root
 
 
-def audit_corpus(root: Union[str, Path], n: int = 4, seed: int = 0, chain: bool = True) -> Path:
+AUDIT_INSTRUCTIONS = ("Add the sound of a dog barking", "Drop the rain", "Add a bell ringing", "Drop the wind",
+                      "Add birds singing", "Drop the traffic noise", "Add a door knock", "Drop the music")
+
+
+def audit_corpus(root: Union[str, Path], n: int = 4, seed: int = 0, chain: bool = True, groups: int = 2) -> Path:
     """``root/edits.csv`` (``id, input_audio, edit_instruction, output_audio, edit_type``) and ``root/wav/``.
-    Rows alternate two instructions (so in-context groups have members); with ``chain`` the second row's
-    input is the first row's output (a multi-round chain)."""
+    Rows cycle through the first ``groups`` (<= 8) of :data:`AUDIT_INSTRUCTIONS`, alternately add and drop (so
+    in-context groups have members); with ``chain`` the second row's input is the first row's output (a
+    multi-round chain)."""
     root = Path(root)
     (root / "wav").mkdir(parents=True, exist_ok=True)
-    instr = ["Add the sound of a dog barking", "Drop the rain"]
+    instr = list(AUDIT_INSTRUCTIONS[:groups])
     rows = []
     for i in range(n):
         src, dst = f"wav/in{i}.wav", f"wav/out{i}.wav"
@@ -200,8 +205,8 @@ def audit_corpus(root: Union[str, Path], n: int = 4, seed: int = 0, chain: bool 
         else:
             (root / src).write_bytes(audio_bytes(seed * 13 + 2 * i))
         (root / dst).write_bytes(audio_bytes(seed * 13 + 2 * i + 1))
-        rows.append({"id": f"edit{i}", "input_audio": src, "edit_instruction": instr[i % 2],
-                     "output_audio": dst, "edit_type": "add" if i % 2 == 0 else "drop"})
+        rows.append({"id": f"edit{i}", "input_audio": src, "edit_instruction": instr[i % len(instr)],
+                     "output_audio": dst, "edit_type": "add" if i % len(instr) % 2 == 0 else "drop"})
     path = root / "edits.csv"
     _write_rows(path, rows)
     return path

@@ -364,3 +364,90 @@ def test_codi2_7b_recipes_load():
     assert stages["projector_alignment"].phases.weights["multi"] == 0
     mix = load_mixture(REPO / "data_builders" / "recipes" / "codi2-7b-stage2-mixture.yaml")
     assert mix.weights["icl_edit"] > 0 and mix.weights["multi_round"] > 0 and mix.shard_size == 0
+
+
+# ----------------------------------------------------------------------------- bad input is skipped and counted
+def test_bad_input_is_skipped_and_counted_with_its_reason(tmp_path):
+    import io
+    import tarfile
+
+    # a shard with a truncated image (its header is fine: only decoding finds it) and a truncated wav
+    F.webdataset_shards(tmp_path / "wds", n_shards=1, per_shard=2, kinds=("image", "audio"), duplicate=False,
+                        broken=False)
+    shard = tmp_path / "wds" / "shard-00000.tar"
+    with tarfile.open(shard, "a") as tar:
+        for name, data in (("bad1.png", F.image_bytes(7, 64)[:300]), ("bad1.txt", b"a truncated picture"),
+                           ("bad2.png", F.image_bytes(8)), ("bad2.wav", F.audio_bytes(8)[:100]),
+                           ("bad2.txt", b"a truncated sound")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    s = build(WebDatasetSource(inputs=[str(tmp_path / "wds")]), opts(tmp_path / "w"))
+    assert s["records"] == 2 and s["skipped"] == {"undecodable": 2}
+    details = [e["detail"] for e in s["examples"]["undecodable"]]
+    assert "truncated png" in details[0] and "truncated WAV" in details[1]
+    assert not list((tmp_path / "w" / "media").rglob("bad*"))  # what they extracted is gone
+    # headers only (decode=false): the truncated files pass, as they did before
+    s = build(WebDatasetSource(inputs=[str(tmp_path / "wds")]), opts(tmp_path / "w2", filters=parse_filters(["decode=false"])))
+    assert s["records"] == 4
+
+    # AUDIT rows naming a missing input wav and a missing output wav; a row with no output column value
+    table = F.audit_corpus(tmp_path / "audit", n=4, chain=False)
+    text = table.read_text().splitlines()
+    text[1] = text[1].replace("wav/in0.wav", "wav/nowhere.wav")
+    text[2] = text[2].replace("wav/out1.wav", "wav/gone.wav")
+    text[3] = text[3].replace("wav/out2.wav", "")
+    table.write_text("\n".join(text) + "\n")
+    s = build(AuditSource(inputs=[str(table)]), opts(tmp_path / "au"))
+    assert s["records"] == 1 and s["skipped"] == {"missing_file": 2, "bad_row": 1}
+    assert [e["id"] for e in s["examples"]["missing_file"]] == ["edit0", "edit1"]
+    assert "nowhere.wav" in s["examples"]["missing_file"][0]["detail"]
+
+    # an InstructPix2Pix pair whose output is missing; a corrupt input
+    ip = F.instructpix2pix_corpus(tmp_path / "ip2p", n_folders=2, seeds_per_folder=2)
+    (ip / "0000000" / "1000_1.jpg").unlink()
+    (ip / "0000001" / "1017_0.jpg").write_bytes(b"not a jpeg")
+    s = build(InstructPix2PixSource(inputs=[str(ip)]), opts(tmp_path / "ip"))
+    assert s["records"] == 2 and s["skipped"] == {"missing_file": 1, "undecodable": 1}
+    assert s["examples"]["missing_file"][0]["id"] == "0000000/1000"
+
+    # a table row naming a missing wav
+    tab = F.table_corpus(tmp_path / "tab", fmt="csv", n=3, audio=True)
+    (tmp_path / "tab" / "media" / "0001.wav").unlink()
+    s = build(TableSource(inputs=[str(tab)]), opts(tmp_path / "tb"))
+    assert s["records"] == 2 and s["skipped"] == {"missing_file": 2}  # row 1's wav, and the fixture's missing png
+
+    # composing from a pair manifest whose media went missing after the build: skipped and counted
+    (tmp_path / "ip2p" / "0000001" / "1000_1.jpg").unlink()
+    s = compose([tmp_path / "ip" / "manifest.jsonl"], tmp_path / "mix", load_mixture(None, ["n=4"]), progress=False)
+    assert s["pairs"] == 1 and s["skipped"] == {"missing_file": 1} and s["records"] == 4
+    assert "1000_1.jpg" in s["examples"]["missing_file"][0]["detail"]
+
+
+def test_interrupted_split_build_resumes_to_identical_output(tmp_path, monkeypatch):
+    ip = F.instructpix2pix_corpus(tmp_path / "ip2p", n_folders=6, seeds_per_folder=2)
+    src = InstructPix2PixSource(inputs=[str(ip)], folders_per_unit=2)
+    full = build(src, opts(tmp_path / "full", eval_fraction=0.34))
+    assert full["splits"]["test"]["records"] == 6 and full["splits"]["train"]["records"] == 6
+    real_write, calls = core.ShardWriter.write, {"n": 0}
+
+    def flaky_write(self, record):
+        calls["n"] += 1
+        if calls["n"] == 7:  # inside the last unit
+            raise KeyboardInterrupt("simulated interruption")
+        real_write(self, record)
+
+    monkeypatch.setattr(core.ShardWriter, "write", flaky_write)
+    with pytest.raises(KeyboardInterrupt):
+        build(src, opts(tmp_path / "part", eval_fraction=0.34))
+    monkeypatch.setattr(core.ShardWriter, "write", real_write)
+    with pytest.raises(BuildError, match="other inputs or options"):
+        build(src, opts(tmp_path / "part", eval_fraction=0.5, resume=True))
+    s = build(src, opts(tmp_path / "part", eval_fraction=0.34, resume=True))
+    assert s["splits"] == full["splits"]
+    for f in ("manifest.jsonl", "test.jsonl"):
+        assert (tmp_path / "part" / f).read_bytes() == (tmp_path / "full" / f).read_bytes()
+    with pytest.raises(BuildError, match="--resume"):  # a test split alone also marks the folder as a build
+        (tmp_path / "part" / core.STATE_FILE).unlink()
+        (tmp_path / "part" / "manifest.jsonl").unlink()
+        build(src, opts(tmp_path / "part", eval_fraction=0.34))

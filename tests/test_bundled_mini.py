@@ -85,7 +85,7 @@ def test_mini_model_draws_orange_orange_at_its_configured_guidance(mini):
 
     # The picture decoder from the encoder's exact embeddings (the LLM taken out), at the guidance the bundle's
     # config gives it. At 3.0 this zero-terminal-SNR decoder over-drove colour and drew orange as red: 24 / 32 of
-    # these held-out renders right; at 1.5, the configured scale, 30 / 32 (docs/mini_model.md, "Pictures: less guidance")
+    # these held-out renders right; at 1.5, the configured scale, 30 / 32 (docs/history.md, "Pictures: less guidance")
     model = mini.model
     dec = model.decoder(Modality("image"))
     held = [s for s in world_batch("image", 0, 200, 7, "test", canonical=True) if s.attrs["colour"] == "orange"]

@@ -235,9 +235,9 @@ def test_offload_without_cuda_logs(pipeline_dirs, caplog):
 
 
 # ----------------------------------------------------------------------------- real weights
-REAL = {"image": ("CODI2_UNCLIP_DIR", {"image_embeds": (1024,)}),
-        "audio": ("CODI2_AUDIOLDM2_DIR", {"generated_prompt_embeds": (8, 768), "prompt_embeds": (32, 1024)}),
-        "video": ("CODI2_ZEROSCOPE_DIR", {"prompt_embeds": (77, 1024)})}
+REAL = {"image": ("CODI2_UNCLIP", {"image_embeds": (1024,)}),
+        "audio": ("CODI2_AUDIOLDM2", {"generated_prompt_embeds": (8, 768), "prompt_embeds": (32, 1024)}),
+        "video": ("CODI2_ZEROSCOPE", {"prompt_embeds": (77, 1024)})}
 
 
 @pytest.mark.real_weights

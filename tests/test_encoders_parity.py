@@ -28,7 +28,7 @@ from codi2.encoders import (
 from codi2.config import ImageBindConfig
 from codi2.encoders.tokenizer import BPETokenizer
 
-HUGE_PARAMS_ALL_MODALITIES = 1_200_781_057  # imagebind_huge, DESIGN.md §7
+HUGE_PARAMS_ALL_MODALITIES = 1_200_781_057  # imagebind_huge, docs/design.md#encoder
 
 
 class _DropPath(nn.Module):

@@ -335,7 +335,7 @@ def test_load_llm_errors(tok, sp_model, tmp_path):
         load_llm(dataclasses.replace(tiny_llm_cfg(sp_model), vocab_size=500), tok)
     with pytest.raises(FileNotFoundError, match="llm.path"):
         load_llm(dataclasses.replace(tiny_llm_cfg(sp_model), path=str(tmp_path / "missing")), tok)
-    with pytest.raises(FileNotFoundError, match="safetensors"):
+    with pytest.raises(FileNotFoundError, match="pytorch_model.bin"):  # names the weight layouts it takes
         load_llm(dataclasses.replace(tiny_llm_cfg(sp_model), path=str(tmp_path)), tok)
 
 
@@ -356,6 +356,65 @@ def test_quantized_tiny(tok, sp_model, hf_dir, quantization, layer):
     logits.float().square().mean().backward()
     groups = llm.trainable_parameters()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for ps in groups.values() for p in ps)
+
+
+def save_bin(model, d, shards: int = 1) -> None:
+    """``model`` as transformers 4 wrote it with ``save_pretrained(safe_serialization=False)`` (transformers 5 only
+    writes safetensors): ``pytorch_model.bin``, or ``pytorch_model-0000i-of-0000n.bin`` shards with
+    ``pytorch_model.bin.index.json``."""
+    d.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(d)
+    sd = {k: v.contiguous().clone() for k, v in model.state_dict().items()}
+    if shards == 1:
+        torch.save(sd, d / "pytorch_model.bin")
+        return
+    keys, weight_map = list(sd), {}
+    for i in range(shards):
+        name = f"pytorch_model-{i + 1:05d}-of-{shards:05d}.bin"
+        part = {k: sd[k] for k in keys[i::shards]}
+        torch.save(part, d / name)
+        weight_map.update(dict.fromkeys(part, name))
+    total = sum(v.numel() * v.element_size() for v in sd.values())
+    (d / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {"total_size": total},
+                                                                "weight_map": weight_map}))
+
+
+@pytest.mark.parametrize("layout", ["bin", "safetensors-shards", "bin-shards"])
+def test_llama_directory_with_bin_or_sharded_weights_loads(tok, sp_model, hf_dir, tmp_path, layout):
+    """Many Llama-2 copies ship ``pytorch_model.bin`` or shards with an index; each loads to the same model as
+    the single-safetensors directory."""
+    import shutil
+
+    from transformers import LlamaForCausalLM
+
+    from codi2.llm import llama_weight_files
+
+    base = LlamaForCausalLM.from_pretrained(str(hf_dir))
+    d = tmp_path / layout
+    if layout == "safetensors-shards":
+        size = sum(v.numel() * v.element_size() for v in base.state_dict().values())
+        base.save_pretrained(d, max_shard_size=size // 3)
+    else:
+        save_bin(base, d, shards=1 if layout == "bin" else 3)
+    names = sorted(p.name for p in d.iterdir())
+    assert any(n.endswith(".safetensors") for n in names) == (layout == "safetensors-shards")
+    index = "model.safetensors.index.json" if layout == "safetensors-shards" else "pytorch_model.bin.index.json"
+    if layout == "bin":
+        assert llama_weight_files(d) == [d / "pytorch_model.bin"]
+    else:
+        assert index in names and len(llama_weight_files(d)) > 2  # the index and >= 2 shards
+    cfg = lambda path: dataclasses.replace(tiny_llm_cfg(sp_model), path=str(path))  # noqa: E731
+    torch.manual_seed(0)
+    want = load_llm(cfg(hf_dir), tok)
+    torch.manual_seed(0)
+    got = load_llm(cfg(d), tok)
+    ids = prompt_ids(tok, want)
+    assert torch.equal(want(want.embed(ids))[0], got(got.embed(ids))[0])
+    if layout != "bin":  # an index naming a missing shard is an error naming it
+        shard = sorted(set(json.loads((d / index).read_text())["weight_map"].values()))[-1]
+        shutil.move(d / shard, tmp_path / shard)
+        with pytest.raises(FileNotFoundError, match=shard):
+            load_llm(cfg(d), tok)
 
 
 # ----------------------------------------------------------------------------- counting

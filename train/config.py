@@ -50,7 +50,7 @@ class ModelSource:
 @dataclass
 class DataConfig:
     """Attributes:
-        manifests: JSONL manifests (DESIGN.md §4); several are concatenated.
+        manifests: JSONL manifests (docs/design.md#manifest-schema); several are concatenated.
         target_cache: feature cache of the head targets; default: beside the first manifest.
         precompute: compute missing targets at start, every rank its own shard of them
             (``codi2.targets.precompute_targets``); a rank waits only for the others' shards.

@@ -1,4 +1,4 @@
-"""Decoders: one adapter per modality around an unmodified diffusers pipeline (DESIGN.md §1-2).
+"""Decoders: one adapter per modality around an unmodified diffusers pipeline (docs/design.md#architecture).
 
     dec = build_decoder(Modality.IMAGE, cfg.modalities["image"].decoder)
     dec.target_spec()                          # {'image_embeds': (1024,)}

@@ -1,4 +1,4 @@
-"""The common adapter around an unmodified diffusers pipeline (DESIGN.md §1-2).
+"""The common adapter around an unmodified diffusers pipeline (docs/design.md#architecture).
 
 The LLM's output heads produce each decoder's *native* conditioning tensors (``image_embeds``,
 ``generated_prompt_embeds`` + ``prompt_embeds``, ``prompt_embeds``); a :class:`Decoder` turns them

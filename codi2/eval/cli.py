@@ -1,7 +1,7 @@
 """``codi2 eval``: run a suite on a model, or score a folder of any system's outputs.
 
     codi2 eval --suite NAME --model DIR --data PATH --out DIR [--shots 0,1,2,4] [--n N] [--seed S]
-               [--resume] [--json] [--force-output] [--clip DIR] [--dino DIR] [--audio-classifier DIR]
+               [--exemplars PATH …] [--resume] [--json] [--force-output] [--clip DIR] [--dino DIR] [--audio-classifier DIR]
                [--fad-model DIR] [--judges DIR] [--steps N] [--guidance G] [--max-new-tokens N]
     codi2 eval score --suite image-edit|audio-edit|dreambench --pred DIR --ref DIR --out DIR [backbones] [--json]
 """
@@ -63,7 +63,7 @@ def _run(args: argparse.Namespace) -> int:
                      audio_classifier=args.audio_classifier, fad_model=args.fad_model, judges=args.judges,
                      max_new_tokens=args.max_new_tokens, temperature=args.temperature, steps=args.steps,
                      guidance=args.guidance, n_boot=args.n_boot, pixel_size=args.pixel_size,
-                     lsd_time_offset=args.lsd_time_offset)
+                     lsd_time_offset=args.lsd_time_offset, exemplars=args.exemplars)
     results = run_eval(cfg, args.out, resume=args.resume, device=args.device)
     _print(results, args.json)
     return 0
@@ -83,8 +83,12 @@ def _score(args: argparse.Namespace) -> int:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", choices=suite_names(), help="a registered suite (plugins add theirs)")
     p.add_argument("--model", help="a codi2 model directory")
-    p.add_argument("--data", nargs="+", help="dreambench: the DreamBench root; image-edit/audio-edit: a manifest.jsonl "
-                   "(or its folder); world: one or more manifests (or folders), read as one set")
+    p.add_argument("--data", nargs="+", help="dreambench: the DreamBench root; image-edit/audio-edit: a build folder "
+                   "(a split build: its test split, exemplars from its train split; else its manifest.jsonl) or a "
+                   "manifest file; world: one or more manifests (or folders), read as one set")
+    p.add_argument("--exemplars", nargs="+", metavar="PATH",
+                   help="image-edit/audio-edit: train manifests (or build folders) to draw k-shot exemplar pairs of "
+                        "the same edit type from, for records that hold none (default: the split build's train split)")
     p.add_argument("--out", help="output folder")
     p.add_argument("--shots", type=parse_shots, default=[0, 1, 2, 4], help="comma-separated shot counts (default 0,1,2,4); world: each "
                    "in-context record runs at every count k >= 1 it has exemplar pairs for, with its first k pairs")

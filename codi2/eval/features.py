@@ -257,6 +257,12 @@ class ImageBindAudio:
         logits = self.scale * torch.nn.functional.normalize(clip, dim=-1) @ torch.nn.functional.normalize(self._text, dim=-1).T
         return AudioEmbedding(clip.numpy(), frames, logits.numpy())
 
+    @torch.no_grad()
+    def texts(self, texts: Sequence[str]) -> np.ndarray:
+        """(N, D) text embeddings in the audio embedding's space (ImageBind's joint space): the audio-text score."""
+        dev = next(self.encoder.parameters()).device
+        return self.encoder.encode_text(self.preprocess.text(list(texts)).to(dev)).embed.double().cpu().numpy()
+
 
 def load_audio_backbone(spec: Optional[str], model_dir: "str | Path | None" = None, model: Any = None,
                         window_seconds: float = 0.96) -> AudioBackbone:

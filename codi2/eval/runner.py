@@ -3,8 +3,10 @@
 Output folder::
 
     outputs/<sample id>.<run>.<i>.<ext>   every generated medium
-    samples.jsonl                         one line per finished sample (id, task, shots, reply text, output
-                                          paths, per-sample metrics), appended as samples finish; --resume reads it
+    samples.jsonl                         one line per finished sample (id, task, shots, and per run the exact
+                                          prompt — its parts in order, its text, its media in order — the reply
+                                          text and output paths; per-sample metrics), appended as samples
+                                          finish; --resume reads it
     results.json                          config, fingerprints, versions, per-sample records, aggregates
     report.md, plot_shots.png, plot_tasks.png
     run.json                              timings (kept out of results.json so that file is reproducible)
@@ -75,6 +77,7 @@ class EvalConfig:
     n_boot: int = 1000
     pixel_size: int = 256
     lsd_time_offset: int = 0
+    exemplars: Optional[list[str]] = None  # image-edit / audio-edit: train manifests for k-shot exemplars
 
     def __post_init__(self) -> None:
         spec = get_suite(self.suite)  # ValueError naming the registered suites
@@ -269,7 +272,7 @@ def _build_dreambench(cfg: EvalConfig, model: Any) -> Suite:
 
 
 def _build_image_edit(cfg: EvalConfig, model: Any) -> Suite:
-    return ImageEditSuite(cfg.data, _image_scorer(cfg), cfg.shots, cfg.n, cfg.seed)
+    return ImageEditSuite(cfg.data, _image_scorer(cfg), cfg.shots, cfg.n, cfg.seed, cfg.exemplars)
 
 
 def _build_audio_edit(cfg: EvalConfig, model: Any) -> Suite:
@@ -277,7 +280,8 @@ def _build_audio_edit(cfg: EvalConfig, model: Any) -> Suite:
 
     clf = load_audio_backbone(cfg.audio_classifier, cfg.model, model)
     fad = clf if cfg.fad_model == cfg.audio_classifier else load_audio_backbone(cfg.fad_model, cfg.model, model)
-    return AudioEditSuite(cfg.data, AudioScorer(clf, fad, cfg.lsd_time_offset), cfg.shots, cfg.n, cfg.seed)
+    return AudioEditSuite(cfg.data, AudioScorer(clf, fad, cfg.lsd_time_offset), cfg.shots, cfg.n, cfg.seed,
+                          cfg.exemplars)
 
 
 register_suite(DreamBenchSuite, _build_dreambench)
@@ -312,7 +316,9 @@ def _generate(pipe: Any, sample: Sample, cfg: EvalConfig, out: Path) -> tuple[di
                                allowed_outputs=[Modality(m) for m in run.allowed] if run.allowed else None)
         fresh = lambda m: Message(m.role, [dataclasses.replace(p) for p in m.content])  # noqa: E731
         user = fresh(sample.user) if run.prompt is None else Message(sample.user.role, [Part.from_text(run.prompt)])
-        reply = pipe.chat(user, opts, [fresh(m) for m in sample.history])
+        history = [fresh(m) for m in sample.history]
+        prompt = prompt_record(user, history)
+        reply = pipe.chat(user, opts, history)
         media, texts = [], []
         for i, p in enumerate(reply.content):
             if p.type == "text":
@@ -322,8 +328,23 @@ def _generate(pipe: Any, sample: Sample, cfg: EvalConfig, out: Path) -> tuple[di
                 (out / rel).parent.mkdir(parents=True, exist_ok=True)
                 {"image": save_image, "audio": save_audio, "video": save_video}[p.type](p.media, out / rel)
                 media.append([p.type, rel.as_posix()])
-        runs[run.name] = {"text": " ".join(texts), "media": media}
+        runs[run.name] = {"prompt": prompt, "text": " ".join(texts), "media": media}
     return runs, time.time() - t0
+
+
+def prompt_record(user: Any, history: Sequence[Any] = ()) -> dict:
+    """The exact prompt of a run as samples.jsonl keeps it: the user turn's ``parts`` in order (``{"type":
+    "text", "text"}`` / ``{"type": modality, "path"}``), its ``text`` (the text parts joined by a space) and its
+    ``media`` in order (``[modality, path]``); ``history``: the earlier turns' parts, when there are any."""
+    def parts(m: Any) -> list[dict]:
+        return [{"type": "text", "text": p.text} if p.type == "text" else {"type": p.type, "path": str(p.path)}
+                for p in m.content]
+
+    out = {"parts": parts(user), "text": " ".join(p.text for p in user.content if p.type == "text"),
+           "media": [[p.type, str(p.path)] for p in user.content if p.type != "text"]}
+    if history:
+        out["history"] = [{"role": m.role, "parts": parts(m)} for m in history]
+    return out
 
 
 def _generated(record: dict, out: Path) -> dict[str, Generated]:
@@ -437,6 +458,10 @@ def run_eval(cfg: EvalConfig, out_dir: "str | Path", resume: bool = False, devic
                     "set": set_metrics(suite, samples, gens)},
         "samples": records,
     }
+    skipped = suite.skipped_records()
+    if skipped:
+        results["skipped_records"] = dict(sorted(skipped.items()))
+        log.info("%s: records of the data not evaluated: %s", cfg.suite, results["skipped_records"])
     targets = suite.targets(records)
     if targets:
         results["metrics"]["targets"] = [{**t, "value": None if t["value"] is None else rounded(t["value"])}

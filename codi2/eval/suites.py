@@ -9,20 +9,26 @@ Suites
     dreambench   DreamBench layout ``dataset/<subject>/*.jpg`` + ``dataset/prompts_and_classes.txt``;
                  k-shot prompts from the subject's first k images; DINO, CLIP-I (mean over all real images
                  of the subject) and CLIP-T (against the prompt with the class noun, e.g. "a dog in the snow").
-    image-edit   a codi2 manifest whose first user message holds images A_1, A'_1, …, A_K, A'_K, B and whose
-                 first assistant message holds the ground truth B' (text parts are ignored: prompts are rebuilt
-                 per shot count); results are grouped by ``meta.edit``, else ``meta.edits[0].attr`` (the mini
-                 world's in-context records work as they are), else ``meta.task``;
+    image-edit   editing records (:mod:`codi2.editing`, docs/data.md "Editing records"): the first user message
+                 holds images A_1, A'_1, …, A_K, A'_K, B and the first assistant message the ground truth B' (text
+                 parts are ignored: prompts are rebuilt per shot count). ``--data`` a split build folder (or its
+                 test.jsonl): its test split, k-shot exemplars for records with K = 0 drawn from its train split
+                 (same edit type, never the record's group). The edit comes from ``meta.pair`` (instruction, type,
+                 captions), else the older keys (``meta.instruction``; ``meta.edit`` / ``meta.edits[0].attr`` /
+                 ``meta.task`` as the type); results are grouped by the type. Records of another modality or
+                 not edits are skipped and counted (results.json ``skipped_records``).
                  L1, L2, CLIP-I, DINO, CLIP-T (caption of B'),
                  CLIP directional similarity (text variant when B and B' have captions; exemplar-image variant
                  for k >= 1).
-    audio-edit   the same layout with audio; ``meta.task`` (add / drop / replace) groups the results;
-                 LSD, KL (softmax, sigmoid) per sample; FD and FAD per shot count.
+    audio-edit   the same with audio; the edit type (add / drop / replace …) groups the results;
+                 LSD, KL (softmax, sigmoid) and ``audio_t`` (clip vs the caption of B', with a backbone that
+                 embeds text: the ImageBind default) per sample; FD and FAD per shot count.
 
 Other suites register themselves (:mod:`codi2.eval.registry`), e.g. the mini world's ``world`` suite.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -34,6 +40,7 @@ import numpy as np
 from PIL import Image
 
 from ..conversation import Message, Part, message_from_dict
+from ..editing import TEST, TRAIN, edit_info, instruction_sentence, normalise_instruction, split_manifests
 from ..media import Audio, load_audio, load_image, load_media
 from . import metrics as M
 
@@ -169,11 +176,20 @@ class AudioScorer:
             self._cache[key] = (e.clip[0], e.frames[0], None if e.logits is None else e.logits[0])
         return self._cache[key]
 
-    def pair(self, pred: Path, ref: Path) -> dict[str, float]:
+    def text_model(self) -> Any:
+        """The backbone that embeds text in its audio space (the ImageBind default), or None."""
+        return next((m for m in (self.classifier, self.fad_model) if m is not None and hasattr(m, "texts")), None)
+
+    def pair(self, pred: Path, ref: Path, caption: Optional[str] = None) -> dict[str, float]:
+        """LSD and KL of a generated clip against its ground truth; with ``caption`` (the ground truth's) and a
+        backbone with a text tower, ``audio_t``: the cosine of the generated clip and the caption."""
         from .features import mono
 
         a, b = _audio(pred), _audio(ref)
         out = {"lsd": M.lsd(mono(a, LSD_SAMPLE_RATE), mono(b, LSD_SAMPLE_RATE), LSD_SAMPLE_RATE, self.lsd_time_offset)}
+        tm = self.text_model() if caption else None
+        if tm is not None:
+            out["audio_t"] = float(M.cosine(self._emb(tm, pred)[0][None], tm.texts([caption]))[0])
         if self.classifier is not None:
             lp, lr = self._emb(self.classifier, pred)[2], self._emb(self.classifier, ref)[2]
             if lp is None:
@@ -229,6 +245,10 @@ class Suite:
         dicts with ``label``, ``task``, ``shots``, ``metric``, ``threshold``, ``n``, ``value``, ``pass`` and
         ``target`` (False: a comparison reported beside the targets). None by default."""
         return []
+
+    def skipped_records(self) -> dict[str, int]:
+        """Records of the data the suite did not evaluate, by reason (results.json ``skipped_records``)."""
+        return {}
 
     def data_files(self) -> list[Path]:
         """Files whose content defines the data (fingerprinted into results.json). Data only: a scorer's weights
@@ -342,7 +362,8 @@ class DreamBenchSuite(Suite):
 # ---- exemplar editing (image and audio)
 @dataclass
 class EditRecord:
-    """One editing item: exemplar pairs, the query and its ground truth (absolute paths)."""
+    """One editing item: in-record exemplar pairs, the query and its ground truth (absolute paths), and the edit
+    (:class:`codi2.editing.EditInfo`: ``task`` is its type, results are grouped by it)."""
 
     id: str
     task: str
@@ -352,6 +373,8 @@ class EditRecord:
     query_caption: Optional[str]
     target_caption: Optional[str]
     instruction: Optional[str]
+    group: Optional[str] = None
+    split: Optional[str] = None
 
 
 def manifest_path(data: "str | Path") -> Path:
@@ -361,6 +384,46 @@ def manifest_path(data: "str | Path") -> Path:
     if not p.is_file():
         raise FileNotFoundError(f"{data}: no manifest (give a manifest .jsonl file or a folder with manifest.jsonl)")
     return p
+
+
+def edit_manifests(data: "str | Path") -> tuple[list[Path], Optional[list[Path]]]:
+    """(manifests to evaluate, train manifests for k-shot exemplars or None) of ``--data``.
+
+    A folder holding a split build (its ``summary.json`` lists ``splits``, :func:`codi2.editing.split_manifests`)
+    gives its test split, with its train split for exemplars; a test manifest of such a build does the same;
+    any other folder gives its ``manifest.jsonl`` and any other file itself, with no train split.
+    """
+    p = Path(data)
+    folder = p if p.is_dir() else p.parent
+    splits = split_manifests(folder) if folder.is_dir() else None
+    if p.is_dir():
+        if splits is not None:
+            if not splits[TEST]:
+                raise ValueError(f"{p}: the split build held out no test records (summary.json lists no test "
+                                 f"manifests); rebuild with a larger --eval-fraction, or give a manifest file")
+            return splits[TEST], splits[TRAIN]
+        return [manifest_path(p)], None
+    if not p.is_file():
+        raise FileNotFoundError(f"{data}: no manifest (give a manifest .jsonl file or a folder with manifest.jsonl "
+                                f"or a split build's test.jsonl)")
+    if splits is not None and any(p.resolve() == t.resolve() for t in splits[TEST]):
+        return [p], splits[TRAIN]
+    return [p], None
+
+
+def exemplar_manifests(paths: Sequence["str | Path"]) -> list[Path]:
+    """``--exemplars``: manifest files, or folders (a split build's train split, else its ``manifest.jsonl``)."""
+    out = []
+    for x in paths:
+        p = Path(x)
+        if p.is_dir():
+            splits = split_manifests(p)
+            out += splits[TRAIN] if splits is not None else [manifest_path(p)]
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"--exemplars {x}: no such manifest file or folder")
+    return out
 
 
 def read_manifest(path: Path) -> list[dict]:
@@ -376,71 +439,177 @@ def read_manifest(path: Path) -> list[dict]:
     return records
 
 
-def read_edit_manifest(path: Path, modality: str) -> list[EditRecord]:
-    """Edit items from a codi2 manifest (see the module docstring for the layout)."""
-    root = path.parent
-    out = []
-    for i, r in enumerate(read_manifest(path)):
-        where = f"{path}:{i + 1}"
-        msgs = [message_from_dict(m, f"{where}.messages[{j}]") for j, m in enumerate(r.get("messages", []))]
-        user = next((m for m in msgs if m.role == "user"), None)
-        reply = next((m for m in msgs if m.role == "assistant"), None)
-        if user is None or reply is None:
-            raise ValueError(f"{where}: an edit record needs a user message and an assistant message")
-        inputs = [p for p in user.content if p.type == modality]
-        targets = [p for p in reply.content if p.type == modality]
-        if len(inputs) % 2 != 1 or not targets:
-            raise ValueError(f"{where}: expected the user message to hold {modality} parts A_1, A'_1, …, A_K, A'_K, B "
-                             f"(an odd number, got {len(inputs)}) and the assistant message the ground truth B' "
-                             f"(got {len(targets)} {modality} parts)")
-        meta = r.get("meta") or {}
-        edits = meta.get("edits") or [{}]
-        task = meta.get("edit") if isinstance(meta.get("edit"), str) else edits[0].get("attr") or meta.get("task") or "edit"
-        pairs = [(root / inputs[2 * k].path, root / inputs[2 * k + 1].path) for k in range(len(inputs) // 2)]
-        out.append(EditRecord(id=str(r.get("id", f"item{i:05d}")), task=str(task),
-                              pairs=pairs, query=root / inputs[-1].path, target=root / targets[0].path,
-                              query_caption=inputs[-1].caption, target_caption=targets[0].caption,
-                              instruction=meta.get("instruction")))
+SKIP_REASONS = {
+    "other_modality": "an editing record of another modality (a mixed picture/sound manifest)",
+    "not_edit": "not an editing record (meta.pair is a captioned pair, or meta.task is not edit / icl_edit)",
+    "missing_file": "a media file the record names does not exist",
+}
+
+
+def read_edit_records(paths: Sequence[Path], modality: str) -> tuple[list[EditRecord], dict[str, int]]:
+    """Editing records of ``modality`` from manifests, and the records skipped by reason (:data:`SKIP_REASONS`).
+
+    The layout (see the module docstring) and the edit (:func:`codi2.editing.edit_info`: ``meta.pair``, or the
+    older keys) are checked; a record of the modality that breaks the layout is an error naming the line.
+    Captions come from the media parts, else from ``meta.pair`` (``input_caption`` / ``output_caption``).
+    """
+    out: list[EditRecord] = []
+    skipped: dict[str, int] = {}
+    examples: dict[str, str] = {}
+
+    def skip(reason: str, where: str) -> None:
+        skipped[reason] = skipped.get(reason, 0) + 1
+        examples.setdefault(reason, where)
+
+    for path in paths:
+        root = path.parent
+        for i, r in enumerate(read_manifest(path)):
+            where = f"{path}:{i + 1}"
+            info = edit_info(r.get("meta"))
+            if info is None:
+                skip("not_edit", where)
+                continue
+            if info.modality is not None and info.modality != modality:
+                skip("other_modality", where)
+                continue
+            msgs = [message_from_dict(m, f"{where}.messages[{j}]") for j, m in enumerate(r.get("messages", []))]
+            user = next((m for m in msgs if m.role == "user"), None)
+            reply = next((m for m in msgs if m.role == "assistant"), None)
+            if user is None or reply is None:
+                raise ValueError(f"{where}: an edit record needs a user message and an assistant message")
+            inputs = [p for p in user.content if p.type == modality]
+            targets = [p for p in reply.content if p.type == modality]
+            if not info.schema and not inputs and not targets:
+                skip("other_modality", where)
+                continue
+            if len(inputs) % 2 != 1 or not targets:
+                raise ValueError(f"{where}: expected the user message to hold {modality} parts A_1, A'_1, …, A_K, A'_K, "
+                                 f"B (an odd number, got {len(inputs)}) and the assistant message the ground truth B' "
+                                 f"(got {len(targets)} {modality} parts)")
+            pairs = [(root / inputs[2 * k].path, root / inputs[2 * k + 1].path) for k in range(len(inputs) // 2)]
+            rec = EditRecord(id=str(r.get("id", f"item{i:05d}")), task=info.type, pairs=pairs,
+                             query=root / inputs[-1].path, target=root / targets[0].path,
+                             query_caption=inputs[-1].caption or info.input_caption,
+                             target_caption=targets[0].caption or info.output_caption,
+                             instruction=info.instruction, group=info.group, split=info.split)
+            missing = [f for f in [rec.query, rec.target] + [x for pr in pairs for x in pr] if not f.is_file()]
+            if missing:
+                skip("missing_file", f"{where}: {missing[0]}")
+                continue
+            out.append(rec)
     ids = [e.id for e in out]
     if len(set(ids)) != len(ids):
-        raise ValueError(f"{path}: record ids are not unique")
-    return out
+        raise ValueError(f"{', '.join(map(str, paths))}: record ids are not unique")
+    for reason, n in sorted(skipped.items()):
+        log.info("%s: skipped %d records (%s: %s), e.g. %s", ", ".join(p.name for p in paths), n, reason,
+                 SKIP_REASONS[reason], examples[reason])
+    return out, skipped
 
 
-def edit_user_message(rec: EditRecord, k: int, modality: str) -> Message:
-    """k = 0: [B, instruction]; k >= 1: [intro, A_1, A'_1, …, A_k, A'_k, query text, B] (mini-world wording)."""
+def read_edit_manifest(path: Path, modality: str) -> list[EditRecord]:
+    """Edit items of ``modality`` from one codi2 manifest (others are skipped; see :func:`read_edit_records`)."""
+    return read_edit_records([path], modality)[0]
+
+
+def edit_user_message(rec: EditRecord, k: int, modality: str,
+                      pairs: Optional[Sequence[tuple[Path, Path]]] = None) -> Message:
+    """The user turn of ``rec`` at ``k`` shots.
+
+    k = 0: [B, instruction] (as a sentence, :func:`codi2.editing.instruction_sentence`; "Edit this image." when
+    the record has none). k >= 1 with the record's own pairs
+    (``pairs`` None; an in-context record, whose exemplars share the edit): [intro, A_1, A'_1, …, A_k, A'_k,
+    query text, B] (mini-world wording; the edit is not named). k >= 1 with ``pairs`` drawn from the train split
+    (same edit type, other groups): [intro, A_1, A'_1, …, A_k, A'_k, B, instruction].
+    """
+    noun = {"image": "image", "audio": "sound", "video": "video"}[modality]
+    instruction = instruction_sentence(rec.instruction) if rec.instruction else f"Edit this {noun}."
     if k == 0:
-        noun = {"image": "image", "audio": "sound", "video": "video"}[modality]
-        return Message("user", [Part(type=modality, path=str(rec.query)), Part.from_text(rec.instruction or f"Edit this {noun}.")])
+        return Message("user", [Part(type=modality, path=str(rec.query)), Part.from_text(instruction)])
+    named = pairs is not None and rec.instruction is not None
     parts = [Part.from_text(ICL_INTRO)]
-    for a, b in rec.pairs[:k]:
+    for a, b in (rec.pairs if pairs is None else pairs)[:k]:
         parts += [Part(type=modality, path=str(a)), Part(type=modality, path=str(b))]
-    parts += [Part.from_text(ICL_QUERY), Part(type=modality, path=str(rec.query))]
+    if named:
+        parts += [Part(type=modality, path=str(rec.query)), Part.from_text(instruction)]
+    else:
+        parts += [Part.from_text(ICL_QUERY), Part(type=modality, path=str(rec.query))]
     return Message("user", parts)
 
 
 class EditSuite(Suite):
+    """Editing records of one modality; k-shot exemplars from the record itself (in-context records) or, for
+    records without any, k pairs of the same edit type from the train split (``exemplars``), deterministic in
+    (seed, record id), the same instruction first, never the record's own group."""
+
     modality = "image"
 
-    def __init__(self, data: "str | Path", shots: Sequence[int], n: Optional[int], seed: int):
-        self.manifest = manifest_path(data)
-        self.records = read_edit_manifest(self.manifest, self.modality)
+    def __init__(self, data: "str | Path", shots: Sequence[int], n: Optional[int], seed: int,
+                 exemplars: Optional[Sequence["str | Path"]] = None):
+        self.manifests, train = edit_manifests(data)
+        self.manifest = self.manifests[0]
+        if exemplars:
+            train = exemplar_manifests(exemplars)
+        self.train_manifests = list(train or [])
+        self.records, self.skipped = read_edit_records(self.manifests, self.modality)
+        if not self.records:
+            raise ValueError(f"{', '.join(map(str, self.manifests))}: no {self.modality} editing records "
+                             f"(skipped: {self.skipped or 'none'}); expected records as in docs/data.md "
+                             f"'Editing records'")
+        self.pool: dict[str, list[EditRecord]] = {}
+        if self.train_manifests:
+            train_recs, _ = read_edit_records(self.train_manifests, self.modality)
+            test_ids = {(str(r.query), str(r.target)) for r in self.records}
+            for r in train_recs:
+                if (str(r.query), str(r.target)) not in test_ids:
+                    self.pool.setdefault(r.task, []).append(r)
         self.shots, self.n, self.seed = list(shots), n, seed
+        self._used: set[Path] = set()
+
+    def skipped_records(self) -> dict[str, int]:
+        return dict(self.skipped)
+
+    def exemplars(self, rec: EditRecord, k: int) -> list[tuple[Path, Path]]:
+        """Up to ``k`` train pairs of ``rec``'s edit type (not of its group), the same instruction first; the
+        order is fixed by (seed, record id), so the pairs at k shots are the first k of those at more shots."""
+        cands = [c for c in self.pool.get(rec.task, []) if rec.group is None or c.group != rec.group]
+        if not cands:
+            return []
+        h = int.from_bytes(hashlib.sha256(f"{self.seed}:{rec.id}".encode()).digest()[:8], "big")
+        order = np.random.default_rng(h).permutation(len(cands))
+        want = normalise_instruction(rec.instruction)
+        ranked = sorted((int(i) for i in order), key=lambda i: normalise_instruction(cands[i].instruction) != want)
+        return [(cands[i].query, cands[i].target) for i in ranked[:k]]
 
     def samples(self) -> list[Sample]:
         out = []
+        short: dict[int, int] = {}
         for k in self.shots:
             for rec in select(self.records, self.n, self.seed):
-                if k > len(rec.pairs):
-                    log.warning("%s: item %s has %d exemplar pairs, fewer than %d shots; skipped", self.name, rec.id,
-                                len(rec.pairs), k)
+                pairs: Optional[list[tuple[Path, Path]]] = None
+                if k == 0:
+                    used: list[tuple[Path, Path]] = []
+                elif len(rec.pairs) >= k:
+                    used = rec.pairs[:k]
+                elif not rec.pairs and self.pool:
+                    pairs = used = self.exemplars(rec, k)
+                else:
+                    used = []
+                if k > len(used):
+                    short[k] = short.get(k, 0) + 1
+                    log.warning("%s: item %s has %d exemplar pairs (in the record: %d; of type %r in the train split: "
+                                "%d), fewer than %d shots; skipped", self.name, rec.id, len(used), len(rec.pairs),
+                                rec.task, len(self.pool.get(rec.task, [])), k)
                     continue
-                out.append(Sample(id=f"k{k}/{rec.id}", task=rec.task, shots=k, user=edit_user_message(rec, k, self.modality),
-                                  runs=[Run("main", (self.modality,))], ref={"record": rec}))
+                self._used.update(x for pr in used for x in pr)
+                out.append(Sample(id=f"k{k}/{rec.id}", task=rec.task, shots=k,
+                                  user=edit_user_message(rec, k, self.modality, pairs),
+                                  runs=[Run("main", (self.modality,))], ref={"record": rec, "pairs": used}))
+        for k, n_short in sorted(short.items()):
+            self.skipped[f"too_few_exemplars_k{k}"] = n_short
         return out
 
     def data_files(self) -> list[Path]:
-        files = {self.manifest}
+        files = set(self.manifests) | set(self.train_manifests) | self._used
         for r in self.records:
             files.update([r.query, r.target] + [p for pair in r.pairs for p in pair])
         return sorted(files)
@@ -449,8 +618,9 @@ class EditSuite(Suite):
 class ImageEditSuite(EditSuite):
     name, modality = "image-edit", "image"
 
-    def __init__(self, data: "str | Path", scorer: ImageScorer, shots: Sequence[int], n: Optional[int], seed: int):
-        super().__init__(data, shots, n, seed)
+    def __init__(self, data: "str | Path", scorer: ImageScorer, shots: Sequence[int], n: Optional[int], seed: int,
+                 exemplars: Optional[Sequence["str | Path"]] = None):
+        super().__init__(data, shots, n, seed, exemplars)
         self.scorer = scorer
 
     def score(self, sample: Sample, gen: dict[str, Generated]) -> dict[str, float]:
@@ -469,7 +639,7 @@ class ImageEditSuite(EditSuite):
             if rec.query_caption:
                 out["clip_dir_text"] = M.directional_similarity_text(e_query, e_pred, t[1], t[0])
         if sample.shots >= 1:
-            pairs = rec.pairs[:sample.shots]
+            pairs = sample.ref["pairs"]
             out["clip_dir_image"] = M.directional_similarity_image(
                 e_query, e_pred, s._feat("clip", [a for a, _ in pairs]), s._feat("clip", [b for _, b in pairs]))
         return out
@@ -478,13 +648,15 @@ class ImageEditSuite(EditSuite):
 class AudioEditSuite(EditSuite):
     name, modality = "audio-edit", "audio"
 
-    def __init__(self, data: "str | Path", scorer: AudioScorer, shots: Sequence[int], n: Optional[int], seed: int):
-        super().__init__(data, shots, n, seed)
+    def __init__(self, data: "str | Path", scorer: AudioScorer, shots: Sequence[int], n: Optional[int], seed: int,
+                 exemplars: Optional[Sequence["str | Path"]] = None):
+        super().__init__(data, shots, n, seed, exemplars)
         self.scorer = scorer
 
     def score(self, sample: Sample, gen: dict[str, Generated]) -> dict[str, float]:
         pred = gen["main"].first("audio")
-        return {} if pred is None else self.scorer.pair(pred, sample.ref["record"].target)
+        rec: EditRecord = sample.ref["record"]
+        return {} if pred is None else self.scorer.pair(pred, rec.target, rec.target_caption)
 
     def score_set(self, items: Sequence[tuple[Sample, dict[str, Generated]]]) -> dict[str, float]:
         pairs = [(g["main"].first("audio"), s.ref["record"].target) for s, g in items]

@@ -1,4 +1,4 @@
-"""The procedural mini world (DESIGN.md §5): objects, renders, captions, task manifests and attribute judges.
+"""The procedural mini world (docs/design.md#the-mini-world): objects, renders, captions, task manifests and attribute judges.
 
 ``world``  objects, ``render_image`` / ``render_sound`` / ``render_video``, captions and ``parse_caption``
 ``build``  tasks -> manifest conversations: ``build_world``, ``main``, ``register`` (``codi2 build-data world``)

@@ -1,4 +1,4 @@
-"""Mini-world tasks -> conversations in the manifest schema (DESIGN.md §4).
+"""Mini-world tasks -> conversations in the manifest schema (docs/design.md#manifest-schema).
 
 ``build_world(out_dir, n, seed, tasks, split)`` writes ``out_dir/manifest.jsonl`` and ``out_dir/media/…``.
 Record ``i`` uses task ``tasks[i % len(tasks)]`` (so every task appears once ``n >= len(tasks)``) and its
@@ -376,7 +376,7 @@ def _icl_task(modality: str) -> Callable[[_Task], None]:
     (:func:`exemplar_words`), states the change, says what B becomes (:func:`query_words`), then shows B
     edited; each step is one the model does well on its own (captioning, instruction editing, generation from
     words). ``icl_replies="steps"`` reads the first pair attribute by attribute instead (:func:`exemplar_steps`),
-    so naming the change compares two adjacent words rather than two phrases. docs/mini_model.md, "Exemplars, read in
+    so naming the change compares two adjacent words rather than two phrases. docs/history.md, "Exemplars, read in
     words", has what each gave the mini model."""
 
     def run(t: _Task) -> None:
@@ -682,7 +682,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers: "argparse._SubParsersAction") -> None:
     """Adds ``world`` to a ``codi2 build-data`` subparser set: ``codi2 build-data world --out DIR --n N …``."""
-    p = subparsers.add_parser("world", help="procedural mini-world conversations (DESIGN.md §5)",
+    p = subparsers.add_parser("world", help="procedural mini-world conversations (docs/design.md#the-mini-world)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(p)
     p.set_defaults(func=_run)

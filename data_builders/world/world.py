@@ -1,4 +1,4 @@
-"""The mini world (DESIGN.md §5): objects, their renders (image, sound, video) and captions.
+"""The mini world (docs/design.md#the-mini-world): objects, their renders (image, sound, video) and captions.
 
 An object has four attributes; a video adds a direction of motion. Every render is a pure
 function of ``(object, render seed)``: the seed only adds slight variation (exact position,

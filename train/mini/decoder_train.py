@@ -2,7 +2,7 @@
 
 Each decoder is the real diffusers pipeline class at a small size (the ``codi2.decoders.tiny`` builders
 scaled up and parameterised), trained on world renders and conditioned exactly on what the output heads
-will produce (DESIGN.md §2):
+will produce (docs/design.md#feature-tokens):
 
 * image (``StableUnCLIPImg2ImgPipeline``, 64 px): ``image_embeds`` = the aligned mini encoder's vision
   embedding of the image (``ImageBindEncoder.encode_image(...).embed``), noise-augmented as in unCLIP
