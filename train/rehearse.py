@@ -178,11 +178,22 @@ def _tail(path: Path, n: int = 4000) -> str:
 
 
 def _kill_group(p: subprocess.Popen) -> None:
+    """SIGKILL to a launched command and every process under it, all at once. Its own process group is not enough:
+    torchrun starts each worker in a session of its own, and they would train on after their launcher died."""
+    import psutil
+
     try:
-        os.killpg(p.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+        tree = psutil.Process(p.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        tree = []
+    for pid in [p.pid, *(c.pid for c in tree)]:
+        for kill in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+            try:
+                kill()
+            except (ProcessLookupError, PermissionError):
+                pass
     p.wait()
+    psutil.wait_procs(tree, timeout=30)
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -295,7 +306,9 @@ def train_stage(run: Runner, name: str, cmds: list[list[str]], out_dir: Path, ki
         if fired:
             for p in procs:
                 _kill_group(p)  # kill -9 of every process of the stage (launcher and workers) at once
+            time.sleep(1.0)  # nothing of the stage may live on: a survivor would keep training and checkpointing
             mid = not (out_dir / "final").exists() and _final_step(out_dir) is None
+            info["checkpoints_after_kill"] = _complete(out_dir)
             r.note = (f"kill -9 at step {_progress(out_dir)} (checkpoints {_complete(out_dir)}; "
                       f"{'mid-stage' if mid else 'TOO LATE: the stage had finished'})")
             r.ok = mid
@@ -312,7 +325,9 @@ def train_stage(run: Runner, name: str, cmds: list[list[str]], out_dir: Path, ki
                 resumed = [ln for ln in text.splitlines() if "resumed from" in ln]
                 info["resumed_from"] = resumed[0].split("resumed from", 1)[1].strip() if resumed else None
                 info["final_step"] = _final_step(out_dir)
-                r.ok = r.ok and bool(resumed) and info["final_step"] is not None
+                last = max(info.get("checkpoints_after_kill") or [0])
+                info["resumed_from_the_kill"] = bool(resumed) and f"step-{last:06d}" in resumed[0]
+                r.ok = r.ok and info["resumed_from_the_kill"] and info["final_step"] is not None
                 r.note = f"resumed {info['resumed_from']}, final step {info['final_step']}"
             if not r.ok:
                 r.details["tail"] = "\n".join(_tail(lp, 3000) for lp in log_paths)
@@ -408,6 +423,7 @@ def node_writes(out_dir: Path, cache: Path) -> dict:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     runners: list[Runner] = []
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `kill PID` of the rehearsal cleans up too
     try:
         return _main(argv, runners)
     finally:  # an error in the rehearsal itself leaves no launcher or worker behind
