@@ -375,12 +375,12 @@ def _mark_node(node: int) -> None:
 def _written_by(st: os.stat_result) -> Optional[int]:
     """0, 1, or None when a file does not tell (made by mkstemp, mode 0600 whatever the umask, without the group
     mark)."""
-    if os.geteuid() == 0 and st.st_gid == NODE1_GID:
-        return 1
+    if os.geteuid() == 0:  # the group tells, whatever the mode
+        return 1 if st.st_gid == NODE1_GID else 0
     if st.st_mode & stat.S_IROTH:
         return 0
     if st.st_mode & stat.S_IRGRP:
-        return 1 if os.geteuid() != 0 else 0
+        return 1
     return None
 
 
