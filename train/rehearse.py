@@ -58,7 +58,8 @@ SIZES = {
     "smoke": dict(wds_image=(2, 5), wds_video=(1, 3), ip2p=(3, 2), audiocaps=5, audit=4, table=5,
                   batch=1, steps1=6, save1=2, steps2=6, save2=2, eval_n=1, shots="0,1", eval_fraction=0.5),
     "full": dict(wds_image=(8, 100), wds_video=(4, 50), ip2p=(100, 3), audiocaps=300, audit=200, table=300,
-                 batch=2, steps1=40, save1=20, steps2=30, save2=15, eval_n=4, shots="0,1,2", eval_fraction=0.1),
+                 batch=2, steps1=40, save1=20, steps2=30, save2=15, eval_n=4, shots="0,1,2",
+                 eval_fraction={"ip2p": 0.1, "audit": 0.25}),
 }
 
 
@@ -218,7 +219,10 @@ def make_fixtures(raw: Path, size: dict) -> dict:
     made["ip2p"] = {"samples": f * k, "bad": [f"edit pair whose output is missing: {victim.name}"]}
     csv, audio = fx.audiocaps_corpus(raw / "audiocaps", n=size["audiocaps"], seed=4)
     made["audiocaps"] = {"samples": size["audiocaps"], "bad": ["last row names a missing wav"]}
-    fx.audit_corpus(raw / "audit", n=size["audit"], seed=5)
+    import inspect
+
+    groups = {"groups": 8} if "groups" in inspect.signature(fx.audit_corpus).parameters else {}
+    fx.audit_corpus(raw / "audit", n=size["audit"], seed=5, **groups)  # 8 instructions = 8 edit groups
     gone = raw / "audit" / "wav" / f"out{size['audit'] - 1}.wav"
     gone.unlink()
     made["audit"] = {"samples": size["audit"], "bad": [f"row naming a missing output wav: {gone.name}"]}
@@ -228,11 +232,13 @@ def make_fixtures(raw: Path, size: dict) -> dict:
     return made
 
 
-def build_commands(raw: Path, data: Path, eval_fraction: Optional[float] = None) -> dict[str, list[str]]:
+def build_commands(raw: Path, data: Path, eval_fraction: "float | dict | None" = None) -> dict[str, list[str]]:
     """``codi2 build-data`` per reader; with ``eval_fraction`` the editing readers hold out that fraction of their
     edit groups as ``test.jsonl`` (``--eval-fraction``, where the builders have it)."""
     c = [str(BIN / "codi2"), "build-data"]
-    held = ["--eval-fraction", str(eval_fraction)] if eval_fraction else []
+    fr = eval_fraction if isinstance(eval_fraction, dict) else {"ip2p": eval_fraction, "audit": eval_fraction}
+    held = ["--eval-fraction", str(fr["ip2p"])] if eval_fraction else []
+    held_audit = ["--eval-fraction", str(fr["audit"])] if eval_fraction else []
     return {
         "cc3m": [*c, "webdataset", "--input", raw / "wds-image", "--out", data / "cc3m", "--name", "cc3m"],
         "webvid": [*c, "webdataset", "--input", raw / "wds-video", "--out", data / "webvid", "--name", "webvid"],
@@ -240,7 +246,7 @@ def build_commands(raw: Path, data: Path, eval_fraction: Optional[float] = None)
         "audiocaps": [*c, "audiocaps", "--input", raw / "audiocaps" / "train.csv", "--media-root",
                       raw / "audiocaps" / "audio", "--out", data / "audiocaps"],
         "audit": [*c, "audit", "--input", raw / "audit" / "edits.csv", "--media-root", raw / "audit", "--out",
-                  data / "audit", *held],
+                  data / "audit", *held_audit],
         "laion": [*c, "table", "--input", raw / "table" / "metadata.parquet", "--out", data / "laion", "--name", "laion"],
     }
 
@@ -630,8 +636,11 @@ def held_out_note() -> str:
 def prompt_check(rj: dict, manifest: Path) -> dict:
     """Whether each 0-shot sample's recorded prompt carries its record's instruction (``meta.pair.instruction`` as
     the builders write it, or ``meta.instruction``)."""
+    def prompt_of(smp: dict):
+        return smp.get("prompt", (smp.get("runs", {}).get("main") or {}).get("prompt"))
+
     samples = [s for s in rj.get("samples", []) if s.get("shots") == 0]
-    if not any("prompt" in s for s in samples):
+    if not any(prompt_of(s) is not None for s in samples):
         return {"recorded": False, "note": "samples.jsonl records no prompt (the suites do not write it yet)"}
     instr = {}
     for ln in manifest.read_text().splitlines():
@@ -643,7 +652,7 @@ def prompt_check(rj: dict, manifest: Path) -> dict:
         want = instr.get(smp["id"].split("/", 1)[-1])
         if not want:
             unknown.append(smp["id"])
-        elif want.lower() not in json.dumps(smp.get("prompt"), ensure_ascii=False).lower():
+        elif want.lower() not in json.dumps(prompt_of(smp), ensure_ascii=False).lower():
             missing.append(smp["id"])
     return {"recorded": True, "zero_shot": len(samples), "without_instruction": len(missing),
             "instruction_unknown": len(unknown), "examples": (missing + unknown)[:3]}
