@@ -56,7 +56,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     from codi2.conversation import Message, Part
     from codi2.generation import ChatSession, SamplingOptions
     from codi2.modality import Modality
-    from codi2.pipeline import CoDi2Pipeline, _replay, init_pipeline
+    from codi2.pipeline import CoDi2Pipeline, replay, init_pipeline
 
     cfg = load_model_config(args.config, args.override)
     with tempfile.TemporaryDirectory() as tmp:
@@ -78,7 +78,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
         def stateless():
             s = ChatSession(model)  # empty KV and media caches
-            _replay(s, history)
+            replay(s, history)
             return s.send(msg, opts)
 
         t_full, reply_full = _timed(stateless)
@@ -99,10 +99,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     one, per = [], []
     with torch.no_grad():
         for _ in range(args.repeats):
-            one.append(_timed(lambda: s._forward(span))[0])
-            s._rollback(n0)
-            per.append(_timed(lambda: [s._forward([t]) for t in span])[0])
-            s._rollback(n0)
+            one.append(_timed(lambda: s.feed(span))[0])
+            s.rollback(n0)
+            per.append(_timed(lambda: [s.feed([t]) for t in span])[0])
+            s.rollback(n0)
     result = {
         "benchmark": "chat_turns",
         "config": args.config, "overrides": list(args.override), "device": args.device,

@@ -38,10 +38,10 @@ TOP_CONFUSIONS = 8
 def score(judges, held: list, images: list) -> dict[str, Any]:
     """Per-attribute accuracy of ``images`` against ``held``'s attributes, ``all``, ``shape+colour`` and the most
     frequent confusions as ``attr size: want -> got`` counts."""
-    from train.mini.decoder_train import _accuracy, _score
+    from train.mini.decoder_train import attribute_accuracy, judge_scores
 
-    scores = [_score(judges, "image", im) for im in images]
-    out: dict[str, Any] = _accuracy(scores, [s.attrs for s in held])
+    scores = [judge_scores(judges, "image", im) for im in images]
+    out: dict[str, Any] = attribute_accuracy(scores, [s.attrs for s in held])
     wrong: collections.Counter = collections.Counter()
     for sc, s in zip(scores, held):
         for a, want in s.attrs.items():

@@ -52,12 +52,12 @@ def probe(decoder_dir: str, judges, n: int, timesteps: Sequence[int], seed: int 
     from codi2.decoders import build_decoder
     from codi2.media import Video
     from train.mini.common import world_batch
-    from train.mini.decoder_train import _accuracy, _decoder_config
+    from train.mini.decoder_train import attribute_accuracy, decoder_config
 
     if conditioning not in CONDITIONING:
         raise ValueError(f"conditioning {conditioning!r}; allowed: {', '.join(CONDITIONING)}")
     mcfg = load_model_config("mini")
-    dec = build_decoder("video", _decoder_config(mcfg, "video", Path(decoder_dir)), device="cpu").load()
+    dec = build_decoder("video", decoder_config(mcfg, "video", Path(decoder_dir)), device="cpu").load()
     held = world_batch("video", 0, n, seed, "test", canonical=True)
     g = torch.Generator().manual_seed(seed)
     latents = dec.encode_target([s.media for s in held], generator=g)
@@ -66,7 +66,7 @@ def probe(decoder_dir: str, judges, n: int, timesteps: Sequence[int], seed: int 
     if conditioning == "caption":
         cond = dec.targets([s.caption for s in held])["prompt_embeds"]
     else:
-        cond = dec._null["prompt_embeds"].expand(n, -1, -1)
+        cond = dec.null_conditioning["prompt_embeds"].expand(n, -1, -1)
     rows = []
     for t in timesteps:
         tt = torch.full((n,), int(t))
@@ -76,7 +76,7 @@ def probe(decoder_dir: str, judges, n: int, timesteps: Sequence[int], seed: int 
         frames = dec.pipe.decode_latents(x0)  # (B, 3, F, H, W) in [-1, 1]
         frames = ((frames.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 4, 1).numpy()
         scores = [judges.score_video(Video(frames=f, fps=float(dec.cfg.fps))) for f in frames]
-        acc = _accuracy(scores, [s.attrs for s in held])
+        acc = attribute_accuracy(scores, [s.attrs for s in held])
         rows.append({"conditioning": conditioning, "t": int(t),
                      "sqrt_alpha_bar": round(float(sched.alphas_cumprod[int(t)].sqrt()), 4),
                      **{k: round(v, 3) for k, v in acc.items()}})

@@ -86,7 +86,7 @@ def run_one(args: argparse.Namespace) -> int:
     from train.loop import Trainer, load_train_config, setup_logging
 
     torch.set_num_threads(args.threads)
-    setup_logging(0)
+    setup_logging(rank=0)
     out = Path(args.run_dir)
     overrides = [f"model.pipeline={args.model}", f"data.manifests=[{args.manifest}]", f"output_dir={out}",
                  f"max_steps={2 * args.steps}", "save_every=0", "export=false", "tensorboard=false",

@@ -40,10 +40,10 @@ DEFAULT_OVERRIDES = ["llm.hidden_size=256", "llm.intermediate_size=688", "llm.nu
 
 def _conversations(n: int, lo: int, hi: int, seed: int):
     from codi2.conversation import Message
-    from codi2.pipeline import _TINY_WORDS
+    from codi2.pipeline import TINY_WORDS
 
     rng = random.Random(seed)
-    words = lambda k: " ".join(rng.choice(_TINY_WORDS) for _ in range(k))  # noqa: E731
+    words = lambda k: " ".join(rng.choice(TINY_WORDS) for _ in range(k))  # noqa: E731
     return [[Message("user", words(rng.randint(lo, hi))), Message("assistant", words(rng.randint(lo, hi)))]
             for _ in range(n)]
 

@@ -187,6 +187,33 @@ def sampling_options(cfg: ServeConfig, *, temperature: Optional[float] = None, t
                            allowed_outputs=allowed, prefix=prefix or "")
 
 
+@dataclass
+class ChatSettings:
+    """A turn's settings as a chat UI's controls send them: ``None`` (and 0 steps or guidance, scheduler
+    ``"default"``) leave the model's defaults; :meth:`options` checks them (see :func:`sampling_options`)."""
+
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    max_new_tokens: Optional[int] = None
+    seed: Optional[int] = None
+    steps: Optional[int] = None
+    guidance: Optional[float] = None
+    scheduler: Optional[str] = None
+    outputs: Optional[Sequence[str]] = None
+    prefix: Optional[str] = ""
+
+    def options(self, cfg: ServeConfig) -> SamplingOptions:
+        """The :class:`SamplingOptions` of these settings (raises :class:`ChatInputError` when one is out of range)."""
+        return sampling_options(
+            cfg, temperature=None if self.temperature is None else float(self.temperature),
+            top_p=None if self.top_p is None else float(self.top_p),
+            max_new_tokens=None if self.max_new_tokens is None else int(self.max_new_tokens),
+            seed=None if self.seed is None else int(self.seed),
+            steps=int(self.steps) if self.steps else None, guidance=float(self.guidance) if self.guidance else None,
+            scheduler=None if self.scheduler in (None, "", "default") else self.scheduler,
+            outputs=list(self.outputs) if self.outputs is not None else None, prefix=self.prefix or "")
+
+
 class ChatState:
     """One user's conversation: a :class:`ChatSession` plus limits, a media registry, a log and export.
 
@@ -462,8 +489,7 @@ class ChatState:
     def _restore(self, old_turn: Any) -> None:
         """Puts back the turn a failed regenerate had undone (re-encodes the kept context)."""
         if old_turn is not None and (not self.session.turns or self.session.turns[-1] is not old_turn):
-            self.session.turns.append(old_turn)
-            self.session._rebuild()  # ChatSession has no public "re-insert a turn"; rebuild re-encodes the history
+            self.session.restore(self.session.turns + [old_turn])
 
     def _commit(self, user: Message, reply: Message, saved: list[Path], regenerate: bool) -> None:
         """Records a finished turn: media paths, registry numbers, log; trims the context."""
@@ -491,9 +517,7 @@ class ChatState:
         self.log.append(LogTurn(number, _light(user), _light(reply)))
         # the model's context: the last max_turns turns
         s = self.session
-        if len(s.turns) > max(1, self.cfg.max_turns):
-            del s.turns[:len(s.turns) - max(1, self.cfg.max_turns)]
-            s._rebuild()  # ChatSession has no public "keep the last N turns"; rebuild re-encodes what is kept
+        s.keep_last(max(1, self.cfg.max_turns))
         keep = {(Modality(p.type), p.key) for t in s.turns for p in t.user.media_parts if p.key}
         for k in [k for k in s.feature_cache if k not in keep]:
             del s.feature_cache[k]

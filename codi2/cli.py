@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .io import setup_logging
+
 log = logging.getLogger("codi2")
 
 
@@ -124,7 +126,7 @@ LIBRARY_COMMANDS: tuple[str, ...] = ("codi2.media", "codi2.data", "codi2.targets
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO, timestamps=False)
     if args.cmd is None:
         parser.print_help()
         return 0

@@ -96,10 +96,12 @@ class SamplingOptions:
 
 
 @dataclass
-class _Turn:
+class Turn:
+    """One finished exchange of a :class:`ChatSession` (``start``: tokens fed before it; the session sets it)."""
+
     user: Message
     reply: Message
-    start: int  # number of fed tokens before this turn
+    start: int = 0
 
 
 @dataclass
@@ -164,7 +166,7 @@ class ChatSession:
     # ------------------------------------------------------------------ state
     def reset(self) -> None:
         """Forgets the conversation (the media feature cache is kept)."""
-        self.turns: list[_Turn] = []
+        self.turns: list[Turn] = []
         self._ids: list[int] = []  # tokens whose keys/values are in the cache
         self._pending: list[int] = []  # sampled but not yet fed (the last reply's end token)
         self._in_spans: list[_InSpan] = []
@@ -185,12 +187,12 @@ class ChatSession:
         """Stops the running turn (from another thread); the turn is rolled back."""
         self._cancel.set()
 
-    def undo(self) -> Optional[_Turn]:
+    def undo(self) -> Optional[Turn]:
         """Removes the last turn (user message and reply); returns it."""
         if not self.turns:
             return None
         t = self.turns.pop()
-        self._rollback(t.start)
+        self.rollback(t.start)
         return t
 
     def regenerate(self, options: Optional[SamplingOptions] = None) -> Iterator[Event]:
@@ -200,7 +202,21 @@ class ChatSession:
             raise ValueError("nothing to regenerate: the conversation is empty")
         return self.stream(t.user, options)
 
-    def _rollback(self, n: int) -> None:
+    def keep_last(self, n: int) -> int:
+        """Keeps only the last ``n`` turns (re-encoding what is kept when any are dropped); returns how many went."""
+        drop = max(0, len(self.turns) - n)
+        if drop:
+            del self.turns[:drop]
+            self._rebuild()
+        return drop
+
+    def restore(self, turns: Sequence[Turn]) -> None:
+        """Makes ``turns`` the conversation, as if they had been generated (the history is re-encoded)."""
+        self.turns = list(turns)
+        self._rebuild()
+
+    def rollback(self, n: int) -> None:
+        """Forgets every fed token after the first ``n`` (the KV cache is cropped; ``turns`` is the caller's)."""
         remove = len(self._ids) - n
         self._ids = self._ids[:n]
         self._in_spans = [s for s in self._in_spans if s.start < n]
@@ -212,7 +228,7 @@ class ChatSession:
 
     # ------------------------------------------------------------------ forward
     @torch.no_grad()
-    def _forward(self, ids: list[int], spans: Sequence[_InSpan] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    def feed(self, ids: list[int], spans: Sequence[_InSpan] = ()) -> tuple[torch.Tensor, torch.Tensor]:
         """Feeds ``ids`` (spans relative to the session) and returns (logits (n, V), hidden (n, D)) for them."""
         model = self.model
         dev = model.llm.device
@@ -264,11 +280,11 @@ class ChatSession:
         try:
             yield from self._turn(message, options or SamplingOptions())
         except _CancelledInternal as e:
-            self._rollback(turn_start)
+            self.rollback(turn_start)
             self._pending = pending_before
             yield Cancelled(str(e) or "stopped by user")
         except BaseException:
-            self._rollback(turn_start)
+            self.rollback(turn_start)
             self._pending = pending_before
             raise
         finally:
@@ -315,7 +331,7 @@ class ChatSession:
         offset = len(self._ids) + len(self._pending)
         spans = [_InSpan(s.modality, offset + s.start, feats[i]) for i, s in enumerate(piece.spans)]
         fed_before = len(self._ids)
-        logits, _ = self._forward(self._pending + piece.ids, spans)
+        logits, _ = self.feed(self._pending + piece.ids, spans)
         self._pending = []
         next_logits = logits[-1]
         # 4. sample
@@ -360,9 +376,9 @@ class ChatSession:
                 yield MediaStarted(m, n_media)
                 span = [tok] + b.output_span_ids(m)
                 if self.slots_in_one_pass:
-                    lg_span, h_span = self._forward(span)
+                    lg_span, h_span = self.feed(span)
                 else:
-                    outs = [self._forward([t]) for t in span]
+                    outs = [self.feed([t]) for t in span]
                     lg_span = torch.cat([x[0] for x in outs])
                     h_span = torch.cat([x[1] for x in outs])
                 reply_ids += span[1:]
@@ -384,7 +400,7 @@ class ChatSession:
             if len(new_text) > len(text_so_far) and new_text.startswith(text_so_far):
                 yield TextDelta(new_text[len(text_so_far):])
                 text_so_far = new_text
-            logits, _ = self._forward([tok])
+            logits, _ = self.feed([tok])
             next_logits = logits[-1]
         else:
             # max_new_tokens reached: close the reply so the next turn starts cleanly
@@ -394,7 +410,7 @@ class ChatSession:
             if final:
                 parts.append(Part.from_text(final))
         reply = Message("assistant", parts)
-        self.turns.append(_Turn(user, reply, fed_before))
+        self.turns.append(Turn(user, reply, fed_before))
         yield TurnDone(reply, len(self._ids) - fed_before, truncated)
 
     def _decode(self, m: Modality, index: int, cond: dict[str, torch.Tensor], o: SamplingOptions, seed: int) -> Iterator[Event]:
@@ -450,7 +466,7 @@ class ChatSession:
             prev = len(self.builder.encode(hist[:2 * k + 2]))
         for t, s in zip(turns, starts):
             t.start = s
-        self._forward(enc.ids, spans)
+        self.feed(enc.ids, spans)
         self._pending = []
 
 

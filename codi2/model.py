@@ -88,7 +88,7 @@ class CoDi2Output:
     hidden: Optional[torch.Tensor] = None
 
 
-def _span_positions(s: SpanBatch, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def span_positions(s: SpanBatch, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Row and column indices of every slot of every span: two (N, n) tensors."""
     cols = s.start[:, None] + torch.arange(n, device=s.start.device)[None, :]
     rows = s.batch_index[:, None].expand_as(cols)
@@ -166,6 +166,10 @@ class CoDi2Model(nn.Module):
                                      f"{ {n: list(s) for n, s in spec.items()} }; fix modalities.{m.value}.head.targets")
             self._decoders[m] = dec
         return self._decoders[m]
+
+    def unload_decoders(self) -> None:
+        """Forgets the loaded decoders (the next :meth:`decoder` call loads again)."""
+        self._decoders.clear()
 
     # ------------------------------------------------------------------ media -> features
     def load_part(self, part: Part) -> Any:
@@ -280,7 +284,7 @@ class CoDi2Model(nn.Module):
         emb = self.llm.embed(input_ids)
         for m, s in inputs.items():
             proj = self.projectors[m.value](s.features.to(device=emb.device, dtype=self.projectors[m.value].net[0].weight.dtype))
-            rows, cols = _span_positions(s, self.n_in[m])
+            rows, cols = span_positions(s, self.n_in[m])
             emb = emb.index_put((rows, cols), proj.to(emb.dtype))
         return emb
 
@@ -293,7 +297,7 @@ class CoDi2Model(nn.Module):
         """
         hcfg = self.cfg.modalities[m.value].head
         head = self.heads[m.value]
-        rows, cols = _span_positions(s, self.n_out[m])
+        rows, cols = span_positions(s, self.n_out[m])
         preds = head(hidden[rows, cols].to(head.trunk[0].weight.dtype))  # name -> (N, *shape)
         if head.training:  # the head's own flag: the trainer trains the heads, not this (encoder-holding) module
             head.observe_targets(s.targets)

@@ -111,23 +111,28 @@ class CoDi2Pipeline:
         return d
 
     # ------------------------------------------------------------------ chat
-    def session(self, **kwargs: Any) -> ChatSession:
-        return ChatSession(self.model, **kwargs)
+    def session(self, history: Sequence[Message] = (), **kwargs: Any) -> ChatSession:
+        """A new conversation; ``history`` (user, assistant, user, assistant, … messages) is replayed into its
+        context first, as if those turns had been generated (the OpenAI-style API is stateless: each request
+        brings its whole history). Replaying runs the LLM, so hold the model lock while calling it."""
+        s = ChatSession(self.model, **kwargs)
+        replay(s, history)
+        return s
 
     def chat(self, message: "Message | str", options: Optional[SamplingOptions] = None,
              history: Sequence[Message] = ()) -> Message:
         """One reply on a fresh session (history is replayed into the session's context first)."""
         s = self.session()
-        _replay(s, history)
+        replay(s, history)
         return s.send(message, options)
 
     def stream(self, message: "Message | str", options: Optional[SamplingOptions] = None) -> Iterator[Event]:
         return self.session().stream(message, options)
 
 
-def _replay(session: ChatSession, history: Sequence[Message]) -> None:
+def replay(session: ChatSession, history: Sequence[Message]) -> None:
     """Seeds a session with an existing history (as if those turns had been generated)."""
-    from .generation import _Turn
+    from .generation import Turn
 
     if len(history) % 2:
         raise ValueError("history must alternate user/assistant messages and end with an assistant message")
@@ -135,9 +140,8 @@ def _replay(session: ChatSession, history: Sequence[Message]) -> None:
         u, a = history[i], history[i + 1]
         if u.role != "user" or a.role != "assistant":
             raise ValueError(f"history[{i}:{i + 2}] must be a user message then an assistant message")
-        session.turns.append(_Turn(u, a, 0))
     if history:
-        session._rebuild()
+        session.restore([Turn(history[i], history[i + 1]) for i in range(0, len(history), 2)])
 
 
 def write_reply(message: Message, out_dir: "str | Path", stem: str = "reply") -> dict:
@@ -163,7 +167,7 @@ def write_reply(message: Message, out_dir: "str | Path", stem: str = "reply") ->
 
 
 # ----------------------------------------------------------------------------- building new models
-_TINY_WORDS = ("a the this that it is are was make turn show draw play give here there what which with and of to "
+TINY_WORDS = ("a the this that it is are was make turn show draw play give here there what which with and of to "
                "in on at for from image picture photo sound audio video clip song noise red green blue yellow "
                "black white circle square triangle star small big large left right top bottom center up down "
                "moving louder quieter higher lower pitch like but same as before now again please thanks "
@@ -176,7 +180,7 @@ def tiny_corpus(n: int = 400, seed: int = 0) -> list[str]:
 
     rng = _random.Random(seed)
     template = ["[INST] <<SYS>>", "<</SYS>>", "[/INST]"] * 20  # the Llama-2 chat markers get whole pieces
-    return template + [" ".join(rng.choice(_TINY_WORDS) for _ in range(rng.randint(4, 14))).capitalize() + rng.choice(".?!")
+    return template + [" ".join(rng.choice(TINY_WORDS) for _ in range(rng.randint(4, 14))).capitalize() + rng.choice(".?!")
             for _ in range(n)]
 
 

@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -37,6 +36,7 @@ import torch
 
 from .config import ModelConfig, to_dict
 from .conversation import Part, part_key
+from .io import atomic_write, atomic_write_text
 from .modality import ALL_MODALITIES, Modality
 
 log = logging.getLogger(__name__)
@@ -157,14 +157,9 @@ class _Store:
         final.parent.mkdir(parents=True, exist_ok=True)
         desc = self.folder / "fingerprint.json"
         if not desc.exists():
-            _atomic_write_text(desc, json.dumps(self.description, indent=2, sort_keys=True, default=str))
-        tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        try:
-            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-            os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+            atomic_write_text(desc, json.dumps(self.description, indent=2, sort_keys=True, default=str))
+        flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        atomic_write(final, lambda tmp: save_file(flat, str(tmp), metadata=metadata))
 
     def clean_stale_tmp(self, older_than_s: float = 3600.0) -> int:
         """Removes temporary files left by killed writers (older than ``older_than_s``)."""
@@ -176,13 +171,6 @@ class _Store:
                 f.unlink(missing_ok=True)
                 n += 1
         return n
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def caption_key(caption: str) -> str:
@@ -676,7 +664,7 @@ def _precompute_command(args: Any) -> int:
         if stats["bad_records"]:
             print(f"  {len(stats['bad_records'])} records did not parse; run `codi2 validate-data {manifest}`")
     if args.stats_dir:
-        _atomic_write_text(Path(args.stats_dir) / f"precompute-rank{rank}.json", json.dumps(every, indent=1))
+        atomic_write_text(Path(args.stats_dir) / f"precompute-rank{rank}.json", json.dumps(every, indent=1))
     if args.json:
         print(json.dumps(every[0] if len(every) == 1 else every, indent=2))
     return 1 if failed else 0

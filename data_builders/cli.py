@@ -33,6 +33,8 @@ import logging
 import sys
 from typing import Any, Optional, Sequence
 
+from codi2.io import setup_logging
+
 from .core import SKIP_REASONS, BuildOptions, Filters, build, parse_filters
 from .sources import SOURCES, AudioCapsSource, AuditSource, InstructPix2PixSource, TableSource, WebDatasetSource
 
@@ -199,7 +201,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_sources(p.add_subparsers(dest="source", metavar="SOURCE", required=True))
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(timestamps=False)
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as e:  # BuildError is a ValueError

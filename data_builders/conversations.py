@@ -65,8 +65,9 @@ from codi2.editing import (
     instruction_sentence,
     split_of,
 )
+from codi2.io import write_json
 
-from .core import BuildError, Sample, ShardWriter, existing_outputs, write_json
+from .records import BuildError, Sample, ShardWriter, existing_outputs
 
 log = logging.getLogger(__name__)
 

@@ -62,6 +62,10 @@ from tqdm import tqdm
 
 from codi2.config import MediaLimits
 from codi2.editing import PAIR, SPLIT, SPLIT_PREFIX, SUMMARY_SPLITS, TEST, TRAIN, check_eval_fraction, group_key, split_of
+from codi2.io import write_json
+
+from .conversations import pair_record
+from .records import STATE_FILE, BuildError, Sample, ShardWriter, existing_outputs
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +83,9 @@ SKIP_REASONS = {
     "duplicate": "the same media bytes (all of the sample's media) were already kept",
     "duplicate_caption": "the same normalised caption was already kept (dedup_captions)",
 }
-STATE_FILE = ".build-state.json"
 SEEN_FILE = ".build-seen.txt"
 SUMMARY_FILE = "summary.json"
 N_EXAMPLES = 5
-
-
-class BuildError(ValueError):
-    """A build that cannot start or continue (bad input, an output folder in the way, a state mismatch).
-    A ``ValueError``, so ``codi2``'s command line prints it as an error message."""
 
 
 # ----------------------------------------------------------------------------- options
@@ -201,48 +199,6 @@ class Unit:
     name: str
     payload: Any
     size: Optional[int] = None
-
-
-@dataclass
-class Sample:
-    """One paired data point read from a source.
-
-    Captioned pairs have ``media`` keyed by modality (``{"image": path}``, ``{"image": p, "audio": q}`` …)
-    and a ``caption`` describing every item. Edits have ``media = {"input": p, "output": q}``,
-    ``modality`` and ``edit``: ``{"instruction", "type", "group", "input_caption", "output_caption"}``.
-
-    Attributes:
-        id: the original id in the source (kept in ``meta.orig_id``).
-        media: role -> path (absolute, or relative to the output folder for files this build wrote).
-        caption: captioned pairs: the caption.
-        modality: edits: the modality of input and output.
-        edit: edits: the instruction and its metadata.
-        subject: an optional subject / group label (subject-driven conversations).
-        license: the licence named by the input (None: the build's default).
-        extra: other input fields, kept in ``meta.orig``.
-        sha256: role -> sha256 of the file bytes (filled by :func:`check_sample`).
-        written: files this build wrote for the sample (deleted when it is dropped).
-    """
-
-    id: str
-    media: dict[str, str]
-    caption: Optional[str] = None
-    modality: Optional[str] = None
-    edit: Optional[dict] = None
-    subject: Optional[str] = None
-    license: Optional[str] = None
-    extra: dict = field(default_factory=dict)
-    sha256: dict[str, str] = field(default_factory=dict)
-    written: list[str] = field(default_factory=list)
-
-    def kind(self, role: str) -> str:
-        """The modality of the media in ``role``."""
-        return self.modality if self.edit is not None else role
-
-    @property
-    def text(self) -> Optional[str]:
-        """What the caption filters look at: the caption, or an edit's instruction."""
-        return self.edit.get("instruction") if self.edit is not None else self.caption
 
 
 @dataclass
@@ -389,72 +345,9 @@ def _remove_written(out: str, written: Iterable[str]) -> None:
             pass
 
 
-# ----------------------------------------------------------------------------- output
-class ShardWriter:
-    """Appends record lines to ``manifest.jsonl`` (``shard_size = 0``) or ``manifest-NNNNN.jsonl`` shards.
-
-    Args:
-        out: the output folder.
-        shard_size: records per shard (0 = one file).
-        shards: committed shards ``[{"file", "records", "bytes"}]`` to continue from (resume).
-        prefix: the file names' stem (``test`` for a held-out split: ``test.jsonl``, ``test-NNNNN.jsonl``).
-    """
-
-    def __init__(self, out: Path, shard_size: int, shards: Optional[list[dict]] = None, prefix: str = "manifest"):
-        self.out, self.shard_size, self.prefix = out, shard_size, prefix
-        self.shards: list[dict] = [dict(s) for s in (shards or [])]
-        self._f = None
-        if self.shards:
-            last = self.shards[-1]
-            self._f = open(out / last["file"], "ab")
-
-    def _name(self, i: int) -> str:
-        return f"{self.prefix}.jsonl" if self.shard_size == 0 else f"{self.prefix}-{i:05d}.jsonl"
-
-    def write(self, record: dict) -> None:
-        """Appends one record (compact JSON, one line)."""
-        if not self.shards or (self.shard_size and self.shards[-1]["records"] >= self.shard_size):
-            if self._f is not None:
-                self._f.close()
-            name = self._name(len(self.shards))
-            self.shards.append({"file": name, "records": 0, "bytes": 0})
-            self._f = open(self.out / name, "wb")
-        line = (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
-        self._f.write(line)
-        self.shards[-1]["records"] += 1
-        self.shards[-1]["bytes"] += len(line)
-
-    def commit(self) -> list[dict]:
-        """Flushes to disk; returns the shard list for the state file."""
-        if self._f is not None:
-            self._f.flush()
-            os.fsync(self._f.fileno())
-        return [dict(s) for s in self.shards]
-
-    def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
-
-
-def write_json(path: Path, obj: dict) -> None:
-    """Writes ``obj`` as indented JSON through a temporary file (a reader never sees half a file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _truncate(path: Path, n_bytes: int) -> None:
     with open(path, "r+b") as f:
         f.truncate(n_bytes)
-
-
-def existing_outputs(out: Path) -> list[str]:
-    """The build files already in ``out``: the state file, train and test manifests (shards included)."""
-    names = [STATE_FILE]
-    for prefix in SPLIT_PREFIX.values():
-        names += [f"{prefix}.jsonl"] + sorted(p.name for p in out.glob(f"{prefix}-*.jsonl"))
-    return [n for n in names if (out / n).exists()]
 
 
 def normalise_caption(text: str) -> str:
@@ -507,8 +400,6 @@ def build(source: Source, opts: BuildOptions) -> dict:
         BuildError: ``out`` already holds a build and ``resume`` is off; the state does not match
             (different source or options); bad options.
     """
-    from .conversations import pair_record
-
     if opts.workers < 1:
         raise BuildError(f"workers = {opts.workers}; it must be >= 1")
     if opts.shard_size < 0:

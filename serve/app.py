@@ -24,13 +24,17 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 import gradio as gr
 
-from codi2.chat_state import ChatInputError, ChatState, ServeConfig, SessionManager, TurnFailed, sampling_options
+from codi2.chat_state import ChatInputError, ChatSettings, ChatState, ServeConfig, SessionManager, TurnFailed
 from codi2.generation import TextDelta
 from codi2.conversation import Message
+from codi2.io import setup_logging
+
+if TYPE_CHECKING:
+    from .api import ApiConfig
 
 log = logging.getLogger("codi2.serve")
 
@@ -145,17 +149,6 @@ class ChatApp:
     def _refs(self, state: ChatState) -> Any:
         return gr.Dropdown(choices=[(it.label, it.number) for it in state.media], value=[])
 
-    def _options(self, state: ChatState, settings: Sequence[Any]) -> Any:
-        temperature, top_p, max_new_tokens, seed, steps, guidance, scheduler, outputs, prefix = settings
-        return sampling_options(
-            self.cfg, temperature=None if temperature is None else float(temperature),
-            top_p=None if top_p is None else float(top_p),
-            max_new_tokens=None if max_new_tokens is None else int(max_new_tokens),
-            seed=None if seed is None else int(seed),
-            steps=int(steps) if steps else None, guidance=float(guidance) if guidance else None,
-            scheduler=None if scheduler in (None, "", "default") else scheduler,
-            outputs=list(outputs) if outputs is not None else None, prefix=prefix or "")
-
     def _drive(self, state: ChatState, events: Iterator[Any]) -> Iterator[tuple]:
         """Streams a turn: (chatbot, textbox, refs) updates, throttled for text."""
         busy_box = gr.MultimodalTextbox(value=None, interactive=False, submit_btn=False, stop_btn=True)
@@ -174,13 +167,17 @@ class ChatApp:
              max_new_tokens: int, seed: int, steps: int, guidance: float, scheduler: str, outputs: list, prefix: str,
              request: gr.Request) -> Iterator[tuple]:
         """``/chat``: message = {"text": str, "files": [paths]}; refs = media numbers to attach again."""
-        settings = (temperature, top_p, max_new_tokens, seed, steps, guidance, scheduler, outputs, prefix)
+        settings = ChatSettings(temperature, top_p, max_new_tokens, seed, steps, guidance, scheduler, outputs, prefix)
+        yield from self._chat(message, refs, settings, request)
+
+    def _chat(self, message: Optional[dict], refs: Optional[list], settings: ChatSettings,
+              request: gr.Request) -> Iterator[tuple]:
         state = self._state(request)
         message = message or {}
         text = message.get("text") or ""
         files = [f if isinstance(f, str) else f.get("path") for f in (message.get("files") or [])]
         try:
-            opts = self._options(state, settings)
+            opts = settings.options(self.cfg)
         except ChatInputError as e:
             state.add_notice(str(e))
             yield from self._drive(state, iter([TurnFailed(str(e))]))
@@ -196,10 +193,10 @@ class ChatApp:
 
     def regenerate(self, temperature: float, top_p: float, max_new_tokens: int, seed: int, steps: int,
                    guidance: float, scheduler: str, outputs: list, prefix: str, request: gr.Request) -> Iterator[tuple]:
-        settings = (temperature, top_p, max_new_tokens, seed, steps, guidance, scheduler, outputs, prefix)
+        settings = ChatSettings(temperature, top_p, max_new_tokens, seed, steps, guidance, scheduler, outputs, prefix)
         state = self._state(request)
         try:
-            opts = self._options(state, settings)
+            opts = settings.options(self.cfg)
         except ChatInputError as e:
             state.add_notice(str(e))
             yield from self._drive(state, iter([TurnFailed(str(e))]))
@@ -210,12 +207,12 @@ class ChatApp:
                 steps: int, guidance: float, scheduler: str, outputs: list, prefix: str,
                 request: gr.Request) -> Iterator[tuple]:
         """A chatbot example card: runs the server's own copy of example ``evt.index`` (client paths are ignored)."""
-        settings = (temperature, top_p, max_new_tokens, seed, steps, guidance, scheduler, outputs, prefix)
+        settings = ChatSettings(temperature, top_p, max_new_tokens, seed, steps, guidance, scheduler, outputs, prefix)
         index = evt.index if isinstance(evt.index, int) else (evt.index or [0])[0]
         if not 0 <= index < len(self.examples):
             raise gr.Error(f"there is no example {index}")
         ex = self.examples[index]
-        yield from self.chat({"text": ex.text, "files": ex.files}, [], *settings, request=request)
+        yield from self._chat({"text": ex.text, "files": ex.files}, [], settings, request)
 
     def undo(self, request: gr.Request) -> tuple:
         state = self._state(request)
@@ -372,9 +369,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="serve setting override, e.g. --set max_sessions=8 --set media.max_audio_seconds=10")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="model config override")
     p.add_argument("--device", default=None)
+    p.add_argument("--api", action="store_true",
+                   help="also serve the OpenAI-compatible API at /v1 on the same port (serve/api.py)")
+    from .api import add_api_options
+
+    add_api_options(p)
 
 
-def _parse_auth(value: Optional[str]) -> Optional[tuple[str, str]]:
+def create_app_with_chat(pipeline: Any, cfg: ServeConfig, api: Optional["ApiConfig"] = None,
+                         auth: Optional[tuple[str, str]] = None, workdir: "str | Path | None" = None) -> tuple[Any, Any]:
+    """The API at /v1 and the Gradio chat at / in one FastAPI app, sharing the model lock; returns (app, chat app)."""
+    import gradio as gr
+
+    from .api import create_app
+
+    chat = build_app(pipeline, cfg, workdir=workdir)
+    app = create_app(pipeline, cfg, api, model_lock=chat.manager.model_lock)
+    gr.mount_gradio_app(app, chat.blocks, path="/", auth=auth, allowed_paths=[str(chat.manager.workdir)],
+                        max_file_size=cfg.media.max_file_bytes, theme=app_theme(), css=CSS, footer_links=["api"])
+    return app, chat
+
+
+def parse_auth(value: Optional[str]) -> Optional[tuple[str, str]]:
     if value is None:
         return None
     user, sep, password = value.partition(":")
@@ -387,7 +403,12 @@ def run(args: argparse.Namespace) -> int:
     """Loads the model and serves until interrupted. Returns the exit status."""
     from codi2.config import load_config
 
-    auth = _parse_auth(args.auth)
+    auth = parse_auth(args.auth)
+    if getattr(args, "api", False):
+        from .api import run as run_with_api
+
+        return run_with_api(args, with_chat=lambda pipeline, cfg, api: create_app_with_chat(pipeline, cfg, api,
+                                                                                             auth=auth))
     explicit = args.model is not None
     model = Path(args.model) if explicit else DEFAULT_MODEL
     if not (model / "config.yaml").is_file():
@@ -427,8 +448,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("-v", "--verbose", action="store_true")
     add_arguments(p)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO, timestamps=False)
     try:
         return run(args)
     except (ValueError, FileNotFoundError) as e:

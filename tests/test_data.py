@@ -10,15 +10,7 @@ import pytest
 from codi2.config import MediaLimits
 from codi2.data import (BadRecordCounter, ManifestDataset, RecordError, TooManyBadRecords, parse_record,
                         read_manifest, validate_manifest)
-from tests.conftest import make_audio, make_image, make_video
-
-
-def _txt(role: str, text: str) -> dict:
-    return {"role": role, "content": [{"type": "text", "text": text}]}
-
-
-def _rec(rid: str, *messages: dict, **extra) -> dict:
-    return {"schema": 1, "id": rid, "source": "test", "messages": list(messages), **extra}
+from tests.helpers import build_manifest, record, text_msg
 
 
 # Good records by phase, and the broken ones with the error kind the validator must report.
@@ -28,54 +20,6 @@ BROKEN_PARSE = {"line 9": "json", "b-roles": "roles", "b-caption": "caption", "t
 BROKEN_MEDIA = {"b-missing": "missing_file", "b-corrupt": "media"}
 
 
-def build_manifest(d: Path, broken: bool = True) -> Path:
-    """A manifest with all four phases + multi (and, with ``broken``, one record per error kind)."""
-    from codi2.media import save_audio, save_image, save_video
-
-    media = d / "media"
-    media.mkdir(parents=True, exist_ok=True)
-    save_image(make_image(1), media / "in.png")
-    save_image(make_image(2), media / "out.png")
-    save_image(make_image(3), media / "out2.png")
-    save_audio(make_audio(1, 0.5), media / "out.wav")
-    save_video(make_video(1, 4), media / "out.mp4")
-    (media / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 8)
-    img_in = {"type": "image", "path": "media/in.png"}
-    lines = [
-        _rec("t-plain", _txt("user", "hello"), _txt("assistant", "hi there")),
-        _rec("t-caption", {"role": "user", "content": [img_in, {"type": "text", "text": "what is it?"}]},
-             _txt("assistant", "a red circle"), meta={"task": "caption"}, license="CC0"),
-        _rec("t-system", _txt("system", "be brief"), _txt("user", "hi"), _txt("assistant", "hello"),
-             _txt("user", "again"), _txt("assistant", "hello again")),
-        _rec("i-gen", _txt("user", "draw a circle"),
-             {"role": "assistant", "content": [{"type": "text", "text": "here:"},
-                                               {"type": "image", "path": "media/out.png", "caption": "a circle"}]}),
-        _rec("a-gen", {"role": "user", "content": [img_in, {"type": "text", "text": "how does it sound?"}]},
-             {"role": "assistant", "content": [{"type": "audio", "path": "media/out.wav", "caption": "a low hum"}]}),
-        _rec("v-gen", _txt("user", "show it moving"),
-             {"role": "assistant", "content": [{"type": "video", "path": "media/out.mp4", "caption": "it moves left"}]}),
-        _rec("m-joint", _txt("user", "picture and sound"),
-             {"role": "assistant", "content": [{"type": "image", "path": "media/out2.png"},
-                                               {"type": "audio", "path": "media/out.wav", "caption": "a low hum"}]}),
-    ]
-    text = [json.dumps(x) for x in lines]
-    if broken:
-        text += [
-            json.dumps(_rec("b-missing", {"role": "user", "content": [{"type": "image", "path": "media/nope.png"}]},
-                            _txt("assistant", "x"))),
-            '{"schema": 1, "id": "broken-json", ',  # line 9
-            json.dumps(_rec("b-roles", _txt("user", "a"), _txt("user", "b"), _txt("assistant", "c"))),
-            json.dumps(_rec("b-caption", _txt("user", "a sound"),
-                            {"role": "assistant", "content": [{"type": "audio", "path": "media/out.wav"}]})),
-            json.dumps(_rec("b-corrupt", {"role": "user", "content": [{"type": "image", "path": "media/corrupt.png"}]},
-                            _txt("assistant", "x"))),
-            json.dumps(_rec("t-plain", _txt("user", "dup"), _txt("assistant", "dup"))),
-        ]
-    path = d / "data.jsonl"
-    path.write_text("\n".join(text[:9] + [""] + text[9:]) + "\n" if broken else "\n".join(text) + "\n")
-    return path
-
-
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> Path:
     return build_manifest(tmp_path_factory.mktemp("manifest"))
@@ -83,7 +27,7 @@ def manifest(tmp_path_factory) -> Path:
 
 # ----------------------------------------------------------------------------- parsing
 def test_parse_record_resolves_paths_and_phase(tmp_path):
-    raw = _rec("x", {"role": "user", "content": [{"type": "image", "path": "a/b.png"}]},
+    raw = record("x", {"role": "user", "content": [{"type": "image", "path": "a/b.png"}]},
                {"role": "assistant", "content": [{"type": "video", "path": "c.mp4", "caption": "moving"}]},
                license="MIT")
     rec = parse_record(raw, tmp_path, line=3)
@@ -95,13 +39,13 @@ def test_parse_record_resolves_paths_and_phase(tmp_path):
 @pytest.mark.parametrize("raw, kind, words", [
     ({"schema": 2, "id": "x", "source": "s", "messages": []}, "schema", "schema 2"),
     ({"schema": 1, "id": "x", "source": "s", "messages": [], "extra": 1}, "schema", "unknown keys ['extra']"),
-    (_rec("x", _txt("assistant", "a"), _txt("user", "b")), "roles", "expected 'user'"),
-    (_rec("x", _txt("user", "a")), "roles", "end with an assistant"),
-    (_rec("x", _txt("user", "a"), _txt("assistant", "b"), _txt("system", "c")), "roles", "only the first"),
-    (_rec("x", _txt("user", "a"), {"role": "assistant", "content": [{"type": "video", "path": "v.mp4"}]}),
+    (record("x", text_msg("assistant", "a"), text_msg("user", "b")), "roles", "expected 'user'"),
+    (record("x", text_msg("user", "a")), "roles", "end with an assistant"),
+    (record("x", text_msg("user", "a"), text_msg("assistant", "b"), text_msg("system", "c")), "roles", "only the first"),
+    (record("x", text_msg("user", "a"), {"role": "assistant", "content": [{"type": "video", "path": "v.mp4"}]}),
      "caption", "no 'caption'"),
-    (_rec("x", _txt("user", "a"), {"role": "bot", "content": "b"}), "schema", "role 'bot'"),
-    (_rec("x", _txt("user", "a"), {"role": "assistant", "content": []}), "schema", "has no content"),
+    (record("x", text_msg("user", "a"), {"role": "bot", "content": "b"}), "schema", "role 'bot'"),
+    (record("x", text_msg("user", "a"), {"role": "assistant", "content": []}), "schema", "has no content"),
     ({"schema": True, "id": "x", "source": "s", "messages": []}, "schema", "schema True"),
 ])
 def test_parse_record_errors(tmp_path, raw, kind, words):
@@ -113,7 +57,7 @@ def test_parse_record_errors(tmp_path, raw, kind, words):
 
 def test_read_manifest_reports_json_line(tmp_path):
     p = tmp_path / "m.jsonl"
-    p.write_text(json.dumps(_rec("a", _txt("user", "a"), _txt("assistant", "b"))) + "\n\n{oops\n")
+    p.write_text(json.dumps(record("a", text_msg("user", "a"), text_msg("assistant", "b"))) + "\n\n{oops\n")
     it = read_manifest(p)
     assert next(it)[0] == 1
     with pytest.raises(RecordError, match="line 3.*not valid JSON"):

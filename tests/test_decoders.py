@@ -11,7 +11,7 @@ import torch
 
 from codi2.config import DecoderConfig
 from codi2.decoders import Cancelled, build_decoder
-from codi2.decoders.base import _Absent
+from codi2.decoders.base import Absent
 from codi2.decoders.tiny import save_tiny_audioldm2, save_tiny_text_to_video, save_tiny_unclip
 from codi2.media import Audio, Video
 from codi2.modality import Modality
@@ -68,7 +68,7 @@ def test_lazy_load_spec_and_absent_encoders(decoders, m):
     pipe = dec.pipe
     for name in dec.text_components + dec.unused_components:
         value = getattr(pipe, name)
-        assert value is None or isinstance(value, _Absent), f"{name} should not be loaded, got {type(value)}"
+        assert value is None or isinstance(value, Absent), f"{name} should not be loaded, got {type(value)}"
     assert all(not p.requires_grad for p in pipe.unet.parameters())
     assert all(v.shape[0] == 1 for v in dec._null.values())
 

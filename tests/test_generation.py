@@ -6,7 +6,7 @@ import torch
 from codi2.config import GenerationConfig
 from codi2.conversation import Message, Part
 from codi2.generation import (Cancelled, ChatSession, MediaDone, MediaStarted, SamplingOptions,
-                              TextDelta, TurnDone, sample_next)
+                              TextDelta, Turn, TurnDone, sample_next)
 from codi2.modality import Modality
 
 from .conftest import make_audio, make_image, make_video
@@ -109,6 +109,20 @@ def test_undo_and_regenerate_restore_the_cache(tiny_model):
     assert s._cache.get_seq_length() == n1
     with pytest.raises(ValueError, match="nothing to regenerate"):
         ChatSession(tiny_model).regenerate()
+
+
+def test_keep_last_and_restore_re_encode_the_kept_turns(tiny_model):
+    s = ChatSession(tiny_model)
+    for msg in [Message("user", f"turn {i}, say something") for i in range(3)]:
+        s.send(msg, GREEDY)
+    turns = list(s.turns)
+    assert s.keep_last(5) == 0 and s.turns == turns
+    assert s.keep_last(2) == 1 and s.turns == turns[1:] and [t.start for t in s.turns][0] == 0
+    fresh = ChatSession(tiny_model)
+    fresh.restore([Turn(t.user, t.reply) for t in turns[1:]])
+    assert fresh.history == s.history and fresh.num_tokens == s.num_tokens
+    assert [t.start for t in fresh.turns] == [t.start for t in s.turns]
+    assert fresh.send("and now?", GREEDY).to_dict() == s.send("and now?", GREEDY).to_dict()
 
 
 def test_cancel_rolls_back_the_turn(tiny_model):

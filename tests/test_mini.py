@@ -38,7 +38,7 @@ def test_stage_configs_and_mini_model_config_load():
 
     stages = {n: load_train_config(str(REPO / "configs" / "train" / f"{n}.yaml"))
               for n in ("mini-stage1", "mini-stage2", "mini-stage3", "mini-stage4", "mini-stage5", "mini-stage6",
-                        "mini-stage6-words", "mini-stage6-steps", "mini-stage7", "mini-stage9", "mini-video-head")}
+                        "mini-stage7", "mini-stage9", "mini-video-head")}
     assert stages["mini-stage1"].stage == "projector_alignment"
     for n in (2, 3, 4, 5, 6, 7):  # the recipe's chain of exports
         assert stages[f"mini-stage{n}"].model.pipeline.endswith(f"stage{n - 1}/final")
@@ -52,13 +52,6 @@ def test_stage_configs_and_mini_model_config_load():
     assert {m.split("/")[-2] for m in six.data.manifests} == {"train", "icl", "icl7", "img8", "vidx", "mrx"}
     assert not [o for o in six.model.overrides if o.startswith("llm.lora.")]
     assert load_model_config("mini").llm.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
-    # the in-context-in-words experiment: stage 5's data with the exemplar records rebuilt, from stage 5's export
-    words = stages["mini-stage6-words"]
-    assert words.model.pipeline.endswith("stage5/final") and len(words.data.manifests) == 4
-    assert {m.split("/")[-2] for m in words.data.manifests} == {"train", "icl", "vidx", "mrx"}
-    steps = stages["mini-stage6-steps"]  # the same with the exemplars read attribute by attribute, from the bundle
-    assert steps.model.pipeline == "checkpoints/codi2-mini"
-    assert [m.split("/")[-3:-1] for m in steps.data.manifests[:2]] == [["steps", "train"], ["steps", "icl"]]
     # the video-head re-fit: projector alignment (LLM and LoRA frozen) on the video phase alone
     head = stages["mini-video-head"]
     assert head.stage == "projector_alignment" and head.phases.weights["video"] > 0
@@ -118,7 +111,7 @@ def test_world_samples_are_seeded_and_splits_differ():
 def test_atomic_dir_replaces_on_success_and_removes_what_killed_runs_left(tmp_path):
     import subprocess
 
-    from train.mini.common import atomic_dir
+    from codi2.io import atomic_dir
 
     target = tmp_path / "audio"
     target.mkdir()
@@ -183,17 +176,17 @@ def test_train_timesteps_over_sample_high_noise():
 
 
 def test_judge_accuracy_keys():
-    from train.mini.decoder_train import _accuracy
+    from train.mini.decoder_train import attribute_accuracy
 
     truth = [{"shape": "star", "colour": "red", "size": "small", "direction": "up"},
              {"shape": "circle", "colour": "blue", "size": "large", "direction": "left"}]
     said = [{"shape": ("star", 0.9), "colour": ("red", 0.8), "size": ("large", 0.7), "direction": ("up", 0.9)},
             {"shape": ("star", 0.9), "colour": ("blue", 0.8), "size": ("large", 0.7), "direction": ("right", 0.6)}]
-    acc = _accuracy(said, truth)
+    acc = attribute_accuracy(said, truth)
     assert acc["colour"] == 1.0 and acc["direction"] == 0.5 and acc["shape+colour"] == 0.5 and acc["all"] == 0.0
     assert acc["colour+direction"] == 0.5
     still = [{k: v for k, v in t.items() if k != "direction"} for t in truth]
-    assert "colour+direction" not in _accuracy(said, still)  # images and sounds have no direction
+    assert "colour+direction" not in attribute_accuracy(said, still)  # images and sounds have no direction
 
 
 def test_encoder_stage_writes_a_strictly_loadable_checkpoint(tmp_path):

@@ -11,7 +11,7 @@ import zipfile
 
 import pytest
 
-from codi2.chat_state import ChatInputError, ServeConfig, SessionManager, TurnFailed, sampling_options
+from codi2.chat_state import ChatInputError, ChatSettings, ServeConfig, SessionManager, TurnFailed, sampling_options
 from codi2.config import MediaLimits
 from codi2.generation import Cancelled, SamplingOptions, TurnDone
 from codi2.media import save_audio, save_image
@@ -147,6 +147,17 @@ def test_sampling_options_ranges():
                 {"prefix": "x" * 500}):
         with pytest.raises(ChatInputError):
             sampling_options(cfg, **bad)
+
+
+def test_chat_settings_as_the_ui_sends_them():
+    cfg = ServeConfig()
+    o = ChatSettings(0.5, 0.9, 12.0, 7.0, 0, 0.0, "default", ("audio",), None).options(cfg)
+    assert (o.temperature, o.max_new_tokens, o.seed, o.steps, o.guidance, o.scheduler, o.prefix) == \
+        (0.5, 12, 7, None, None, None, "")
+    assert [m.value for m in o.allowed_outputs] == ["audio"]
+    assert ChatSettings().options(cfg) == sampling_options(cfg)
+    with pytest.raises(ChatInputError):
+        ChatSettings(steps=10 ** 6).options(cfg)
 
 
 def test_export_is_a_training_manifest(manager, tmp_path):

@@ -13,7 +13,7 @@ from codi2.conversation import Part
 from codi2.data import ManifestDataset
 from codi2.modality import Modality
 from codi2.targets import (InputFeatureCache, TargetCache, caption_key, default_cache_root, precompute_targets)
-from tests.test_data import _rec, _txt, build_manifest
+from tests.helpers import build_manifest, record, text_msg
 
 # distinct output targets in build_manifest: out.png, out2.png, "a low hum" (twice), "it moves left"
 N_TARGETS = 4
@@ -32,7 +32,7 @@ def model(tiny_pipeline_dir):
 def _manifest(d: Path) -> Path:
     """build_manifest's records + one whose *output* image is corrupt."""
     path = build_manifest(d)
-    bad = _rec("b-out-corrupt", _txt("user", "draw"),
+    bad = record("b-out-corrupt", text_msg("user", "draw"),
                {"role": "assistant", "content": [{"type": "image", "path": "media/corrupt.png"}]})
     with open(path, "a") as f:
         f.write(json.dumps(bad) + "\n")
@@ -215,7 +215,7 @@ def test_precompute_cli(tiny_pipeline_dir, precomputed, tmp_path, capsys):
     assert args.func(args) == 0
     assert f"0 computed, {N_TARGETS} already cached, 0 failed" in capsys.readouterr().out
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps(_rec("x", _txt("user", "a"), {"role": "assistant", "content": [
+    bad.write_text(json.dumps(record("x", text_msg("user", "a"), {"role": "assistant", "content": [
         {"type": "image", "path": "missing.png"}]})) + "\n")
     args = parser.parse_args(["precompute-targets", str(bad), "--model", str(tiny_pipeline_dir)])
     assert args.func(args) == 1

@@ -6,9 +6,10 @@ from typing import Any
 
 
 def _train(args: Any) -> int:
-    from train.loop import DistInfo, Trainer, load_train_config, setup_logging
+    from codi2.io import setup_logging
+    from train.loop import DistInfo, Trainer, load_train_config
 
-    setup_logging(DistInfo.from_env().rank)
+    setup_logging(rank=DistInfo.from_env().rank)
     out = Trainer(load_train_config(args.config, args.override)).run()
     print(f"trained: {out}")
     return 0

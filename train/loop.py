@@ -38,12 +38,13 @@ import torch.distributed as dist
 
 from codi2.config import load_config, load_model_config
 from codi2.data import BadRecordCounter, ManifestDataset, Record, RecordError, TooManyBadRecords, group_by_phase
+from codi2.io import setup_logging
 from codi2.media import MediaError
 from codi2.modality import Modality
 
 from . import checkpointing as ckpt
 from .config import TrainConfig
-from .phases import PhaseSampler, _seed_for
+from .phases import PhaseSampler, seed_for
 from .step import TrainModule, param_groups, set_stage
 
 log = logging.getLogger("train")
@@ -89,12 +90,6 @@ def all_reduce_sum(values: Sequence[float]) -> list[float]:
     t = torch.tensor(list(values), dtype=torch.float64, device=dev)
     dist.all_reduce(t)
     return t.tolist()
-
-
-def setup_logging(rank: int) -> None:
-    """INFO on rank 0, WARNING on the others (the rank-zero logging helper)."""
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s", force=True)
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -384,7 +379,7 @@ class Trainer:
                 log.info("targets for %s over %d rank(s): %d computed, %d cached, %d failed (rank 0: %d of its %d, "
                          "%.1f s)", m, info.world_size, total[0], total[1], total[2], stats["computed"],
                          stats["shard"], stats["seconds"])
-            self.model._decoders.clear()  # training reads targets from the cache; no decoder stays loaded
+            self.model.unload_decoders()  # training reads targets from the cache; no decoder stays loaded
         barrier()
         self.targets = TargetCache(cache_root, self.model.cfg, base_dir=self.model.base_dir)
         self.feature_cache: Any = None  # encoder features of input media (see DataConfig.feature_cache)
@@ -470,7 +465,7 @@ class Trainer:
         pool = [i for i in self.sampler.indices[b.phase] if i not in self._known_bad] or self.sampler.indices[b.phase]
         tries = 0
         while len(recs) < len(b.indices) and tries < MAX_REPLACEMENT_TRIES:
-            rng = random.Random(_seed_for(self.cfg.seed, "replace", b.step, self.info.rank, tries))
+            rng = random.Random(seed_for(self.cfg.seed, "replace", b.step, self.info.rank, tries))
             r = self._load_record(rng.choice(pool))
             if r is not None:
                 recs.append(r)
@@ -699,7 +694,7 @@ def main(argv: Optional[Sequence[str]] = None, use_deepspeed: bool = False) -> i
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     args = p.parse_args(argv)
     info = DistInfo.from_env()
-    setup_logging(info.rank)
+    setup_logging(rank=info.rank)
     cfg = load_train_config(args.config, args.override)
     out = Trainer(cfg, use_deepspeed=use_deepspeed).run()
     log.info("done: %s", out)

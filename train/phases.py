@@ -38,7 +38,7 @@ SCHEDULES = ("round_robin", "weighted", "per_n_steps")
 log = logging.getLogger(__name__)
 
 
-def _seed_for(*parts: object) -> int:
+def seed_for(*parts: object) -> int:
     """A stable 64-bit seed from any parts (Python's ``hash`` is salted per process; this is not)."""
     h = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
     return int.from_bytes(h[:8], "little")
@@ -137,7 +137,7 @@ class PhaseSampler:
     # ------------------------------------------------------------------ orders
     def _order(self, phase: str, epoch: int) -> list[int]:
         """The shuffled index order of ``phase`` in ``epoch`` (same on every rank)."""
-        rng = random.Random(_seed_for(self.seed, phase, epoch))
+        rng = random.Random(seed_for(self.seed, phase, epoch))
         order = list(self.indices[phase])
         rng.shuffle(order)
         if self.group_by_length:
@@ -226,7 +226,7 @@ class PhaseSampler:
         phases = {p: PhaseState(**state.get("phases", {}).get(p, {})) for p in self.phases}
         rng = state.get("rng")
         if rng is None:
-            rng = random.Random(_seed_for(self.seed, "schedule")).getstate()
+            rng = random.Random(seed_for(self.seed, "schedule")).getstate()
         else:
             rng = (rng[0], tuple(rng[1]), rng[2])
         self.state = PhaseSamplerState(step=int(state.get("step", 0)), phases=phases, rng=rng)

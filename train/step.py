@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from codi2.losses import IGNORE_INDEX
-from codi2.model import Batch, CoDi2Model, CoDi2Output, _span_positions
+from codi2.model import Batch, CoDi2Model, CoDi2Output, span_positions
 
 
 def supervised_text_loss(lm_head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -72,7 +72,7 @@ def training_forward(model: CoDi2Model, batch: Batch, all_modules: bool = True) 
             zero = zero + 0.0 * proj_mod(torch.zeros(1, 1, proj_mod.d_in, device=emb.device, dtype=dtype)).sum()
             continue
         proj = proj_mod(s.features.to(device=emb.device, dtype=dtype))  # (N, n_in, D)
-        rows, cols = _span_positions(s, model.n_in[m])
+        rows, cols = span_positions(s, model.n_in[m])
         emb = emb.index_put((rows, cols), proj.to(emb.dtype))
     # Only the last position's logits here (1 row per sequence); the LM head runs again below on the supervised
     # positions alone, which is where the text loss needs it.

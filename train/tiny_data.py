@@ -18,6 +18,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from codi2.io import setup_logging
+
 log = logging.getLogger(__name__)
 
 WORDS = "red green blue yellow circle square triangle star small big left right top bottom moving sound".split()
@@ -104,7 +106,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--broken", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(timestamps=False)
     write_tiny_manifest(a.out_dir, a.per_phase, a.broken, a.seed)
     return 0
 

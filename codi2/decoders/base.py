@@ -12,7 +12,7 @@ use (or by :meth:`Decoder.load`) *without* the components the embeddings replace
    unconditional ("" prompt) conditioning for classifier-free guidance is computed once with the
    pipeline's own ``encode_prompt`` and kept in memory (nothing is written to the model directory);
 3. the text components are freed; where the pipeline still reads ``.dtype``/``.config`` from an
-   absent component, a :class:`_Absent` placeholder stands in.
+   absent component, a :class:`Absent` placeholder stands in.
 
 :meth:`Decoder.targets` reloads the text components lazily and keeps them until
 :meth:`Decoder.free_text_encoders` (so a feature-cache pass over a data set loads them once).
@@ -44,7 +44,7 @@ class Cancelled(RuntimeError):
     """Raised by :meth:`Decoder.decode` when its ``should_stop()`` callback returned True."""
 
 
-class _Absent:
+class Absent:
     """Stands where a component the conditioning embeddings replace would be.
 
     Some pipelines read ``.dtype``, ``.config.model_type`` or ``parameters()`` from a component even
@@ -73,7 +73,7 @@ class _Absent:
                            "embeddings; call Decoder.targets() to run the text encoders")
 
     def __repr__(self) -> str:
-        return f"_Absent({self._name!r})"
+        return f"Absent({self._name!r})"
 
 
 class Decoder:
@@ -211,11 +211,11 @@ class Decoder:
         if self._pipe is None:
             return
         for name in self.text_components:
-            value = _Absent(name, self._pipe.unet, self._model_types.get(name)) if name in self.placeholders else None
+            value = Absent(name, self._pipe.unet, self._model_types.get(name)) if name in self.placeholders else None
             setattr(self._pipe, name, value)
         for name in self.unused_components:
             if name in self.placeholders:
-                setattr(self._pipe, name, _Absent(name, self._pipe.unet))
+                setattr(self._pipe, name, Absent(name, self._pipe.unet))
         self._text_loaded = False
         _free_memory()
 
@@ -421,7 +421,15 @@ class Decoder:
         v = self._null[name]
         return v.expand(b, *v.shape[1:]).to(self.device)
 
-    def _image_size(self, pipe: Any) -> tuple[int, int]:
+    @property
+    def null_conditioning(self) -> dict[str, torch.Tensor]:
+        """The unconditional (empty-prompt) conditioning, batch 1, computed at :meth:`load` (empty before)."""
+        return self._null
+
+    def image_size(self, pipe: Any = None) -> tuple[int, int]:
+        """(height, width) of the pictures or frames: the config's, else the UNet's sample size in pixels
+        (``pipe``: the pipeline to read; default this decoder's own, loading it)."""
+        pipe = self.pipe if pipe is None else pipe
         default = pipe.unet.config.sample_size * pipe.vae_scale_factor
         return int(self.cfg.height or default), int(self.cfg.width or default)
 

@@ -36,7 +36,7 @@ class ImageDecoder(Decoder):
     def _run(self, pipe: Any, cond: dict[str, torch.Tensor], *, steps: int, guidance: float,
              generator: Optional[torch.Generator], callback: Callable) -> list:
         b = cond["image_embeds"].shape[0]
-        height, width = self._image_size(pipe)
+        height, width = self.image_size(pipe)
         out = pipe(
             image_embeds=cond["image_embeds"],
             prompt_embeds=self._null_batch("prompt_embeds", b),
@@ -65,7 +65,7 @@ class ImageDecoder(Decoder):
             (B, C_lat, H/f, W/f) scaled latents.
         """
         pipe = self.pipe
-        height, width = self._image_size(pipe)
+        height, width = self.image_size(pipe)
         if isinstance(target, torch.Tensor) and (target.ndim != 4 or target.shape[1] != 3):
             raise ValueError(f"image target tensor has shape {tuple(target.shape)}; expected (B, 3, H, W) in [0, 1]")
         if isinstance(target, np.ndarray):

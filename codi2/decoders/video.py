@@ -43,7 +43,7 @@ class VideoDecoder(Decoder):
     def _run(self, pipe: Any, cond: dict[str, torch.Tensor], *, steps: int, guidance: float,
              generator: Optional[torch.Generator], callback: Callable) -> list:
         b = cond["prompt_embeds"].shape[0]
-        height, width = self._image_size(pipe)
+        height, width = self.image_size(pipe)
         out = pipe(
             prompt_embeds=cond["prompt_embeds"], negative_prompt_embeds=self._null_batch("prompt_embeds", b),
             num_frames=int(self.cfg.num_frames), height=height, width=width,
@@ -69,7 +69,7 @@ class VideoDecoder(Decoder):
         from diffusers.video_processor import VideoProcessor
 
         pipe = self.pipe
-        height, width = self._image_size(pipe)
+        height, width = self.image_size(pipe)
         if isinstance(target, torch.Tensor):
             if target.ndim != 5 or target.shape[2] != 3:
                 raise ValueError(f"video target tensor has shape {tuple(target.shape)}; expected (B, F, 3, H, W) "

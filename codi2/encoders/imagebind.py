@@ -401,7 +401,7 @@ def build_imagebind(cfg: ImageBindConfig, frozen: bool = True) -> ImageBindModel
 
 
 # ----------------------------------------------------------------------------- weights
-def _modality_of(key: str) -> Optional[str]:
+def modality_of(key: str) -> Optional[str]:
     part, _, rest = key.partition(".")
     return rest.split(".", 1)[0] if part in _PARTS else None
 
@@ -438,8 +438,8 @@ def load_imagebind_weights(model: ImageBindModel,
             raise ValueError(f"{where}: expected a state dict (a mapping of names to tensors), got {type(state).__name__}")
     own = model.state_dict()
     unused = tuple(UNUSED_MODALITIES) + tuple(m for m in MODALITIES if m not in model.towers)
-    skipped = [k for k in state if k not in own and _modality_of(k) in unused]
-    unexpected = [k for k in state if k not in own and _modality_of(k) not in unused]
+    skipped = [k for k in state if k not in own and modality_of(k) in unused]
+    unexpected = [k for k in state if k not in own and modality_of(k) not in unused]
     missing = [k for k in own if k not in state]
     mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
                   for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]

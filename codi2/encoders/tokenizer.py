@@ -39,7 +39,7 @@ def default_vocab_path() -> Path:
 
 
 @lru_cache()
-def _byte_to_unicode() -> dict[int, str]:
+def byte_to_unicode() -> dict[int, str]:
     """Reversible map of the 256 bytes to printable unicode characters (GPT-2 / CLIP)."""
     printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
                  + list(range(ord("®"), ord("ÿ") + 1)))
@@ -76,7 +76,7 @@ class BPETokenizer:
             raise ValueError(f"context_length must be >= 2 (start + end token), got {context_length}")
         lines = gzip.open(path, "rt", encoding="utf-8").read().split("\n")
         merges = [tuple(line.split()) for line in lines[1:_NUM_MERGES + 1]]
-        byte_chars = list(_byte_to_unicode().values())
+        byte_chars = list(byte_to_unicode().values())
         vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
         vocab += ["<|startoftext|>", "<|endoftext|>"]
         self.encoder = {tok: i for i, tok in enumerate(vocab)}
@@ -84,7 +84,7 @@ class BPETokenizer:
         if self.encoder["<|startoftext|>"] != SOT_TOKEN or self.encoder["<|endoftext|>"] != EOT_TOKEN:
             raise ValueError(f"{path} is not the CLIP BPE vocabulary (special token ids differ)")
         self.ranks = {m: i for i, m in enumerate(merges)}
-        self.byte_encoder = _byte_to_unicode()
+        self.byte_encoder = byte_to_unicode()
         self.byte_decoder = {c: b for b, c in self.byte_encoder.items()}
         self.context_length = context_length
         self._cache: dict[str, list[str]] = {t: [t] for t in ("<|startoftext|>", "<|endoftext|>")}

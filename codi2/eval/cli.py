@@ -13,6 +13,7 @@ import logging
 import sys
 from typing import Optional, Sequence
 
+from ..io import setup_logging
 from .registry import suite_names
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="codi2 eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.INFO, timestamps=False)
     from ..media import MediaError
 
     try:

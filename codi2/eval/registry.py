@@ -1,6 +1,6 @@
 """The suite registry: ``codi2 eval --suite NAME`` finds its suite here, so the runner names no suite.
 
-The library registers dreambench, image-edit and audio-edit (:mod:`codi2.eval.runner`); packages above it
+The library registers dreambench, image-edit and audio-edit (:mod:`codi2.eval.suites`); packages above it
 register their own from a plugin module (:mod:`codi2.plugins`), e.g.::
 
     from codi2.eval.registry import register_suite
@@ -13,11 +13,10 @@ register their own from a plugin module (:mod:`codi2.plugins`), e.g.::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
-if TYPE_CHECKING:
-    from .runner import EvalConfig
-    from .suites import Suite
+# build(cfg, model) -> Suite: cfg a codi2.eval.runner.EvalConfig, model the loaded CoDi2Model (or None)
+SuiteBuilder = Callable[[Any, Any], Any]
 
 
 @dataclass(frozen=True)
@@ -25,7 +24,7 @@ class SuiteSpec:
     """A registered suite: its class (name, titles) and ``build(cfg, model) -> Suite``."""
 
     cls: type
-    build: Callable[["EvalConfig", Any], "Suite"]
+    build: SuiteBuilder
     many_data: bool = False  # --data may name several manifests, read as one set
 
     @property
@@ -36,7 +35,7 @@ class SuiteSpec:
 _SUITES: dict[str, SuiteSpec] = {}
 
 
-def register_suite(cls: type, build: Callable[["EvalConfig", Any], "Suite"], *, many_data: bool = False) -> None:
+def register_suite(cls: type, build: SuiteBuilder, *, many_data: bool = False) -> None:
     """Registers ``cls`` (a :class:`~codi2.eval.suites.Suite` subclass with a non-empty ``name``) built by
     ``build(cfg, model)``. Registering the same name again replaces it (a plugin re-imported)."""
     if not getattr(cls, "name", ""):
@@ -59,8 +58,8 @@ def get_suite(name: str) -> SuiteSpec:
 
 
 def _load() -> None:
+    # the library's own suites register when codi2.eval.suites is imported (codi2/eval/__init__.py does so)
     from ..plugins import load_plugins
-    from . import runner  # noqa: F401  (registers the library's own suites)
 
     load_plugins()
 

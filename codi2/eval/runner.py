@@ -32,8 +32,9 @@ from typing import Any, Iterable, Optional, Sequence
 
 from tqdm import tqdm
 
+from .. import io
 from . import metrics as M
-from .registry import get_suite, register_suite, suite_names
+from .registry import get_suite, suite_names
 from .suites import (
     EXT,
     AudioEditSuite,
@@ -159,9 +160,8 @@ def _safe(sample_id: str) -> str:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    """results.json and run.json: sorted keys, so the same run writes the same bytes (written atomically)."""
+    io.write_json(path, obj, sort_keys=True)
 
 
 # ----------------------------------------------------------------------------- aggregation
@@ -255,38 +255,6 @@ def build_suite(cfg: EvalConfig, model: Any = None) -> Suite:
     """The suite named by ``cfg`` with its backbones loaded (``model``: the loaded CoDi2Model, for ImageBind
     defaults and suites that use the model's encoder). Suites come from :mod:`codi2.eval.registry`."""
     return get_suite(cfg.suite).build(cfg, model)
-
-
-def _image_scorer(cfg: EvalConfig) -> ImageScorer:
-    from .features import ClipFeatures, DinoFeatures
-
-    if cfg.clip is None and cfg.dino is None:
-        raise ValueError(f"the {cfg.suite} suite needs --clip DIR and/or --dino DIR (local transformers CLIP / "
-                         f"DINO ViT directories)")
-    return ImageScorer(ClipFeatures.from_pretrained(cfg.clip) if cfg.clip else None,
-                       DinoFeatures.from_pretrained(cfg.dino) if cfg.dino else None, cfg.pixel_size)
-
-
-def _build_dreambench(cfg: EvalConfig, model: Any) -> Suite:
-    return DreamBenchSuite(cfg.data, _image_scorer(cfg), cfg.shots, cfg.n, cfg.seed)
-
-
-def _build_image_edit(cfg: EvalConfig, model: Any) -> Suite:
-    return ImageEditSuite(cfg.data, _image_scorer(cfg), cfg.shots, cfg.n, cfg.seed, cfg.exemplars)
-
-
-def _build_audio_edit(cfg: EvalConfig, model: Any) -> Suite:
-    from .features import load_audio_backbone
-
-    clf = load_audio_backbone(cfg.audio_classifier, cfg.model, model)
-    fad = clf if cfg.fad_model == cfg.audio_classifier else load_audio_backbone(cfg.fad_model, cfg.model, model)
-    return AudioEditSuite(cfg.data, AudioScorer(clf, fad, cfg.lsd_time_offset), cfg.shots, cfg.n, cfg.seed,
-                          cfg.exemplars)
-
-
-register_suite(DreamBenchSuite, _build_dreambench)
-register_suite(ImageEditSuite, _build_image_edit)
-register_suite(AudioEditSuite, _build_audio_edit)
 
 
 def backbone_fingerprints(cfg: EvalConfig) -> dict[str, str]:

@@ -43,6 +43,7 @@ from ..conversation import Message, Part, message_from_dict
 from ..editing import TEST, TRAIN, edit_info, instruction_sentence, normalise_instruction, split_manifests
 from ..media import Audio, load_audio, load_image, load_media
 from . import metrics as M
+from .registry import register_suite
 
 log = logging.getLogger(__name__)
 
@@ -662,3 +663,36 @@ class AudioEditSuite(EditSuite):
         pairs = [(g["main"].first("audio"), s.ref["record"].target) for s, g in items]
         pairs = [(p, r) for p, r in pairs if p is not None]
         return self.scorer.sets([p for p, _ in pairs], [r for _, r in pairs]) if pairs else {}
+
+
+# ----------------------------------------------------------------------------- the library's suites
+def _image_scorer(cfg: Any) -> ImageScorer:
+    from .features import ClipFeatures, DinoFeatures
+
+    if cfg.clip is None and cfg.dino is None:
+        raise ValueError(f"the {cfg.suite} suite needs --clip DIR and/or --dino DIR (local transformers CLIP / "
+                         f"DINO ViT directories)")
+    return ImageScorer(ClipFeatures.from_pretrained(cfg.clip) if cfg.clip else None,
+                       DinoFeatures.from_pretrained(cfg.dino) if cfg.dino else None, cfg.pixel_size)
+
+
+def _build_dreambench(cfg: Any, model: Any) -> Suite:
+    return DreamBenchSuite(cfg.data, _image_scorer(cfg), cfg.shots, cfg.n, cfg.seed)
+
+
+def _build_image_edit(cfg: Any, model: Any) -> Suite:
+    return ImageEditSuite(cfg.data, _image_scorer(cfg), cfg.shots, cfg.n, cfg.seed, cfg.exemplars)
+
+
+def _build_audio_edit(cfg: Any, model: Any) -> Suite:
+    from .features import load_audio_backbone
+
+    clf = load_audio_backbone(cfg.audio_classifier, cfg.model, model)
+    fad = clf if cfg.fad_model == cfg.audio_classifier else load_audio_backbone(cfg.fad_model, cfg.model, model)
+    return AudioEditSuite(cfg.data, AudioScorer(clf, fad, cfg.lsd_time_offset), cfg.shots, cfg.n, cfg.seed,
+                          cfg.exemplars)
+
+
+register_suite(DreamBenchSuite, _build_dreambench)
+register_suite(ImageEditSuite, _build_image_edit)
+register_suite(AudioEditSuite, _build_audio_edit)

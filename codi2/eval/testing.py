@@ -19,9 +19,9 @@ from ..media import Audio, save_audio, save_image
 
 def _byte_vocab() -> list[str]:
     """GPT-2 / CLIP byte-to-unicode alphabet (every byte gets a printable character)."""
-    from codi2.encoders.tokenizer import _byte_to_unicode
+    from codi2.encoders.tokenizer import byte_to_unicode
 
-    return list(_byte_to_unicode().values())
+    return list(byte_to_unicode().values())
 
 
 def save_tiny_clip(out_dir: "str | Path", seed: int = 0) -> Path:

@@ -27,6 +27,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from codi2.io import setup_logging
 from codi2.media import save_audio, save_image, save_video
 
 from .world import (
@@ -197,8 +198,8 @@ class _Task:
     """What one record's generator can use: its rng, render seeds of its split, the media store."""
 
     def __init__(self, rng: np.random.Generator, store: MediaStore, world_seed: int, stream: int, variations: int,
-                 icl_shots: Optional[int] = None, icl_replies: str = "change"):
-        self.rng, self.store, self.icl_shots, self.icl_replies = rng, store, icl_shots, icl_replies
+                 icl_shots: Optional[int] = None):
+        self.rng, self.store, self.icl_shots = rng, store, icl_shots
         self.world_seed, self.stream, self.variations = world_seed, stream, variations
         self.conv = _Conv()
         self.shots = 0
@@ -362,7 +363,6 @@ def _edit_task(modality: str) -> Callable[[_Task], None]:
 
 
 MAX_SHOTS = 4  # exemplar pairs of an in-context record: 1 … MAX_SHOTS
-ICL_REPLIES = ("change", "words", "steps")  # how an in-context reply reads the exemplars (see _icl_task)
 ICL_INTROS = ("Look at these examples.", "Here are some examples.", "Study these pairs.", "Each pair shows a change.")
 ICL_QUERIES = ("Now do the same to this one:", "Apply the same change to this:", "Do the same here:", "And this one?")
 
@@ -370,14 +370,7 @@ ICL_QUERIES = ("Now do the same to this one:", "Apply the same change to this:",
 def _icl_task(modality: str) -> Callable[[_Task], None]:
     """A : A' :: B : ?, 1-4 shots (or ``icl_shots``). The user's words are neutral and inputs carry no captions (they would name
     the edit); the assistant first states the change it read off the exemplars (:func:`change_words`), then
-    shows B edited, so the inference gets a text loss of its own and the image follows from it.
-
-    With ``icl_replies="words"`` the reply reasons in words first: it describes the first exemplar pair
-    (:func:`exemplar_words`), states the change, says what B becomes (:func:`query_words`), then shows B
-    edited; each step is one the model does well on its own (captioning, instruction editing, generation from
-    words). ``icl_replies="steps"`` reads the first pair attribute by attribute instead (:func:`exemplar_steps`),
-    so naming the change compares two adjacent words rather than two phrases. docs/history.md, "Exemplars, read in
-    words", has what each gave the mini model."""
+    shows B edited, so the inference gets a text loss of its own and the image follows from it."""
 
     def run(t: _Task) -> None:
         t.shots = t.icl_shots if t.icl_shots else int(t.rng.integers(1, MAX_SHOTS + 1))
@@ -385,12 +378,10 @@ def _icl_task(modality: str) -> Callable[[_Task], None]:
         attr, value = _pick_edit(t, query, modality)
         t.edits.append({"attr": attr, "value": value})
         parts = [_text(_choice(t.rng, ICL_INTROS))]
-        first: Optional[WorldObject] = None
         for _ in range(t.shots):
             ex = t.obj()
             while getattr(ex, attr) == value:  # every exemplar shows the change
                 ex = t.obj()
-            first = ex if first is None else first
             seed = t.seed()
             parts += [t.media(modality, ex, seed, with_caption=False),
                       t.media(modality, ex.with_(**{attr: value}), seed, with_caption=False)]
@@ -398,12 +389,7 @@ def _icl_task(modality: str) -> Callable[[_Task], None]:
         parts += [_text(_choice(t.rng, ICL_QUERIES)), t.media(modality, query, seed, with_caption=False)]
         t.conv.say("user", *parts)
         reply = t.reply()
-        if t.icl_replies in ("words", "steps"):  # reads the first pair, names the change, says what B becomes
-            read = exemplar_words if t.icl_replies == "words" else exemplar_steps
-            reply["text"] = (f"{read(first, attr, value, modality)} {change_words(attr, value)} "
-                             f"{query_words(query, attr, value, modality)} {reply['text']}")
-        else:  # says the change it inferred
-            reply["text"] = f"{change_words(attr, value)} {reply['text']}"
+        reply["text"] = f"{change_words(attr, value)} {reply['text']}"  # says the change it inferred
         t.conv.say("assistant", reply, t.media(modality, query.with_(**{attr: value}), seed))
 
     return run
@@ -427,36 +413,6 @@ def _spot_change_task(modality: str) -> Callable[[_Task], None]:
         t.conv.say("assistant", _text(change_words(attr, value)))
 
     return run
-
-
-def exemplar_words(ex: WorldObject, attr: str, value: str, modality: str) -> str:
-    """How the assistant reads the first exemplar pair before naming the change, in canonical words, e.g.
-    ``In the example, a small red circle at the top becomes a small green circle at the top.`` The model
-    captions well, and comparing two captions is easier than comparing two embeddings, so the change is
-    read off the words it has just written (a short chain of thought)."""
-    before, after = object_phrase(ex, modality), object_phrase(ex.with_(**{attr: value}), modality)
-    return f"In the example, {before} becomes {after}."
-
-
-EXEMPLAR_STEP_ATTRS = {"image": ("size", "colour", "shape", "position"), "audio": ("size", "colour", "shape")}
-
-
-def exemplar_steps(ex: WorldObject, attr: str, value: str, modality: str) -> str:
-    """The first exemplar pair read attribute by attribute (size, colour, shape and, for pictures, position),
-    before and after side by side, e.g. ``In the example: small to small, red to green, circle to circle, top
-    to top.`` Each value is read off one input with no decision to make while writing it, and the change is
-    then the one pair of values that differ, two tokens apart (every value is one token of the mini
-    tokenizer): an easier comparison than two whole phrases (:func:`exemplar_words`)."""
-    after = ex.with_(**{attr: value})
-    steps = ", ".join(f"{getattr(ex, a)} to {getattr(after, a)}" for a in EXEMPLAR_STEP_ATTRS[modality])
-    return f"In the example: {steps}."
-
-
-def query_words(query: WorldObject, attr: str, value: str, modality: str) -> str:
-    """How the assistant applies the change it named to the query before showing it, e.g. ``So a large blue
-    star on the left becomes a large green star on the left.``: the output then follows words that describe
-    it (without this line the last object described is the exemplar's, and the picture followed that)."""
-    return f"So {object_phrase(query, modality)} becomes {object_phrase(query.with_(**{attr: value}), modality)}."
 
 
 def change_words(attr: str, value: str) -> str:
@@ -584,13 +540,13 @@ assert tuple(TASK_FNS) == ALL_TASKS
 
 
 def make_record(i: int, task: str, store: MediaStore, seed: int, split: str, variations: int = 16,
-                icl_shots: Optional[int] = None, icl_replies: str = "change") -> dict:
-    """Record ``i`` of the split: a conversation for ``task`` with its ``meta`` (``icl_shots``, ``icl_replies``:
-    see :func:`build_world`)."""
+                icl_shots: Optional[int] = None) -> dict:
+    """Record ``i`` of the split: a conversation for ``task`` with its ``meta`` (``icl_shots``: see
+    :func:`build_world`)."""
     if task not in TASK_FNS:
         raise ValueError(f"unknown task {task!r}; allowed: {', '.join(ALL_TASKS)}")
     stream = split_index(split)
-    t = _Task(np.random.default_rng([seed, stream, i]), store, seed, stream, variations, icl_shots, icl_replies)
+    t = _Task(np.random.default_rng([seed, stream, i]), store, seed, stream, variations, icl_shots)
     TASK_FNS[task](t)
     meta = {"task": task, "split": split, "shots": t.shots, "inputs": t.conv.inputs, "targets": t.conv.targets}
     if t.edits:
@@ -605,8 +561,7 @@ def make_record(i: int, task: str, store: MediaStore, seed: int, split: str, var
 
 
 def build_world(out_dir: "str | Path", n: int, seed: int, tasks: Optional[Sequence[str]] = None,
-                split: str = "train", variations: int = 16, icl_shots: Optional[int] = None,
-                icl_replies: str = "change") -> Path:
+                split: str = "train", variations: int = 16, icl_shots: Optional[int] = None) -> Path:
     """Writes ``n`` mini-world conversations to ``out_dir/manifest.jsonl`` (+ ``out_dir/media/``).
 
     Args:
@@ -619,10 +574,6 @@ def build_world(out_dir: "str | Path", n: int, seed: int, tasks: Optional[Sequen
         icl_shots: exemplar pairs of every in-context record (1-4; default: drawn from 1-4 per record).
             ``--icl-shots 4`` test data lets ``codi2 eval --suite world --shots 1,2,4`` compare the same
             queries at 1, 2 and 4 shots (the suite keeps the first k pairs).
-        icl_replies: how in-context replies read the exemplars: ``change`` (name the change, then show it; the
-            bundled model's), ``words`` (describe the first pair and the query in words first) or ``steps`` (the
-            first pair attribute by attribute, then the query in words; see ``_icl_task``).
-            Only the assistant's words differ: the user's turns, media and meta are the same.
 
     Returns:
         The manifest path.
@@ -637,8 +588,6 @@ def build_world(out_dir: "str | Path", n: int, seed: int, tasks: Optional[Sequen
         raise ValueError(f"variations must be >= 1, got {variations}")
     if icl_shots is not None and not 1 <= icl_shots <= MAX_SHOTS:
         raise ValueError(f"icl_shots must be in [1, {MAX_SHOTS}], got {icl_shots}")
-    if icl_replies not in ICL_REPLIES:
-        raise ValueError(f"icl_replies {icl_replies!r}; allowed: {', '.join(ICL_REPLIES)}")
     split_index(split)
     out = Path(out_dir)
     for kind in ("image", "audio", "video"):
@@ -648,7 +597,7 @@ def build_world(out_dir: "str | Path", n: int, seed: int, tasks: Optional[Sequen
     tmp = manifest.with_name(".manifest.jsonl.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for i in tqdm(range(n), desc=f"world {split}", unit="rec", disable=n < 50):
-            record = make_record(i, tasks[i % len(tasks)], store, seed, split, variations, icl_shots, icl_replies)
+            record = make_record(i, tasks[i % len(tasks)], store, seed, split, variations, icl_shots)
             f.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
     tmp.replace(manifest)
     log.info("wrote %d records to %s (%d media files written, %d reused)", n, manifest, store.n_written, store.n_reused)
@@ -668,14 +617,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variations", type=int, default=16, help="render variations per split")
     p.add_argument("--icl-shots", type=int, default=None, metavar="K",
                    help=f"exemplar pairs of every in-context record, 1-{MAX_SHOTS} (default: drawn per record)")
-    p.add_argument("--icl-replies", choices=ICL_REPLIES, default="change",
-                   help="in-context replies: name the change (default), or reason in words first: read the "
-                        "first pair as two phrases (words) or attribute by attribute (steps)")
 
 
 def _run(args: argparse.Namespace) -> int:
-    path = build_world(args.out, args.n, args.seed, args.tasks, args.split, args.variations, args.icl_shots,
-                       args.icl_replies)
+    path = build_world(args.out, args.n, args.seed, args.tasks, args.split, args.variations, args.icl_shots)
     log.info("manifest: %s", path)
     return 0
 
@@ -693,5 +638,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m data_builders.world", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(p)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(timestamps=False)
     return _run(p.parse_args(argv))

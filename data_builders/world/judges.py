@@ -42,6 +42,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from codi2.io import setup_logging
 from codi2.media import Audio, Video, resample
 
 from .build import JUDGE_STREAM, render_seed
@@ -489,7 +490,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's; 1 is fastest on a busy machine)")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(timestamps=False)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     judges = Judges.train(args.seed, args.n, args.n_eval, args.epochs, config=JudgeConfig(modalities=args.modalities))

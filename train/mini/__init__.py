@@ -66,7 +66,7 @@ def load_stage_config(stage: str, path: Optional[str], overrides: Sequence[str] 
 
 def run_stage(stage: str, argv: Optional[Sequence[str]] = None) -> int:
     """``main(argv)`` of one stage: ``CONFIG [key=value …]``."""
-    from .common import setup_logging
+    from codi2.io import setup_logging
 
     p = argparse.ArgumentParser(prog=f"codi2 train-component {stage}")
     p.add_argument("config", help="stage config YAML (configs/train/mini-*.yaml)")
@@ -79,7 +79,7 @@ def run_stage(stage: str, argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .common import setup_logging
+    from codi2.io import setup_logging
 
     setup_logging()
     cfg = load_stage_config(args.stage, args.config, args.overrides)

@@ -104,13 +104,13 @@ def drop_encoder_towers(model_dir: Path, towers: Sequence[str]) -> None:
     import torch
 
     from codi2.config import ModelConfig, load_config, to_yaml
-    from codi2.encoders.imagebind import _modality_of
+    from codi2.encoders.imagebind import modality_of
 
     cfg = load_config(ModelConfig, str(model_dir / "config.yaml"))
     keep = [t for t in cfg.encoder.towers if t not in towers]
     weights = model_dir / cfg.encoder.weights
     state = torch.load(weights, map_location="cpu", weights_only=True)
-    torch.save({k: v for k, v in state.items() if _modality_of(k) not in towers}, weights)
+    torch.save({k: v for k, v in state.items() if modality_of(k) not in towers}, weights)
     cfg = dataclasses.replace(cfg, encoder=dataclasses.replace(cfg.encoder, towers=keep))
     (model_dir / "config.yaml").write_text(to_yaml(cfg))
 

@@ -51,8 +51,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from codi2.config import DecoderConfig, ModelConfig, load_model_config, resolve_path
-from train.mini.common import (WORLD_MODALITIES, LoopCheckpoints, LoopClock, WorldSample, atomic_dir, check_choice,
-                               file_digest, resumed_note, seed_everything, set_threads, world_batch)
+from codi2.decoders.build import DiffusionSize, VocoderSize, build_audioldm2, build_text_to_video, build_unclip
+from codi2.decoders.build import build_vocoder as build_hifigan
+from codi2.io import atomic_dir
+from train.checkpointing import LoopCheckpoints, LoopClock, resumed_note
+from train.mini.common import (WORLD_MODALITIES, WorldSample, check_choice, file_digest, seed_everything, set_threads,
+                               world_batch)
 
 logger = logging.getLogger(__name__)
 
@@ -226,83 +230,30 @@ def world_t5_tokenizer(model_max_length: int = 64):
 
 
 # ----------------------------------------------------------------------------- pipeline builders
-def _vae(in_channels: int, arch: DecoderArch, sample_size: int):
-    from diffusers import AutoencoderKL
-
-    n = len(arch.vae_block_out_channels)
-    return AutoencoderKL(
-        in_channels=in_channels, out_channels=in_channels, latent_channels=arch.latent_channels,
-        block_out_channels=tuple(arch.vae_block_out_channels), down_block_types=["DownEncoderBlock2D"] * n,
-        up_block_types=["UpDecoderBlock2D"] * n, layers_per_block=1, norm_num_groups=arch.norm_num_groups,
-        sample_size=sample_size)
+def diffusion_size(arch: DecoderArch) -> DiffusionSize:
+    """The UNet and VAE sizes ``arch`` asks for."""
+    return DiffusionSize(block_out_channels=tuple(arch.block_out_channels), layers_per_block=arch.layers_per_block,
+                         attention_head_dim=arch.attention_head_dim, norm_num_groups=arch.norm_num_groups,
+                         latent_channels=arch.latent_channels,
+                         vae_block_out_channels=tuple(arch.vae_block_out_channels),
+                         vae_norm_num_groups=arch.norm_num_groups)
 
 
-def build_unclip(arch: DecoderArch, image_embed_dim: int, image_size: int = 64, seed: int = 0):
-    """A small ``StableUnCLIPImg2ImgPipeline`` (v-prediction) for ``image_size`` px images.
-
-    Conditioning: ``image_embeds`` (B, image_embed_dim) via the UNet's projection class embedding; the
-    (empty) prompt through a small CLIP text encoder of width ``arch.text_dim``.
-    """
-    from diffusers import DDIMScheduler, DDPMScheduler, StableUnCLIPImg2ImgPipeline, UNet2DConditionModel
-    from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
-    from transformers import (CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPVisionConfig,
-                              CLIPVisionModelWithProjection)
-
-    from codi2.decoders.tiny import tiny_clip_tokenizer
-
-    factor = 2 ** (len(arch.vae_block_out_channels) - 1)
-    n = len(arch.block_out_channels)
-    tokenizer = tiny_clip_tokenizer()
-    torch.manual_seed(seed)
-    # never run by codi2 (image_embeds replace it), but part of the pipeline layout
-    image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
-        hidden_size=16, projection_dim=image_embed_dim, num_hidden_layers=1, num_attention_heads=2,
-        image_size=16, intermediate_size=16, patch_size=4))
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        bos_token_id=len(tokenizer) - 2, eos_token_id=len(tokenizer) - 1, pad_token_id=len(tokenizer) - 1,
-        hidden_size=arch.text_dim, projection_dim=arch.text_dim, intermediate_size=2 * arch.text_dim,
-        num_attention_heads=2, num_hidden_layers=1, vocab_size=len(tokenizer), max_position_embeddings=77))
-    unet = UNet2DConditionModel(
-        sample_size=image_size // factor, in_channels=arch.latent_channels, out_channels=arch.latent_channels,
-        layers_per_block=arch.layers_per_block,
-        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
-        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
-        block_out_channels=tuple(arch.block_out_channels), attention_head_dim=arch.attention_head_dim,
-        norm_num_groups=arch.norm_num_groups, class_embed_type="projection",
-        projection_class_embeddings_input_dim=2 * image_embed_dim, cross_attention_dim=arch.text_dim,
-        upcast_attention=True, use_linear_projection=True)
-    vae = _vae(3, arch, image_size)
-    return StableUnCLIPImg2ImgPipeline(
-        feature_extractor=CLIPImageProcessor(crop_size=16, size=16), image_encoder=image_encoder.eval(),
-        image_normalizer=StableUnCLIPImageNormalizer(embedding_dim=image_embed_dim),
-        image_noising_scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2"),
-        tokenizer=tokenizer, text_encoder=text_encoder.eval(), unet=unet,
-        scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                prediction_type="v_prediction", set_alpha_to_one=False, steps_offset=1,
-                                clip_sample=False),  # as SD-2.1 unCLIP: clipping x0 to [-1, 1] ruins latents
-        vae=vae)
-
-
-def _vocoder_config(arch: DecoderArch, sampling_rate: int) -> dict:
-    rates = list(arch.vocoder_upsample_rates)
-    return {"model_in_dim": arch.mel_bins, "sampling_rate": sampling_rate,
-            "upsample_initial_channel": arch.vocoder_channels, "upsample_rates": rates,
-            "upsample_kernel_sizes": [2 * r for r in rates],
-            "resblock_kernel_sizes": list(arch.vocoder_resblock_kernel_sizes),
-            "resblock_dilation_sizes": [list(arch.vocoder_resblock_dilations)] * len(arch.vocoder_resblock_kernel_sizes),
-            "normalize_before": False}
+def vocoder_size(arch: DecoderArch) -> VocoderSize:
+    """The HiFi-GAN generator ``arch`` asks for."""
+    return VocoderSize(channels=arch.vocoder_channels, upsample_rates=tuple(arch.vocoder_upsample_rates),
+                       resblock_kernel_sizes=tuple(arch.vocoder_resblock_kernel_sizes),
+                       resblock_dilations=tuple(arch.vocoder_resblock_dilations), mel_bins=arch.mel_bins)
 
 
 def build_vocoder(arch: DecoderArch, sampling_rate: int = 16000):
     """The HiFi-GAN generator AudioLDM2 uses (``SpeechT5HifiGan``), sized by ``arch``."""
-    from transformers import SpeechT5HifiGan, SpeechT5HifiGanConfig
-
-    return SpeechT5HifiGan(SpeechT5HifiGanConfig(**_vocoder_config(arch, sampling_rate)))
+    return build_hifigan(vocoder_size(arch), sampling_rate)
 
 
 def vocoder_matches(vocoder, arch: DecoderArch) -> bool:
     """Whether a loaded vocoder has the architecture ``arch`` asks for."""
-    want = _vocoder_config(arch, int(vocoder.config.sampling_rate))
+    want = vocoder_size(arch).config(int(vocoder.config.sampling_rate))
     return all(_plain(getattr(vocoder.config, k)) == _plain(v) for k, v in want.items())
 
 
@@ -333,90 +284,6 @@ def _plain(v: Any) -> Any:
     return [_plain(x) for x in v] if isinstance(v, (list, tuple)) else v
 
 
-def build_audioldm2(arch: DecoderArch, gen_len: int, gen_dim: int, t5_dim: int, prompt_len: int,
-                    sampling_rate: int = 16000, seed: int = 0):
-    """A small ``AudioLDM2Pipeline``: mel hop = prod(vocoder_upsample_rates) (the recipe's 500 -> 32 frames a
-    second; see :func:`vocoder_pitch_errors` for why not AudioLDM's 160).
-
-    Conditioning: ``generated_prompt_embeds`` (B, gen_len, gen_dim) and ``prompt_embeds`` (B, prompt_len,
-    t5_dim); the T5 tokenizer knows every world word (:func:`world_t5_tokenizer`).
-    """
-    from diffusers import AudioLDM2Pipeline, AudioLDM2ProjectionModel, AudioLDM2UNet2DConditionModel, DDIMScheduler
-    from transformers import (ClapAudioConfig, ClapConfig, ClapFeatureExtractor, ClapModel, ClapTextConfig,
-                              GPT2Config, GPT2Model, T5Config, T5EncoderModel)
-
-    from codi2.decoders.tiny import tiny_roberta_tokenizer
-
-    n = len(arch.block_out_channels)
-    clap_dim = 32
-    tokenizer = tiny_roberta_tokenizer()
-    tokenizer_2 = world_t5_tokenizer(model_max_length=prompt_len)
-    torch.manual_seed(seed)
-    unet = AudioLDM2UNet2DConditionModel(
-        sample_size=32, in_channels=arch.latent_channels, out_channels=arch.latent_channels,
-        layers_per_block=arch.layers_per_block, block_out_channels=tuple(arch.block_out_channels),
-        norm_num_groups=arch.norm_num_groups, attention_head_dim=arch.attention_head_dim,
-        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
-        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
-        cross_attention_dim=tuple([None, gen_dim, t5_dim] for _ in range(n)))
-    vae = _vae(1, arch, 64)
-    text_config = ClapTextConfig(bos_token_id=0, eos_token_id=2, pad_token_id=1, hidden_size=32, intermediate_size=64,
-                                 num_attention_heads=2, num_hidden_layers=1, vocab_size=len(tokenizer),
-                                 max_position_embeddings=80, projection_dim=clap_dim)
-    audio_config = ClapAudioConfig(spec_size=16, window_size=2, num_mel_bins=16, intermediate_size=16, depths=[1, 1],
-                                   num_attention_heads=[2, 2], num_hidden_layers=2, hidden_size=16,
-                                   patch_embeds_hidden_size=8, projection_dim=clap_dim, patch_size=2, patch_stride=2,
-                                   patch_embed_input_channels=4)
-    text_encoder = ClapModel(ClapConfig(text_config=text_config.to_dict(), audio_config=audio_config.to_dict(),
-                                        projection_dim=clap_dim))
-    text_encoder_2 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_2), d_model=t5_dim, d_ff=2 * t5_dim, d_kv=16,
-                                             num_heads=max(1, t5_dim // 16), num_layers=2))
-    language_model = GPT2Model(GPT2Config(n_embd=gen_dim, n_head=2, n_layer=1, vocab_size=16, n_ctx=128,
-                                          n_positions=128, bos_token_id=0, eos_token_id=0))
-    language_model.config.max_new_tokens = gen_len
-    projection_model = AudioLDM2ProjectionModel(text_encoder_dim=clap_dim, text_encoder_1_dim=t5_dim,
-                                                langauge_model_dim=gen_dim)
-    vocoder = build_vocoder(arch, sampling_rate)
-    return AudioLDM2Pipeline(
-        vae=vae, text_encoder=text_encoder.eval(), text_encoder_2=text_encoder_2.eval(),
-        projection_model=projection_model.eval(), language_model=language_model.eval(), tokenizer=tokenizer,
-        tokenizer_2=tokenizer_2, feature_extractor=ClapFeatureExtractor(), unet=unet,
-        scheduler=DDIMScheduler(beta_start=0.0015, beta_end=0.0195, beta_schedule="scaled_linear", clip_sample=False,
-                                set_alpha_to_one=False),
-        vocoder=vocoder)
-
-
-def build_text_to_video(arch: DecoderArch, text_len: int, text_dim: int, image_size: int = 64, seed: int = 0):
-    """A small ``TextToVideoSDPipeline`` (Zeroscope layout) for ``image_size`` px frames.
-
-    Conditioning: ``prompt_embeds`` (B, text_len, text_dim) from a byte-level CLIP text encoder.
-    """
-    from diffusers import DDIMScheduler, TextToVideoSDPipeline, UNet3DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from codi2.decoders.tiny import tiny_clip_tokenizer
-
-    factor = 2 ** (len(arch.vae_block_out_channels) - 1)
-    n = len(arch.block_out_channels)
-    tokenizer = tiny_clip_tokenizer(model_max_length=text_len)
-    torch.manual_seed(seed)
-    unet = UNet3DConditionModel(
-        sample_size=image_size // factor, in_channels=arch.latent_channels, out_channels=arch.latent_channels,
-        layers_per_block=arch.layers_per_block, block_out_channels=tuple(arch.block_out_channels),
-        down_block_types=("CrossAttnDownBlock3D",) * (n - 1) + ("DownBlock3D",),
-        up_block_types=("UpBlock3D",) + ("CrossAttnUpBlock3D",) * (n - 1),
-        cross_attention_dim=text_dim, attention_head_dim=arch.attention_head_dim, norm_num_groups=arch.norm_num_groups)
-    vae = _vae(3, arch, image_size)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        bos_token_id=len(tokenizer) - 2, eos_token_id=len(tokenizer) - 1, pad_token_id=len(tokenizer) - 1,
-        hidden_size=text_dim, intermediate_size=2 * text_dim, num_attention_heads=2, num_hidden_layers=2,
-        vocab_size=len(tokenizer), max_position_embeddings=text_len, hidden_act="gelu", projection_dim=text_dim))
-    return TextToVideoSDPipeline(
-        vae=vae, text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet,
-        scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                                set_alpha_to_one=False))
-
-
 def build_pipeline(modality: str, arch: DecoderArch, mcfg: ModelConfig, seed: int = 0):
     """The untrained pipeline of ``modality`` whose conditioning shapes equal the model config's head targets."""
     mc = mcfg.modalities[modality]
@@ -430,15 +297,20 @@ def build_pipeline(modality: str, arch: DecoderArch, mcfg: ModelConfig, seed: in
         if d != mcfg.encoder.out_embed_dim:
             raise ValueError(f"modalities.image.head.targets.image_embeds = [{d}] but encoder.out_embed_dim = "
                              f"{mcfg.encoder.out_embed_dim}: the unCLIP decoder is conditioned on the encoder's embedding")
-        return build_unclip(arch, d, seed=seed)
+        return build_unclip(diffusion_size(arch), d, arch.text_dim, image_size=64, seed=seed)
     if modality == "audio":
         (gl, gd), (pl, td) = t["generated_prompt_embeds"], t["prompt_embeds"]
         if pl != mc.decoder.prompt_len:
             raise ValueError(f"modalities.audio.head.targets.prompt_embeds has {pl} tokens but "
                              f"modalities.audio.decoder.prompt_len = {mc.decoder.prompt_len}; make them equal")
-        return build_audioldm2(arch, gl, gd, td, pl, seed=seed)
+        # mel hop = prod(vocoder_upsample_rates): the recipe's 500 -> 32 frames a second (see vocoder_pitch_errors
+        # for why not AudioLDM's 160); the T5 tokenizer knows every world word (world_t5_tokenizer)
+        return build_audioldm2(diffusion_size(arch), vocoder_size(arch), gen_len=gl, gen_dim=gd, t5_dim=td,
+                               t5_tokenizer=world_t5_tokenizer(pl),
+                               t5_layers=2, t5_heads=max(1, td // 16), t5_d_kv=16, clap_dim=32, clap_hidden=32,
+                               vae_sample_size=64, seed=seed)
     (tl, td), = (t["prompt_embeds"],)
-    return build_text_to_video(arch, tl, td, seed=seed)
+    return build_text_to_video(diffusion_size(arch), text_dim=td, text_len=tl, image_size=64, seed=seed)
 
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
@@ -503,9 +375,9 @@ def vocoder_level(dec, samples: list[WorldSample], judges=None) -> dict[str, flo
     ratio = (out.pow(2).mean(1) / waves[:, :out.shape[1]].pow(2).mean(1).clamp(min=1e-12)).sqrt()
     res: dict[str, float] = {}
     if judges is not None:
-        scores = [_score(judges, "audio", Audio(samples=w[None].numpy().astype(np.float32),
+        scores = [judge_scores(judges, "audio", Audio(samples=w[None].numpy().astype(np.float32),
                                                 sample_rate=dec.sample_rate)) for w in out]
-        res.update(_accuracy(scores, [s.attrs for s in samples]))
+        res.update(attribute_accuracy(scores, [s.attrs for s in samples]))
     res["rms_ratio"] = round(float(ratio.mean()), 4)
     for shape in sorted({s.attrs["shape"] for s in samples}):
         idx = [i for i, s in enumerate(samples) if s.attrs["shape"] == shape]
@@ -614,7 +486,7 @@ def _vae_loss(vae, x: torch.Tensor, kl_weight: float, g: torch.Generator) -> tup
 # ----------------------------------------------------------------------------- data
 def _image_pixels(dec, images: list) -> torch.Tensor:
     """PIL images -> (B, 3, H, W) in [-1, 1] at the decoder's size (the pipeline's own preprocessing)."""
-    h, w = dec._image_size(dec.pipe)
+    h, w = dec.image_size(dec.pipe)
     return dec.pipe.image_processor.preprocess(images, height=h, width=w)
 
 
@@ -813,7 +685,7 @@ def _null_cond(dec, modality: str, cond: dict[str, torch.Tensor]) -> dict[str, t
     b = next(iter(cond.values())).shape[0]
     if modality == "image":
         return {"image_embeds": torch.zeros_like(cond["image_embeds"])}
-    null = dec._null  # the decoder's empty-prompt conditioning, computed at load (codi2.decoders.base)
+    null = dec.null_conditioning  # the decoder's empty-prompt conditioning, computed at load (codi2.decoders.base)
     return {k: null[k].expand(b, *null[k].shape[1:]).to(cond[k].dtype).cpu() for k in cond}
 
 
@@ -903,11 +775,11 @@ def train_unet(dec, modality: str, latents: torch.Tensor, cond: dict[str, torch.
 
 
 # ----------------------------------------------------------------------------- evaluation
-def _score(judges, modality: str, media: Any) -> dict:
+def judge_scores(judges, modality: str, media: Any) -> dict:
     return {"image": judges.score_image, "audio": judges.score_audio, "video": judges.score_video}[modality](media)
 
 
-def _accuracy(scores: list[dict], attrs: list[dict]) -> dict[str, float]:
+def attribute_accuracy(scores: list[dict], attrs: list[dict]) -> dict[str, float]:
     """Per-attribute accuracy, ``all`` (every attribute right), ``shape+colour`` and, for clips,
     ``colour+direction`` (the text -> video target)."""
     out: dict[str, float] = {}
@@ -941,20 +813,20 @@ def judge_reconstructions(dec, modality: str, samples: list[WorldSample], judges
     vae = dec.pipe.vae
     scores = []
     if modality == "image":
-        scores = [_score(judges, modality, im) for im in image_round_trip(dec, [s.media for s in samples])]
+        scores = [judge_scores(judges, modality, im) for im in image_round_trip(dec, [s.media for s in samples])]
     elif modality == "video":
         n = int(dec.cfg.num_frames)
         rec = vae.decode(vae.encode(_video_frames(dec, [s.media for s in samples])).latent_dist.mode()).sample
         frames = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-        scores = [_score(judges, modality, Video(frames=frames[i * n:(i + 1) * n], fps=float(dec.cfg.fps)))
+        scores = [judge_scores(judges, modality, Video(frames=frames[i * n:(i + 1) * n], fps=float(dec.cfg.fps)))
                   for i in range(len(samples))]
     else:
         mel = _mels(dec, _waves(dec, [s.media for s in samples]))
         rec = vae.decode(vae.encode(mel).latent_dist.mode()).sample[:, 0]
         waves = dec.pipe.vocoder(rec).numpy()
-        scores = [_score(judges, modality, Audio(samples=w[None].astype(np.float32), sample_rate=dec.sample_rate))
+        scores = [judge_scores(judges, modality, Audio(samples=w[None].astype(np.float32), sample_rate=dec.sample_rate))
                   for w in waves]
-    return _accuracy(scores, [s.attrs for s in samples])
+    return attribute_accuracy(scores, [s.attrs for s in samples])
 
 
 @torch.no_grad()
@@ -969,8 +841,8 @@ def judge_generations(dec, modality: str, samples: list[WorldSample], judges, co
         c = {k: v[i:i + batch] for k, v in cond.items()}
         outputs += dec.decode(c, seed=seed + i, steps=steps or None, scheduler=scheduler, guidance=guidance)
     seconds = time.time() - t0
-    scores = [_score(judges, modality, o) for o in outputs]
-    return {**_accuracy(scores, [s.attrs for s in samples]), "n": len(samples),
+    scores = [judge_scores(judges, modality, o) for o in outputs]
+    return {**attribute_accuracy(scores, [s.attrs for s in samples]), "n": len(samples),
             "seconds_per_sample": round(seconds / len(samples), 3)}
 
 
@@ -1013,7 +885,7 @@ def resume_fingerprint(cfg: DecoderTrainConfig, modality: str, mcfg: ModelConfig
             "run": {k: v for k, v in asdict(cfg).items() if k not in skip}, "starts_from": starts}
 
 
-def _decoder_config(mcfg: ModelConfig, modality: str, path: Path) -> DecoderConfig:
+def decoder_config(mcfg: ModelConfig, modality: str, path: Path) -> DecoderConfig:
     return dataclasses.replace(mcfg.modalities[modality].decoder, path=str(path), device="cpu", dtype="float32",
                                offload="none")
 
@@ -1075,7 +947,7 @@ def train_decoder(cfg: DecoderTrainConfig, modality: str, mcfg: ModelConfig, jud
             if cfg.init is not None and arch.unet_steps == 0:
                 logger.warning("%s: the scheduler changed (%s) but no UNet step runs: the UNet was trained for the "
                                "old one", modality, changed)
-        dec = build_decoder(modality, _decoder_config(mcfg, modality, tmp), device="cpu").load()
+        dec = build_decoder(modality, decoder_config(mcfg, modality, tmp), device="cpu").load()
         logger.info("%s decoder: unet %s params, vae %s params", modality,
                     f"{sum(p.numel() for p in dec.pipe.unet.parameters()):,}",
                     f"{sum(p.numel() for p in dec.pipe.vae.parameters()):,}")

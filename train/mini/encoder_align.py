@@ -33,8 +33,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from codi2.config import ImageBindConfig, load_config, load_model_config
-from train.mini.common import (WORLD_MODALITIES, LoopCheckpoints, LoopClock, all_objects, atomic_torch_save, attrs_key,
-                               check_choice, file_digest, resumed_note, seed_everything, set_threads, world_batch)
+from codi2.io import atomic_write
+from train.checkpointing import LoopCheckpoints, LoopClock, resumed_note
+from train.mini.common import (WORLD_MODALITIES, all_objects, attrs_key, check_choice, file_digest, seed_everything,
+                               set_threads, world_batch)
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +206,7 @@ def encoder_config(cfg: EncoderAlignConfig) -> ImageBindConfig:
 
 
 def resume_fingerprint(cfg: EncoderAlignConfig) -> dict:
-    """What makes an alignment run the same run for resuming (:class:`~train.mini.common.LoopCheckpoints`): the
+    """What makes an alignment run the same run for resuming (:class:`~train.checkpointing.LoopCheckpoints`): the
     architecture, the settings that change the weights, and the digest of ``init``. Logging, evaluation, threads and
     the paths (``out``, ``init``: its contents count) are left out, so a moved run folder still resumes."""
     skip = {"eval_n", "eval_every", "log_every", "num_threads", "checkpoint_every", "resume", "out", "init"}
@@ -297,7 +299,8 @@ def train_encoder(cfg: EncoderAlignConfig) -> dict:
         logger.info("held-out retrieval (media -> text, top-1): %s", {m: r["top1"] for m, r in retrieval.items()})
 
     model.eval()
-    atomic_torch_save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out)
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(out, lambda tmp: torch.save(weights, tmp))
     report = {"steps": cfg.steps, "batch_size": cfg.batch_size, "seconds": round(seconds, 1),
               "seconds_per_step": round(seconds / cfg.steps, 4),
               "cpu_seconds_per_step": round(cpu_seconds / cfg.steps, 4), "threads": torch.get_num_threads(),

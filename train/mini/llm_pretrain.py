@@ -32,8 +32,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from codi2.config import LLMConfig
-from train.mini.common import (SPLITS, LoopCheckpoints, LoopClock, atomic_dir, check_choice, resumed_note,
-                               seed_everything, set_threads)
+from codi2.io import atomic_dir
+from train.checkpointing import LoopCheckpoints, LoopClock, resumed_note
+from train.mini.common import SPLITS, check_choice, seed_everything, set_threads
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +212,7 @@ def _eval_loss(model: Any, data: torch.Tensor, block: int, batches: int, batch_s
 
 
 def resume_fingerprint(cfg: LLMPretrainConfig) -> dict:
-    """What makes a pre-training run the same run for resuming (:class:`~train.mini.common.LoopCheckpoints`): the
+    """What makes a pre-training run the same run for resuming (:class:`~train.checkpointing.LoopCheckpoints`): the
     settings that change the tokenizer or the weights. Logging, evaluation, threads and ``out`` are left out (a
     moved run folder still resumes)."""
     skip = {"eval_batches", "log_every", "num_threads", "checkpoint_every", "resume", "out"}
