@@ -22,6 +22,7 @@ Layout (default root: ``<manifest folder>/.codi2-targets``)::
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -311,6 +312,83 @@ class InputFeatureCache:
         self.store(m).save(key, {"features": value.float()}, metadata={"modality": m.value})
 
 
+class MemoryFeatureCache:
+    """Encoder features of input media in memory, capped in bytes: least recently used entries go first.
+
+    The same dict-like interface as :class:`InputFeatureCache` (``(Modality, key) -> (n_in, D_enc)`` tensor), so
+    it can be passed as ``CoDi2Model.collate(feature_cache=...)``. A full-scale stage sees millions of distinct
+    inputs (about 1 MB each at 7B: 257 × 1024 float32); an uncapped dict would hold them all.
+
+    Args:
+        max_bytes: the cap on the bytes of the stored tensors (> 0). An entry larger than the cap is not kept.
+
+    Attributes:
+        nbytes: bytes held now. hits, misses, evictions: counters (for logs and benchmarks).
+    """
+
+    def __init__(self, max_bytes: int):
+        from collections import OrderedDict
+
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes = {max_bytes}; the feature cache needs a positive byte cap")
+        self.max_bytes = int(max_bytes)
+        self._d: "OrderedDict[tuple[Modality, str], torch.Tensor]" = OrderedDict()
+        self.nbytes = 0
+        self.hits = self.misses = self.evictions = 0
+
+    @staticmethod
+    def _norm(item: tuple[Modality, str]) -> tuple[Modality, str]:
+        m, key = item
+        return Modality(m), key
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __contains__(self, item: tuple[Modality, str]) -> bool:
+        return self._norm(item) in self._d
+
+    def __getitem__(self, item: tuple[Modality, str]) -> torch.Tensor:
+        k = self._norm(item)
+        if k not in self._d:
+            self.misses += 1
+            raise KeyError(f"no cached {k[0].value} input features for key {k[1]}")
+        self.hits += 1
+        self._d.move_to_end(k)
+        return self._d[k]
+
+    def get(self, item: tuple[Modality, str], default: Any = None) -> Any:
+        return self[item] if item in self else default
+
+    def __setitem__(self, item: tuple[Modality, str], value: torch.Tensor) -> None:
+        k = self._norm(item)
+        # a copy: a row of a batch tensor is a view that would keep the whole batch alive
+        v = value.detach().contiguous().clone()
+        size = v.numel() * v.element_size()
+        if k in self._d:
+            self.nbytes -= self._d[k].numel() * self._d[k].element_size()
+            del self._d[k]
+        if size > self.max_bytes:
+            return
+        self._d[k] = v
+        self.nbytes += size
+        while self.nbytes > self.max_bytes:
+            _, old = self._d.popitem(last=False)
+            self.nbytes -= old.numel() * old.element_size()
+            self.evictions += 1
+
+    def __delitem__(self, item: tuple[Modality, str]) -> None:
+        v = self._d.pop(self._norm(item))
+        self.nbytes -= v.numel() * v.element_size()
+
+    def clear(self) -> None:
+        self._d.clear()
+        self.nbytes = 0
+
+    def stats(self) -> dict:
+        return {"entries": len(self._d), "bytes": self.nbytes, "max_bytes": self.max_bytes, "hits": self.hits,
+                "misses": self.misses, "evictions": self.evictions}
+
+
 # ----------------------------------------------------------------------------- a model without its LLM
 class TargetModel:
     """What head targets need from a model directory — the encoder and the decoders — without the LLM.
@@ -403,13 +481,42 @@ def _output_enabled(cfg: ModelConfig, m: Modality) -> bool:
     return mc is not None and mc.enabled and mc.n_out > 0
 
 
+def dist_env() -> tuple[int, int]:
+    """``(rank, world_size)`` from the launcher's environment (``RANK`` / ``WORLD_SIZE``, set by ``torchrun`` and the
+    ``deepspeed`` launcher); ``(0, 1)`` outside one.
+
+    Raises:
+        ValueError: naming the variables when they do not make a rank in ``[0, world_size)``.
+    """
+    try:
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    except ValueError:
+        raise ValueError(f"RANK = {os.environ.get('RANK')!r} / WORLD_SIZE = {os.environ.get('WORLD_SIZE')!r}: "
+                         "expected integers (as torchrun or the deepspeed launcher set them)") from None
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"RANK = {rank}, WORLD_SIZE = {world}: a rank must be in [0, WORLD_SIZE) and WORLD_SIZE >= 1")
+    return rank, world
+
+
+def shard_key(m: Modality, part: Part) -> str:
+    """What decides which rank computes a part's target, without reading any file: the caption for audio/video
+    (whose cache key is the caption's hash), the path for images. Stable across runs and restarts."""
+    return caption_key(part.caption or "") if m is not Modality.IMAGE else f"path:{part.path}"
+
+
 def precompute_targets(manifest: "str | Path", model: Any, cache_root: "str | Path | None" = None,
-                       batch_size: int = 16, progress: bool = True) -> dict:
+                       batch_size: int = 16, progress: bool = True, rank: int = 0, world_size: int = 1) -> dict:
     """Computes the head target of every output media in a manifest into a :class:`TargetCache`.
 
     Entries already in the cache are skipped (so a killed run continues where it stopped); each
     distinct target (by key) is computed once. Audio/video decoders load lazily (their text encoders
     only) and are unloaded after their modality is done.
+
+    Several processes (``rank`` of ``world_size``, e.g. from :func:`dist_env`) split the work with no
+    communication: per modality, the distinct :func:`shard_key` s of the manifest are sorted and dealt round-robin,
+    so every rank takes its own shard of the content-addressed cache, the same shard after a restart, and
+    reads (hashes) only its own files. Run every rank to completion to fill the cache; each returns its own
+    counts. (Two image paths with the same content may land on two ranks: both write the same entry atomically.)
 
     Args:
         manifest: the manifest.
@@ -418,11 +525,13 @@ def precompute_targets(manifest: "str | Path", model: Any, cache_root: "str | Pa
         cache_root: default :func:`default_cache_root` of the manifest.
         batch_size: parts per ``compute_targets`` call.
         progress: show a tqdm bar.
+        rank, world_size: this process's shard (default: all of it).
 
     Returns:
         ``{"computed", "cached", "failed": [{"id", "modality", "reason"}], "bad_records": [{"id", "reason"}],
-        "by_modality": {m: {"computed", "cached", "failed"}}, "cache_root", "seconds"}``; counts are of
-        distinct targets, ``failed`` lists the records whose targets could not be computed.
+        "by_modality": {m: {"computed", "cached", "failed"}}, "cache_root", "seconds", "rank", "world_size",
+        "shard"}``; counts are of distinct targets of this rank's shard (``shard``: how many), ``failed`` lists the
+        records whose targets could not be computed; ``bad_records`` (unparseable lines) only on rank 0.
     """
     from tqdm import tqdm
 
@@ -430,12 +539,15 @@ def precompute_targets(manifest: "str | Path", model: Any, cache_root: "str | Pa
 
     if batch_size < 1:
         raise ValueError(f"batch_size = {batch_size}; it must be >= 1")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank = {rank}, world_size = {world_size}: a rank must be in [0, world_size)")
     t0 = time.perf_counter()
     root = Path(cache_root) if cache_root is not None else default_cache_root(manifest)
     ds = ManifestDataset(manifest)
     cache = TargetCache(root, model.cfg, base_dir=getattr(model, "base_dir", None))
     stats: dict[str, Any] = {"computed": 0, "cached": 0, "failed": [], "cache_root": str(root),
-                             "bad_records": [{"id": i, "reason": r} for i, r in ds.bad], "by_modality": {}}
+                             "bad_records": [{"id": i, "reason": r} for i, r in ds.bad] if rank == 0 else [],
+                             "by_modality": {}, "rank": rank, "world_size": world_size, "shard": 0}
 
     def fail(ids: Sequence[str], m: Modality, reason: str) -> None:
         for rid in ids:
@@ -447,9 +559,20 @@ def precompute_targets(manifest: "str | Path", model: Any, cache_root: "str | Pa
     todo: dict[Modality, dict[str, tuple[Part, list[str]]]] = {}
     for m in ALL_MODALITIES:
         stats["by_modality"][m.value] = {"computed": 0, "cached": 0, "failed": 0}
+    mine: Optional[dict[Modality, set[str]]] = None
+    if world_size > 1:  # deal the sorted distinct shard keys of each modality round-robin
+        every: dict[Modality, set[str]] = {}
+        for rec in ds.records:
+            for p in rec.media_parts(output=True):
+                m = Modality(p.type)
+                if m is Modality.IMAGE or p.caption:
+                    every.setdefault(m, set()).add(shard_key(m, p))
+        mine = {m: set(sorted(keys)[rank::world_size]) for m, keys in every.items()}
     for rec in ds.records:
         for p in rec.media_parts(output=True):
             m = Modality(p.type)
+            if mine is not None and shard_key(m, p) not in mine.get(m, ()):
+                continue
             if not _output_enabled(model.cfg, m):
                 fail([rec.id], m, f"{m.value} output is disabled in this model (modalities.{m.value}.n_out = 0)")
                 continue
@@ -471,10 +594,13 @@ def precompute_targets(manifest: "str | Path", model: Any, cache_root: "str | Pa
             else:
                 work.setdefault(m, []).append((k, p, ids))
     total = sum(len(v) for v in work.values())
-    log.info("targets: %d to compute, %d already cached in %s", total, stats["cached"], root)
+    stats["shard"] = total + stats["cached"]
+    log.info("targets%s: %d to compute, %d already cached in %s",
+             f" (rank {rank} of {world_size})" if world_size > 1 else "", total, stats["cached"], root)
 
     # 3. compute, batch by batch; a failing batch is retried part by part to isolate the bad ones
-    with tqdm(total=total, desc="precompute targets", unit="target", disable=not progress) as bar:
+    desc = f"precompute targets [rank {rank}]" if world_size > 1 else "precompute targets"
+    with tqdm(total=total, desc=desc, unit="target", disable=not progress) as bar:
         for m, items in work.items():
             if m is not Modality.IMAGE:
                 model.decoder(m).load()  # a missing or broken decoder fails here, once, not once per target
@@ -511,31 +637,58 @@ def _compute_batch(model: Any, cache: TargetCache, m: Modality, batch: Sequence[
 
 # ----------------------------------------------------------------------------- command line
 def _precompute_command(args: Any) -> int:
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    rank, world = dist_env()
+    if args.rank is not None or args.world_size is not None:
+        rank = args.rank if args.rank is not None else 0
+        world = args.world_size if args.world_size is not None else 1
+    device = args.device
+    if device is None:
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        device = f"cuda:{local % max(1, torch.cuda.device_count())}" if torch.cuda.is_available() else "cpu"
     model = TargetModel.from_pretrained(args.model, device=device)
-    stats = precompute_targets(args.manifest, model, cache_root=args.cache_root, batch_size=args.batch_size,
-                               progress=not args.json)
-    if args.json:
-        print(json.dumps(stats, indent=2))
-    else:
-        print(f"targets in {stats['cache_root']}: {stats['computed']} computed, {stats['cached']} already cached, "
-              f"{len(stats['failed'])} failed ({stats['seconds']:.1f} s)")
+    failed = 0
+    every = []
+    for manifest in args.manifest:
+        stats = precompute_targets(manifest, model, cache_root=args.cache_root, batch_size=args.batch_size,
+                                   progress=not args.json, rank=rank, world_size=world)
+        stats["manifest"] = str(manifest)
+        every.append(stats)
+        failed += len(stats["failed"])
+        if args.json:
+            continue
+        where = f"rank {rank} of {world}: " if world > 1 else ""
+        print(f"{where}{manifest}: targets in {stats['cache_root']}: {stats['computed']} computed, {stats['cached']} "
+              f"already cached, {len(stats['failed'])} failed ({stats['seconds']:.1f} s)")
         for f in stats["failed"][:20]:
             print(f"  FAILED {f['id']} ({f['modality']}): {f['reason']}")
         if stats["bad_records"]:
-            print(f"  {len(stats['bad_records'])} records did not parse; run `codi2 validate-data {args.manifest}`")
-    return 1 if stats["failed"] else 0
+            print(f"  {len(stats['bad_records'])} records did not parse; run `codi2 validate-data {manifest}`")
+    if args.stats_dir:
+        atomic_write_text(Path(args.stats_dir) / f"precompute-rank{rank}.json", json.dumps(every, indent=1))
+    if args.json:
+        print(json.dumps(every[0] if len(every) == 1 else every, indent=2))
+    return 1 if failed else 0
 
 
 def register(subparsers: Any) -> None:
-    """Adds ``codi2 precompute-targets MANIFEST --model DIR [--batch-size N] [--cache-root DIR] [--json]``
-    (exit status 1 if any target failed)."""
+    """Adds ``codi2 precompute-targets MANIFEST… --model DIR [--batch-size N] [--cache-root DIR] [--json]
+    [--rank R --world-size W] [--stats-dir DIR]`` (exit status 1 if any target of this rank's shard failed).
+
+    Under a launcher (``torchrun --nproc_per_node N --no-python codi2 precompute-targets …`` or
+    ``deepspeed --num_gpus N $(which codi2) precompute-targets …``) each process takes the shard of its ``RANK`` of
+    ``WORLD_SIZE`` and runs on ``cuda:LOCAL_RANK``; the processes do not talk to each other."""
     p = subparsers.add_parser("precompute-targets",
-                              help="compute every output media's head target into a cache beside the manifest")
-    p.add_argument("manifest")
+                              help="compute every output media's head target into a cache beside the manifest "
+                                   "(several processes under torchrun/deepspeed each take a shard)")
+    p.add_argument("manifest", nargs="+", help="one or more manifests (one model load for all)")
     p.add_argument("--model", required=True, help="a codi2 model directory")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--cache-root", default=None, help=f"default: <manifest folder>/{CACHE_DIR}")
-    p.add_argument("--device", default=None, help="where the encoder and decoders run (default: cuda if available)")
+    p.add_argument("--device", default=None,
+                   help="where the encoder and decoders run (default: cuda:LOCAL_RANK if available, else cpu)")
+    p.add_argument("--rank", type=int, default=None, help="this process's shard (default: $RANK, else 0)")
+    p.add_argument("--world-size", type=int, default=None, help="number of shards (default: $WORLD_SIZE, else 1)")
+    p.add_argument("--stats-dir", default=None, help="also write this rank's stats to DIR/precompute-rank{R}.json")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
     p.add_argument("--json", action="store_true", help="print the stats as JSON (no progress bar)")
     p.set_defaults(func=_precompute_command)

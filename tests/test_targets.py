@@ -244,3 +244,60 @@ def test_precompute_without_decoder_fails_loudly(tiny_model, tmp_path):
     path = build_manifest(tmp_path, broken=False)
     with pytest.raises(FileNotFoundError, match="modalities.audio.decoder.path"):
         precompute_targets(path, tiny_model, cache_root=tmp_path / "cache", progress=False)
+
+
+def test_precompute_sharded_over_ranks(model, manifest, monkeypatch):
+    """Two ranks split the targets with no communication: disjoint shards, together all of them; a rank killed
+    part-way resumes its own shard only; the launcher's RANK/WORLD_SIZE are read and checked."""
+    from codi2.targets import dist_env
+
+    real = model.compute_targets
+    seen: dict[int, list] = {0: [], 1: []}
+    rank_now = [0]
+
+    def spy(m, parts):
+        seen[rank_now[0]].extend((m, p.caption if m is not Modality.IMAGE else p.path) for p in parts)
+        return real(m, parts)
+
+    monkeypatch.setattr(model, "compute_targets", spy)
+    stats = []
+    for r in (0, 1):
+        rank_now[0] = r
+        stats.append(precompute_targets(manifest, model, batch_size=1, progress=False, rank=r, world_size=2))
+    assert not set(seen[0]) & set(seen[1])
+    assert sum(s["computed"] for s in stats) == N_TARGETS and all(s["shard"] > 0 for s in stats)
+    assert stats[0]["bad_records"] and not stats[1]["bad_records"]  # unparseable lines reported once
+    again = precompute_targets(manifest, model, progress=False)  # one rank over everything: all cached
+    assert again["computed"] == 0 and again["cached"] == N_TARGETS
+    model.decoder(Modality.AUDIO).unload()
+    model.decoder(Modality.VIDEO).unload()
+    with pytest.raises(ValueError, match="rank"):
+        precompute_targets(manifest, model, progress=False, rank=2, world_size=2)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert dist_env() == (1, 2)
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(ValueError, match="WORLD_SIZE"):
+        dist_env()
+
+
+def test_memory_feature_cache_is_a_byte_capped_lru():
+    from codi2.targets import MemoryFeatureCache
+
+    c = MemoryFeatureCache(max_bytes=3 * 4 * 8)  # three (2, 4) float32 entries
+    for i in range(3):
+        c[(Modality.IMAGE, f"k{i}")] = torch.full((2, 4), float(i))
+    assert len(c) == 3 and c.nbytes == 96
+    c[(Modality.IMAGE, "k0")]  # k0 used: k1 is now the least recently used
+    c[("image", "k3")] = torch.zeros(2, 4)
+    assert (Modality.IMAGE, "k1") not in c and (Modality.IMAGE, "k0") in c and c.evictions == 1
+    assert c.nbytes <= c.max_bytes
+    batch = torch.zeros(100, 2, 4)
+    c[(Modality.AUDIO, "row")] = batch[0]  # a row of a batch is copied: the batch is not kept alive
+    assert c[(Modality.AUDIO, "row")].untyped_storage().nbytes() == 32
+    c[(Modality.AUDIO, "huge")] = torch.zeros(100, 4)  # larger than the cap: not kept
+    assert (Modality.AUDIO, "huge") not in c and c.nbytes <= c.max_bytes
+    with pytest.raises(KeyError, match="k1"):
+        c[(Modality.IMAGE, "k1")]
+    with pytest.raises(ValueError, match="positive"):
+        MemoryFeatureCache(0)

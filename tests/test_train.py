@@ -242,6 +242,20 @@ def test_config_errors_name_the_field(tmp_path):
         cfg.check()
     with pytest.raises(ValueError, match="max_stepz"):
         load_train_config(str(SMOKE), ["max_stepz=3"])
+    for bad, field in (("data.feature_cache_max_mb=0", "feature_cache_max_mb"),
+                       ("dist_timeout_minutes=0", "dist_timeout_minutes")):
+        with pytest.raises(ValueError, match=field):
+            load_train_config(str(SMOKE), [bad]).check()
+
+
+def test_full_scale_stage_configs_bound_the_feature_cache():
+    from train.loop import load_train_config
+
+    root = Path(__file__).resolve().parent.parent
+    for name in ("codi2-7b-stage1-alignment.yaml", "codi2-7b-stage2-instruction.yaml"):
+        cfg = load_train_config(str(root / "configs/train" / name))
+        assert cfg.data.feature_cache == "disk", name
+    assert load_train_config(str(SMOKE)).data.feature_cache_max_mb > 0
 
 
 # ----------------------------------------------------------------------------- DeepSpeed, 2 processes

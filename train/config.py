@@ -52,13 +52,17 @@ class DataConfig:
     """Attributes:
         manifests: JSONL manifests (docs/design.md#manifest-schema); several are concatenated.
         target_cache: feature cache of the head targets; default: beside the first manifest.
-        precompute: compute missing targets at start (rank 0; the other ranks wait).
+        precompute: compute missing targets at start, every rank its own shard of them
+            (``codi2.targets.precompute_targets``); a rank waits only for the others' shards.
         max_length: a conversation longer than this many tokens is a bad record (skipped, counted).
         max_bad_fraction: stop when more than this fraction of the records read so far failed to load.
         bad_min_seen: the bad fraction is judged only once this many records were read (summed over ranks).
-        feature_cache: encoder features of input media: ``memory`` (kept for the run), ``disk`` (beside the
-            targets, reused across runs) or ``none`` (encoded every time). Each media is encoded on its own, so
-            the features do not depend on which batch it came in.
+        feature_cache: encoder features of input media: ``memory`` (an LRU capped at ``feature_cache_max_mb``),
+            ``disk`` (beside the targets, reused across runs; what the full-scale configs use) or ``none``
+            (encoded every time). Each media is encoded on its own, so the features do not depend on which batch
+            it came in.
+        feature_cache_max_mb: the byte cap of the ``memory`` cache per rank, in MiB (least recently used entries
+            are dropped first). At 7B an image's features are about 1 MiB (257 × 1024 float32).
         workers: threads loading (decoding) the records of a batch in parallel; 0 = in the training thread.
     """
 
@@ -69,6 +73,7 @@ class DataConfig:
     max_bad_fraction: float = 0.05
     bad_min_seen: int = 100
     feature_cache: str = "memory"
+    feature_cache_max_mb: float = 1024.0
     workers: int = 4
 
 
@@ -131,6 +136,8 @@ class TrainConfig:
         max_nonfinite_in_a_row: stop after this many consecutive non-finite losses (each is skipped).
         export: write the ``final/`` pipeline directory at the end.
         device: ``cpu``, ``cuda`` …; default: CUDA (this rank's local device) when available.
+        dist_timeout_minutes: how long a collective (a barrier, an all-reduce) waits for the other ranks before
+            the run fails (the process-group timeout given to ``deepspeed.init_distributed``).
     """
 
     output_dir: str = "runs/codi2"
@@ -156,6 +163,7 @@ class TrainConfig:
     export: bool = True
     tensorboard: bool = True
     device: Optional[str] = None
+    dist_timeout_minutes: float = 60.0
 
     def check(self) -> None:
         """Raises ``ValueError`` naming the bad field and what is allowed."""
@@ -174,6 +182,9 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "max_steps", "log_every", "keep_last", "max_nonfinite_in_a_row"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} = {getattr(self, name)}; it must be ≥ 1")
+        if not self.dist_timeout_minutes > 0:
+            raise ValueError(f"dist_timeout_minutes = {self.dist_timeout_minutes}; it must be > 0 (minutes a "
+                             f"collective waits for the other ranks)")
         if self.save_every < 0:
             raise ValueError(f"save_every = {self.save_every}; it must be ≥ 0 (0 = only at the end)")
         if not 0.0 <= self.data.max_bad_fraction <= 1.0:
@@ -182,6 +193,9 @@ class TrainConfig:
             raise ValueError(f"data.workers = {self.data.workers}; it must be ≥ 0")
         if self.data.feature_cache not in ("none", "memory", "disk"):
             raise ValueError(f"data.feature_cache = {self.data.feature_cache!r}; allowed: none, memory, disk")
+        if not self.data.feature_cache_max_mb > 0:
+            raise ValueError(f"data.feature_cache_max_mb = {self.data.feature_cache_max_mb}; it must be > 0 (MiB "
+                             f"held by the memory feature cache; use feature_cache=none for no cache)")
         if self.optim.warmup_steps < 0 or not 0.0 <= self.optim.min_lr_ratio <= 1.0:
             raise ValueError(f"optim.warmup_steps = {self.optim.warmup_steps} (≥ 0) / optim.min_lr_ratio = "
                              f"{self.optim.min_lr_ratio} (in [0, 1])")

@@ -322,7 +322,10 @@ class Trainer:
 
             if self.device.type == "cuda":
                 torch.cuda.set_device(self.device)
-            deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo")
+            from datetime import timedelta
+
+            deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo",
+                                       timeout=timedelta(minutes=self.cfg.dist_timeout_minutes))
         elif self.info.world_size > 1:
             raise ValueError(f"python -m train runs one process but WORLD_SIZE = {self.info.world_size}; use "
                              f"`deepspeed --num_gpus N train/train.py CONFIG` for several")
@@ -344,7 +347,8 @@ class Trainer:
 
     def setup(self) -> None:
         from codi2.pipeline import CoDi2Pipeline
-        from codi2.targets import InputFeatureCache, TargetCache, default_cache_root, precompute_targets
+        from codi2.targets import (InputFeatureCache, MemoryFeatureCache, TargetCache, default_cache_root,
+                                   precompute_targets)
 
         cfg, info = self.cfg, self.info
         self._init_distributed()
@@ -367,17 +371,20 @@ class Trainer:
         # 2. data + targets
         self.data = Datasets(cfg.data.manifests, self.model.cfg.media, load_outputs=diffusion)
         cache_root = Path(cfg.data.target_cache) if cfg.data.target_cache else default_cache_root(cfg.data.manifests[0])
-        if cfg.data.precompute and info.main:
+        if cfg.data.precompute:  # every rank computes its own shard; the barrier waits for the slowest shard only
             for m in cfg.data.manifests:
-                stats = precompute_targets(m, self.model, cache_root=cache_root, progress=True)
-                log.info("targets for %s: %d computed, %d cached, %d failed", m, stats["computed"], stats["cached"],
-                         len(stats["failed"]))
+                stats = precompute_targets(m, self.model, cache_root=cache_root, progress=info.main,
+                                           rank=info.rank, world_size=info.world_size)
+                total = all_reduce_sum([stats["computed"], stats["cached"], len(stats["failed"]), stats["seconds"]])
+                log.info("targets for %s over %d rank(s): %d computed, %d cached, %d failed (rank 0: %d of its %d, "
+                         "%.1f s)", m, info.world_size, total[0], total[1], total[2], stats["computed"],
+                         stats["shard"], stats["seconds"])
             self.model.unload_decoders()  # training reads targets from the cache; no decoder stays loaded
         barrier()
         self.targets = TargetCache(cache_root, self.model.cfg, base_dir=self.model.base_dir)
         self.feature_cache: Any = None  # encoder features of input media (see DataConfig.feature_cache)
         if cfg.data.feature_cache == "memory":
-            self.feature_cache = {}
+            self.feature_cache = MemoryFeatureCache(int(cfg.data.feature_cache_max_mb * 2**20))
         elif cfg.data.feature_cache == "disk":
             self.feature_cache = InputFeatureCache(cache_root, self.model.cfg, base_dir=self.model.base_dir)
         # 3. sampler
