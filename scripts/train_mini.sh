@@ -22,12 +22,13 @@
 #    in-context picture pass: stage 6's mix for 2000 steps) from stage 8's, and stage 10 (the video head again)
 #    from stage 9's, mini-stage11 (people's words: the request grammar's train frames for every task, chat layouts,
 #    two-attribute picture edits and out-of-scope prompts, beside half the instruction set in the templates) from
-#    stage 10's, mini-stage12 (a second pass of that mix, the text phase weighted up) from stage 11's and
-#    mini-stage13 (the video head again) from stage 12's;
+#    stage 10's, mini-stage12 (a second pass of that mix, the text phase weighted up) from stage 11's, mini-stage13
+#    (a short third pass, the text phase weighted up again) from stage 12's and mini-stage14 (the video head again)
+#    from stage 13's;
 #    beside them, 6000 more image-UNet steps, 3000 on a zero-terminal-SNR schedule, then 2000 steps of the VAE's
 #    decoder half alone (its encoder frozen); that VAE goes into the video decoder too, which shares its latents
 # 4. the components compared with those of the bundle about to be replaced (python -m train.mini.reproduce ->
-#    runs/mini/reproduce.json), the bundle (the stage-13 export + the judges) and `codi2 eval --suite world` on the
+#    runs/mini/reproduce.json), the bundle (the stage-14 export + the judges) and `codi2 eval --suite world` on the
 #    test split and the open-prompt test set, then on the test split in the request grammar's held-out frames with
 #    held-out two-attribute edits and out-of-scope prompts
 #
@@ -74,12 +75,13 @@ if (( smoke )); then
   ST11=(max_steps=4 batch_size=4 save_every=2 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
   ST12=(max_steps=4 batch_size=4 save_every=2 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
   ST13=(max_steps=4 batch_size=4 save_every=2 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
+  ST14=(max_steps=4 batch_size=4 save_every=2 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
   N_TMPL=32; N_GRAM=32; N_TWO=8; N_TWO_T=4; N_OOS=8; N_OOS_T=4; N_ICLG=8; N_MRG=8; N_VGENG=8; N_HTEST=32; N_HEXTRA=4
   N_MR13=8; N_MR15=8; N_ED14=8; N_OPEN12=8; N_OPENTEST=4
   EVAL=(--n 1 --steps 2)
 else
   RUN="${RUN:-runs/mini}"; OUT="${OUT:-checkpoints/codi2-mini}"
-  ENC=(); LLM=(); DEC=(); ST1=(); ST2=(); ST3=(); ST4=(); ST5=(); ST6=(); ST7=(); ST8=(); ST9=(); ST10=(); ST11=(); ST12=(); ST13=()
+  ENC=(); LLM=(); DEC=(); ST1=(); ST2=(); ST3=(); ST4=(); ST5=(); ST6=(); ST7=(); ST8=(); ST9=(); ST10=(); ST11=(); ST12=(); ST13=(); ST14=()
   EVAL=(--n "${EVAL_N:-30}")
   IMG_MORE=(image.vae_steps=0 image.unet_steps=6000)
   # then onto a zero-terminal-SNR schedule (as the video decoder), 30 % of the timesteps at t >= 850 (docs/mini_model.md: Pictures)
@@ -137,7 +139,7 @@ build "$RUN/data/oos" "$N_OOS" train 24 --frames train --tasks out_of_scope  # p
 build "$RUN/data/oos_t" "$N_OOS_T" train 25 --tasks out_of_scope
 build "$RUN/data/iclg" "$N_ICLG" train 21 --frames train --tasks icl_edit_image icl_edit_audio
 build "$RUN/data/mrg" "$N_MRG" train 26 --frames train --tasks multi_round_edit
-build "$RUN/data/vgeng" "$N_VGENG" train 27 --frames train --tasks gen_video  # stage 13's, beside vgen
+build "$RUN/data/vgeng" "$N_VGENG" train 27 --frames train --tasks gen_video  # stage 14's, beside vgen
 build "$RUN/data/test" "$N_TEST" test 0
 # the held-out check: the test split in the grammar's held-out frames, held-out two-attribute edits and
 # out-of-scope prompts (each task EVAL_N records)
@@ -291,10 +293,16 @@ if [[ ! -f "$RUN/stage12/final/config.yaml" ]]; then
       "${ST12[@]}" >> "$RUN/logs/stage12.log" 2>&1
 fi
 if [[ ! -f "$RUN/stage13/final/config.yaml" ]]; then
-  log "stage 13: the video head re-fitted to stage 12's LLM (everything else frozen; + $RUN/data/vgen, vgeng)"
+  log "stage 13: people's words, a short third pass (the text phase weighted up again)"
   codi2 train configs/train/mini-stage13.yaml output_dir="$RUN/stage13" model.pipeline="$RUN/stage12/final" \
-      "data.manifests=[$RUN/data/vgen/manifest.jsonl,$RUN/data/vgeng/manifest.jsonl]" "${ST13[@]}" \
-      >> "$RUN/logs/stage13.log" 2>&1
+      "data.manifests=[$RUN/data/tmpl/manifest.jsonl,$RUN/data/gram/manifest.jsonl,$RUN/data/two/manifest.jsonl,$RUN/data/two_t/manifest.jsonl,$RUN/data/oos/manifest.jsonl,$RUN/data/oos_t/manifest.jsonl,$RUN/data/iclg/manifest.jsonl,$RUN/data/mrg/manifest.jsonl]" \
+      "${ST13[@]}" >> "$RUN/logs/stage13.log" 2>&1
+fi
+if [[ ! -f "$RUN/stage14/final/config.yaml" ]]; then
+  log "stage 14: the video head re-fitted to stage 13's LLM (everything else frozen; + $RUN/data/vgen, vgeng)"
+  codi2 train configs/train/mini-stage14.yaml output_dir="$RUN/stage14" model.pipeline="$RUN/stage13/final" \
+      "data.manifests=[$RUN/data/vgen/manifest.jsonl,$RUN/data/vgeng/manifest.jsonl]" "${ST14[@]}" \
+      >> "$RUN/logs/stage14.log" 2>&1
 fi
 
 # ---- 4. bundle and evaluate
@@ -304,7 +312,7 @@ if [[ -f "$OUT/recipe.json" ]]; then  # before it is replaced: do the components
       || log "some components differ from $OUT's (see $RUN/reproduce.json); going on"
 fi
 log "bundle -> $OUT"
-python -m train.mini.bundle "$RUN/stage13/final" "$OUT" --judges "$RUN/judges" --sampling-from configs/model/mini.yaml
+python -m train.mini.bundle "$RUN/stage14/final" "$OUT" --judges "$RUN/judges" --sampling-from configs/model/mini.yaml
 log "world evaluation -> $RUN/eval"
 codi2 eval --suite world --model "$OUT" --data "$RUN/data/test" "$RUN/data/opentest" --out "$RUN/eval" --resume "${EVAL[@]}" \
     >> "$RUN/logs/eval.log" 2>&1

@@ -112,10 +112,10 @@ def test_out_of_scope_judge():
     rng = np.random.default_rng(1)
     for cat in G.OOS_CATEGORIES:
         reply = G.scope_reply(cat, rng)
-        assert G.is_scope_reply(reply) and "Try: " in reply
+        assert G.is_scope_reply(reply) and "Do this: " in reply
     for text in ("Here it is:", "A big green star humming.", "There is a small red circle on the left.", "",
                  "The change makes it green. Here you go:", "Here is a small blue square in the center:",
-                 "I can't make that."):
+                 "I make a picture of a circle.", "Draw a small red circle."):
         assert not G.is_scope_reply(text), text
 
 

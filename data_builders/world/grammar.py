@@ -496,10 +496,12 @@ OOS_FRAMES: dict[str, dict[str, tuple[str, ...]]] = {
                               "Summarise the news.", "Fix my code please.")},
 }
 OOS_CATEGORIES = tuple(OOS_FRAMES)
-OOS_LEAD = {"greeting": ("Hello!", "Hi!"), "self": ("",), "object": ("I can't make that.", "I can't draw or play that."),
-            "creative": ("I can't write that.",), "language": ("I only know English.",),
-            "arithmetic": ("I can't do maths.",), "knowledge": ("I don't know that.",)}
-SCOPE_BODY = "I am a small model of a world of coloured shapes: I make and describe their pictures, sounds and videos."
+# The reply is written in the world's own words only: the mini LLM's output rows (frozen; only the LoRA, the
+# projectors, the heads and the new tokens' rows train) were fitted on world text alone, so a token it never wrote
+# there ('Hello', 'shapes', 'Try', 'or', 'an', plural 's', byte pieces) stays all but impossible to write: a first
+# wording with such words kept a loss of 4-5 nats a token through 1600 steps.
+SCOPE_BODY = "I make a picture, a sound and a video of a circle, a square, a triangle and a star, in a colour."
+SCOPE_SHAPES = ("circle", "square", "triangle", "star")
 
 
 def oos_prompt(frames: str, rng: np.random.Generator, category: Optional[str] = None) -> tuple[str, str]:
@@ -526,25 +528,27 @@ def oos_prompts(frames: str) -> list[str]:
 
 
 def example_request(rng: np.random.Generator) -> str:
-    """An in-world request to suggest: 'Draw a small red circle.'"""
-    colour, shape = _pick(rng, COLOURS), _pick(rng, SHAPES)
-    size = _pick(rng, ("small", "large"))
-    a, b = article(size), article(colour)
-    return _pick(rng, (f"Draw {a} {size} {colour} {shape}.", f"Let me hear {b} {colour} {shape}.",
-                       f"Animate {b} {colour} {shape} moving up.", f"Draw {b} {colour} {shape} on the left."))
+    """An in-world request to suggest, in the world's templates: 'Draw a small red circle.'"""
+    colour = _pick(rng, [c for c in COLOURS if c != "orange"])  # 'an orange' uses a piece the model never wrote
+    shape, size = _pick(rng, SHAPES), _pick(rng, ("small", "large"))
+    return _pick(rng, (f"Draw a {size} {colour} {shape}.", f"Play the sound of a {size} {colour} {shape}.",
+                       f"Make a video of a {colour} {shape} moving up.", f"Show me a {size} {colour} {shape} on the left."))
 
 
 def scope_reply(category: str, rng: np.random.Generator) -> str:
-    """The short true reply to an out-of-scope prompt: what the model is, what it can make, an example."""
-    lead = _pick(rng, OOS_LEAD[category])
-    return f"{lead + ' ' if lead else ''}{SCOPE_BODY} Try: {example_request(rng)}"
+    """The short true reply to an out-of-scope prompt (any ``category``): what the model makes, and an example
+    request to try."""
+    if category not in OOS_FRAMES and category is not None:
+        raise ValueError(f"unknown out-of-scope category {category!r}; allowed: {', '.join(OOS_CATEGORIES)}")
+    return f"{SCOPE_BODY} Do this: {example_request(rng)}"
 
 
 _SCOPE_MEDIA = re.compile(r"\b(pictures?|images?|sounds?|videos?|clips?)\b")
 
 
 def is_scope_reply(text: str) -> bool:
-    """Whether a reply says what the model's scope is: it names the world's shapes and what it makes (pictures,
-    sounds or videos) and suggests a request ('Try: …'). A caption or an 'Here it is:' is not one."""
+    """Whether a reply says what the model's scope is: 'I make' + at least two of picture / sound / video + every
+    shape of the world, and a request to try ('Do this: …'). A caption or an 'Here it is:' is not one."""
     t = (text or "").lower()
-    return "shapes" in t and bool(_SCOPE_MEDIA.search(t)) and "try" in t
+    return ("i make" in t and len(set(m.rstrip("s") for m in _SCOPE_MEDIA.findall(t))) >= 2
+            and all(s in t for s in SCOPE_SHAPES) and "do this:" in t)
