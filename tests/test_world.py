@@ -297,7 +297,8 @@ def test_open_tasks_name_one_attribute_and_the_reply_names_the_choice(tmp_path):
     """gen_open_image / gen_open_audio / joint_open: the prompt names a colour or a shape, the reply names the whole
     object it shows (whose captions the heads' targets come from), meta.targets keep only the asked attribute;
     they are not in the default mix, so the recipe's data does not change."""
-    assert not set(wb.OPEN_TASKS) & set(wb.TASKS) and wb.ALL_TASKS == wb.TASKS + wb.OPEN_TASKS + wb.SPOT_TASKS
+    assert not set(wb.OPEN_TASKS) & set(wb.TASKS) and wb.ALL_TASKS == (wb.TASKS + wb.OPEN_TASKS + wb.SPOT_TASKS
+                                                            + wb.TWO_EDIT_TASKS + wb.SCOPE_TASKS)
     m = wb.build_world(tmp_path / "o", n=12, seed=2, tasks=list(wb.OPEN_TASKS))
     recs = _records(m)
     assert {r["meta"]["task"] for r in recs} == set(wb.OPEN_TASKS)

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from codi2.io import setup_logging
 from codi2.media import save_audio, save_image, save_video
 
+from . import grammar as G
 from .world import (
     ATTRIBUTES,
     COLOURS,
@@ -79,7 +80,12 @@ OPEN_TASKS: tuple[str, ...] = ("gen_open_image", "gen_open_audio", "joint_open")
 # (two inputs, a one-sentence text reply, no output media) and a quick diagnostic (text only, scored by
 # ``edit_named``). Not in the default mix either.
 SPOT_TASKS: tuple[str, ...] = ("spot_change_image", "spot_change_audio")
-ALL_TASKS: tuple[str, ...] = TASKS + OPEN_TASKS + SPOT_TASKS
+# Edits of two attributes at once ("Make it blue and large."), and prompts outside the world (greetings, other
+# objects, poems, other languages, sums), answered with a short text reply that says what the model can make
+# (grammar.scope_reply). Not in the default mix either.
+TWO_EDIT_TASKS: tuple[str, ...] = ("edit_image_two",)
+SCOPE_TASKS: tuple[str, ...] = ("out_of_scope",)
+ALL_TASKS: tuple[str, ...] = TASKS + OPEN_TASKS + SPOT_TASKS + TWO_EDIT_TASKS + SCOPE_TASKS
 OPEN_ATTRS = ("colour", "shape")  # what an open prompt names: the rest is the model's choice
 
 
@@ -198,8 +204,10 @@ class _Task:
     """What one record's generator can use: its rng, render seeds of its split, the media store."""
 
     def __init__(self, rng: np.random.Generator, store: MediaStore, world_seed: int, stream: int, variations: int,
-                 icl_shots: Optional[int] = None):
+                 icl_shots: Optional[int] = None, frames: str = "template", prng: Optional[np.random.Generator] = None):
         self.rng, self.store, self.icl_shots = rng, store, icl_shots
+        self.frames, self.prng = frames, prng  # the request grammar's side and its own generator (see rephrase)
+        self.specs: list[Optional[dict]] = []  # per user turn: what it asks, for the grammar to word it anew
         self.world_seed, self.stream, self.variations = world_seed, stream, variations
         self.conv = _Conv()
         self.shots = 0
@@ -300,6 +308,7 @@ def _caption_task(modality: str) -> Callable[[_Task], None]:
         obj = t.obj()
         direction = random_direction(t.rng) if modality == "video" else None
         t.conv.say("user", t.media(modality, obj, t.seed(), direction), _text(_choice(t.rng, questions)))
+        t.specs.append({"kind": f"caption_{modality}", "modality": modality})
         answer = _cap(caption(modality, obj, direction, t.rng)) + "."
         t.conv.say("assistant", _text(answer, _attrs(modality, obj, direction)))
 
@@ -318,6 +327,7 @@ def _gen_task(modality: str) -> Callable[[_Task], None]:
             "video": (f"Make a video of {phrase}.", f"Show me a clip of {phrase}.", f"Animate {phrase}."),
         }[modality]
         t.conv.say("user", _text(_choice(t.rng, ask)))
+        t.specs.append({"kind": f"gen_{modality}", "obj": obj, "direction": direction})
         t.conv.say("assistant", t.reply(), t.media(modality, obj, t.seed(), direction))
 
     return run
@@ -327,6 +337,7 @@ def _image_to_audio(t: _Task) -> None:
     obj = t.obj()
     ask = ("What does this sound like?", "Play the sound of this object.", "Let me hear this object.")
     t.conv.say("user", t.media("image", obj, t.seed()), _text(_choice(t.rng, ask)))
+    t.specs.append({"kind": "image_to_audio", "modality": "image"})
     t.conv.say("assistant", t.reply(), t.media("audio", obj, t.seed()))
 
 
@@ -336,6 +347,7 @@ def _audio_to_image(t: _Task) -> None:
     ask = ("Draw the object that makes this sound.", "What does this sound look like? Draw it.",
            "Show me what makes this sound.")
     t.conv.say("user", t.media("audio", obj, t.seed()), _text(_choice(t.rng, ask)))
+    t.specs.append({"kind": "audio_to_image", "modality": "audio"})
     t.conv.say("assistant", t.reply(), t.media("image", obj.with_(position="center"), t.seed()))
 
 
@@ -347,6 +359,7 @@ def _image_audio_to_video(t: _Task) -> None:
            f"Animate this object {motion}, coloured like this sound.")
     target = a.with_(colour=b.colour)
     t.conv.say("user", t.media("image", a, t.seed()), t.media("audio", b, t.seed()), _text(_choice(t.rng, ask)))
+    t.specs.append({"kind": "image_audio_to_video", "modality": "image", "direction": direction})
     t.conv.say("assistant", t.reply(), t.media("video", target, t.seed(), direction))
 
 
@@ -357,6 +370,7 @@ def _edit_task(modality: str) -> Callable[[_Task], None]:
         words = _edit_words(t, obj, attr, value, modality)
         t.edits.append({"attr": attr, "value": value, "instruction": words})
         t.conv.say("user", t.media(modality, obj, seed), _text(words))
+        t.specs.append({"kind": "edit", "modality": modality, "obj": obj, "edits": [(attr, value)], "round": 0})
         t.conv.say("assistant", t.reply(), t.media(modality, obj.with_(**{attr: value}), seed))  # same look
 
     return run
@@ -388,6 +402,7 @@ def _icl_task(modality: str) -> Callable[[_Task], None]:
         seed = t.seed()
         parts += [_text(_choice(t.rng, ICL_QUERIES)), t.media(modality, query, seed, with_caption=False)]
         t.conv.say("user", *parts)
+        t.specs.append({"kind": "icl"})
         reply = t.reply()
         reply["text"] = f"{change_words(attr, value)} {reply['text']}"  # says the change it inferred
         t.conv.say("assistant", reply, t.media(modality, query.with_(**{attr: value}), seed))
@@ -440,6 +455,7 @@ def _subject_image(t: _Task) -> None:
            f"Show the same object, but {colour} and {where}.")
     t.edits += [{"attr": "colour", "value": colour}, {"attr": "position", "value": position}]
     t.conv.say("user", t.media("image", obj, seed), _text(_choice(t.rng, ask)))
+    t.specs.append({"kind": "subject_image", "modality": "image", "colour": colour, "position": position})
     t.conv.say("assistant", t.reply(), t.media("image", target, seed))
 
 
@@ -454,6 +470,7 @@ def _multi_round_edit(t: _Task) -> None:
         if round_ > 0:
             words = "Now " + words[0].lower() + words[1:]
         t.edits.append({"attr": attr, "value": value, "instruction": words})
+        t.specs.append({"kind": "edit", "modality": modality, "obj": obj, "edits": [(attr, value)], "round": round_})
         obj = obj.with_(**{attr: value})
         t.conv.say("user", *([first] if round_ == 0 else []), _text(words))
         t.conv.say("assistant", t.reply(), t.media(modality, obj, seed))
@@ -466,6 +483,7 @@ def _joint_image_audio(t: _Task) -> None:
     ask = (f"Show me {phrase} and let me hear it.", f"Draw {phrase}, and play its sound too.",
            f"I want to see and hear {phrase}.")
     t.conv.say("user", _text(_choice(t.rng, ask)))
+    t.specs.append({"kind": "joint_image_audio", "obj": obj})
     t.conv.say("assistant", _text("Here is the picture:"), t.media("image", obj, t.seed()),
                _text("and here is its sound:"), t.media("audio", obj, t.seed()))
 
@@ -513,6 +531,87 @@ def _joint_open(t: _Task) -> None:
     t.separate = {"image": f"Show me {what}.", "audio": f"Let me hear {what}."}
 
 
+def _pick_two_edits(t: _Task, obj: WorldObject) -> list[tuple[str, str]]:
+    """Two edits of different attributes of a picture's object, each to a new value."""
+    attrs = ("shape", "colour", "size", "position")
+    i, j = (int(x) for x in t.rng.choice(len(attrs), size=2, replace=False))
+    out = []
+    for a in (attrs[i], attrs[j]):
+        out.append((a, _choice(t.rng, [v for v in ATTRIBUTES[a] if v != getattr(obj, a)])))
+    return out
+
+
+def _edit_image_two(t: _Task) -> None:
+    """A picture and two edits in one request ("Make it blue and large."); the reply says what the object
+    becomes, in the world's canonical words, then shows it (the picture follows words that describe it)."""
+    obj, seed = t.obj(), t.seed()
+    edits = _pick_two_edits(t, obj)
+    first, second = (_edit_words(t, obj, a, v, "image") for a, v in edits)
+    words = f"{first[:-1]} and {second[0].lower()}{second[1:]}"
+    target = obj.with_(**dict(edits))
+    for a, v in edits:
+        t.edits.append({"attr": a, "value": v, "instruction": words})
+    t.conv.say("user", t.media("image", obj, seed), _text(words))
+    t.specs.append({"kind": "edit", "modality": "image", "obj": obj, "edits": edits, "round": 0})
+    t.conv.say("assistant", _text(f"Here is {object_phrase(target, 'image')}:"), t.media("image", target, seed))
+
+
+OOS_TEMPLATES = ("Hello!", "Who are you?", "What can you do?", "Draw a cat.", "Write a poem about the sea.",
+                 "Wie geht's?", "What is 2 + 2?")
+OOS_TEMPLATE_CATEGORY = ("greeting", "self", "self", "object", "creative", "language", "arithmetic")
+
+
+def _out_of_scope(t: _Task) -> None:
+    """A prompt outside the world, answered in text alone with what the model is and can make, and an example
+    request (grammar.scope_reply); scored by grammar.is_scope_reply and the absence of media."""
+    if t.frames == "template":
+        k = int(t.rng.integers(len(OOS_TEMPLATES)))
+        category, text = OOS_TEMPLATE_CATEGORY[k], OOS_TEMPLATES[k]
+        rng = t.rng
+    else:
+        category, text = G.oos_prompt(t.frames, t.prng)
+        rng = t.prng
+    t.conv.say("user", _text(text))
+    t.specs.append(None)
+    t.conv.say("assistant", _text(G.scope_reply(category, rng), {"scope": "out_of_scope"}))
+
+
+def rephrase(t: _Task) -> None:
+    """Re-words every user turn that has a spec with the request grammar (``t.frames`` = train / heldout), with
+    the phrasing generator ``t.prng``: the objects, media and replies stay those of the template record."""
+    rng, frames = t.prng, t.frames
+    user_turns = [m for m in t.conv.messages if m["role"] == "user"]
+    for msg, spec in zip(user_turns, t.specs):
+        if spec is None:
+            continue
+        media = [p for p in msg["content"] if p["type"] != "text"]
+        kind = spec["kind"]
+        if kind == "icl":
+            msg["content"] = G.icl_parts(media[:-1], media[-1], frames, rng, _text)
+            continue
+        if kind in ("gen_image", "joint_image_audio"):
+            text = G.request(kind, frames, rng, x=G.image_phrase(spec["obj"], rng))
+        elif kind == "gen_audio":
+            text = G.request(kind, frames, rng, x=G.audio_phrase(spec["obj"], rng))
+        elif kind == "gen_video":
+            text = G.request(kind, frames, rng, x=G.video_phrase(spec["obj"], spec["direction"], rng))
+        elif kind == "image_audio_to_video":
+            text = G.request(kind, frames, rng, m=G._pick(rng, G.MOTION[spec["direction"]]))
+        elif kind == "subject_image":
+            text = G.request(kind, frames, rng, c=G._pick(rng, G.COLOUR_WORDS[spec["colour"]]),
+                             w=G._pick(rng, G.WHERE[spec["position"]]))
+        elif kind == "edit":
+            text = G.edit_request(spec["obj"], spec["edits"], spec["modality"], frames, rng, spec["round"])
+            if len(t.specs) > 1:  # three rounds: one edit per round, in order
+                t.edits[spec["round"]]["instruction"] = text
+            else:
+                for e in t.edits:
+                    e["instruction"] = text
+        else:
+            text = G.request(kind, frames, rng)
+        msg["content"] = G.arrange(media, text, spec.get("modality") or "image", rng, _text) if media else [_text(text)]
+
+
 TASK_FNS: dict[str, Callable[[_Task], None]] = {
     "caption_image": _caption_task("image"),
     "caption_audio": _caption_task("audio"),
@@ -535,20 +634,29 @@ TASK_FNS: dict[str, Callable[[_Task], None]] = {
     "joint_open": _joint_open,
     "spot_change_image": _spot_change_task("image"),
     "spot_change_audio": _spot_change_task("audio"),
+    "edit_image_two": _edit_image_two,
+    "out_of_scope": _out_of_scope,
 }
 assert tuple(TASK_FNS) == ALL_TASKS
 
 
 def make_record(i: int, task: str, store: MediaStore, seed: int, split: str, variations: int = 16,
-                icl_shots: Optional[int] = None) -> dict:
-    """Record ``i`` of the split: a conversation for ``task`` with its ``meta`` (``icl_shots``: see
+                icl_shots: Optional[int] = None, frames: str = "template") -> dict:
+    """Record ``i`` of the split: a conversation for ``task`` with its ``meta`` (``icl_shots``, ``frames``: see
     :func:`build_world`)."""
     if task not in TASK_FNS:
         raise ValueError(f"unknown task {task!r}; allowed: {', '.join(ALL_TASKS)}")
+    if frames not in G.FRAME_SETS:
+        raise ValueError(f"frames {frames!r}; allowed: {', '.join(G.FRAME_SETS)}")
     stream = split_index(split)
-    t = _Task(np.random.default_rng([seed, stream, i]), store, seed, stream, variations, icl_shots)
+    prng = None if frames == "template" else np.random.default_rng([seed, stream, i, 1 + G.GRAMMAR_SPLITS.index(frames)])
+    t = _Task(np.random.default_rng([seed, stream, i]), store, seed, stream, variations, icl_shots, frames, prng)
     TASK_FNS[task](t)
+    if frames != "template":
+        rephrase(t)
     meta = {"task": task, "split": split, "shots": t.shots, "inputs": t.conv.inputs, "targets": t.conv.targets}
+    if frames != "template":
+        meta["frames"] = frames
     if t.edits:
         meta["edits"] = t.edits
     if t.asked is not None:  # open prompts: the targets are scored on what was asked; the rest was the model's choice
@@ -556,12 +664,14 @@ def make_record(i: int, task: str, store: MediaStore, seed: int, split: str, var
         meta["targets"] = [{**x, "attrs": {a: v for a, v in x["attrs"].items() if a in t.asked}} for x in meta["targets"]]
     if t.separate is not None:
         meta["separate"] = t.separate
-    return {"schema": SCHEMA_VERSION, "id": f"world-{split}-{seed}-{i:06d}", "source": "world",
+    rid = f"world-{split}-{seed}-{i:06d}" if frames == "template" else f"world-{split}-{seed}-{frames}-{i:06d}"
+    return {"schema": SCHEMA_VERSION, "id": rid, "source": "world",
             "messages": t.conv.messages, "meta": meta}
 
 
 def build_world(out_dir: "str | Path", n: int, seed: int, tasks: Optional[Sequence[str]] = None,
-                split: str = "train", variations: int = 16, icl_shots: Optional[int] = None) -> Path:
+                split: str = "train", variations: int = 16, icl_shots: Optional[int] = None,
+                frames: str = "template") -> Path:
     """Writes ``n`` mini-world conversations to ``out_dir/manifest.jsonl`` (+ ``out_dir/media/``).
 
     Args:
@@ -574,6 +684,10 @@ def build_world(out_dir: "str | Path", n: int, seed: int, tasks: Optional[Sequen
         icl_shots: exemplar pairs of every in-context record (1-4; default: drawn from 1-4 per record).
             ``--icl-shots 4`` test data lets ``codi2 eval --suite world --shots 1,2,4`` compare the same
             queries at 1, 2 and 4 shots (the suite keeps the first k pairs).
+        frames: the user's words: ``template`` (the world's few fixed sentences per task), or the request grammar
+            (:mod:`.grammar`: many frames, synonyms, politeness, typos, chat layouts) with its ``train`` or
+            ``heldout`` frames only. The objects, media and replies of record i are the same at every setting
+            (the grammar draws from a generator of its own); ids of grammar records name their frames.
 
     Returns:
         The manifest path.
@@ -588,6 +702,8 @@ def build_world(out_dir: "str | Path", n: int, seed: int, tasks: Optional[Sequen
         raise ValueError(f"variations must be >= 1, got {variations}")
     if icl_shots is not None and not 1 <= icl_shots <= MAX_SHOTS:
         raise ValueError(f"icl_shots must be in [1, {MAX_SHOTS}], got {icl_shots}")
+    if frames not in G.FRAME_SETS:
+        raise ValueError(f"frames {frames!r}; allowed: {', '.join(G.FRAME_SETS)}")
     split_index(split)
     out = Path(out_dir)
     for kind in ("image", "audio", "video"):
@@ -597,7 +713,7 @@ def build_world(out_dir: "str | Path", n: int, seed: int, tasks: Optional[Sequen
     tmp = manifest.with_name(".manifest.jsonl.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for i in tqdm(range(n), desc=f"world {split}", unit="rec", disable=n < 50):
-            record = make_record(i, tasks[i % len(tasks)], store, seed, split, variations, icl_shots)
+            record = make_record(i, tasks[i % len(tasks)], store, seed, split, variations, icl_shots, frames)
             f.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
     tmp.replace(manifest)
     log.info("wrote %d records to %s (%d media files written, %d reused)", n, manifest, store.n_written, store.n_reused)
@@ -612,15 +728,19 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, required=True, help="number of conversations")
     p.add_argument("--seed", type=int, default=0, help="world seed")
     p.add_argument("--tasks", nargs="+", choices=ALL_TASKS, default=None, metavar="TASK",
-                   help=f"tasks to include (default: all but the open and spot-the-change ones): {', '.join(ALL_TASKS)}")
+                   help=f"tasks to include (default: all but the open, spot-the-change, two-edit and out-of-scope ones): {', '.join(ALL_TASKS)}")
     p.add_argument("--split", choices=SPLITS, default="train", help="seed stream: train / val / test")
     p.add_argument("--variations", type=int, default=16, help="render variations per split")
     p.add_argument("--icl-shots", type=int, default=None, metavar="K",
                    help=f"exemplar pairs of every in-context record, 1-{MAX_SHOTS} (default: drawn per record)")
+    p.add_argument("--frames", choices=G.FRAME_SETS, default="template",
+                   help="the user's words: the world's templates (default), or the request grammar's train or "
+                        "held-out frames (many wordings, synonyms, typos, chat layouts; data_builders/world/grammar.py)")
 
 
 def _run(args: argparse.Namespace) -> int:
-    path = build_world(args.out, args.n, args.seed, args.tasks, args.split, args.variations, args.icl_shots)
+    path = build_world(args.out, args.n, args.seed, args.tasks, args.split, args.variations, args.icl_shots,
+                       args.frames)
     log.info("manifest: %s", path)
     return 0
 

@@ -54,6 +54,21 @@ def write_examples(out_dir: "str | Path") -> Path:
     return path
 
 
+# What a right reply to each example card holds, in the cards' order (tests/test_world_examples.py judges the bundle's
+# replies with its own world judges, driving the chat state as the app does): per output modality the attributes its
+# judge must find, and for ``text`` the attributes the world's caption parser must read in the reply's words.
+EXPECTED: tuple[dict[str, dict[str, str]], ...] = (
+    {"image": {"shape": "circle", "colour": "red", "size": "large", "position": "left"}},
+    {"text": {"shape": "square", "colour": "blue", "size": "large"}},
+    {"image": {"shape": "star", "colour": "green", "size": "large"}},
+    # A : A' :: B : ?  (red -> green, on a small red triangle at the top); the reply names the change first
+    {"text": {"colour": "green"}, "image": {"shape": "triangle", "colour": "green", "size": "small", "position": "top"}},
+    {"image": {"shape": "triangle", "colour": "yellow", "size": "small"},
+     "audio": {"shape": "triangle", "colour": "yellow", "size": "small"}},
+    {"text": {"shape": "circle", "colour": "orange", "direction": "up"}},
+)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m data_builders.world.examples", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

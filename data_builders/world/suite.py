@@ -19,6 +19,7 @@ from codi2.eval.suites import Generated, Run, Sample, Suite, manifest_path, read
 from codi2.media import load_audio, load_image, load_media
 
 from . import judges as J
+from .grammar import is_scope_reply
 from .world import parse_caption
 
 # The attributes a generation prompt is about (the mini-world issue's "shape and colour both right"); other
@@ -40,6 +41,15 @@ WORLD_TARGETS: tuple[tuple[str, str, Optional[int], str, float], ...] = (
     ("three-round editing: final output right", "multi_round_edit", None, "exact", 0.70),
     ("joint image + sound coherent", "joint_image_audio", None, "coherence", 0.85),
 )
+# Reported beside the targets when their tasks are in the data (issue 43): two-attribute picture edits (both changes
+# right, the rest kept), out-of-scope prompts (a scope reply, no media) and, over every in-world record, the share
+# that is not wrongly refused (``answered``: the reply is no scope reply). Task "*": every task but out_of_scope.
+WORLD_EXTRA_TARGETS: tuple[tuple[str, str, Optional[int], str, float], ...] = (
+    ("two-attribute picture edits: both right, rest kept", "edit_image_two", None, "exact", 0.80),
+    ("out-of-scope prompts: scope reply, no media", "out_of_scope", None, "exact", 0.95),
+    ("in-world requests not refused", "*", None, "answered", 0.99),
+)
+SCOPE_TASK = "out_of_scope"
 JOINT_TASKS = ("joint_image_audio", "joint_open")  # scored for coherence, joint reply vs two separate replies
 # Joint vs separate replies (coherence and SIM), and whether the comparison is one of the targets. CoDi's comparison
 # is made where the prompt leaves the object open (its captions name a dog, not which dog): `joint_open`, where one
@@ -82,6 +92,14 @@ def world_targets(records: Sequence[dict]) -> list[dict]:
         out.append({"label": label, "task": task, "shots": shots, "metric": metric, "threshold": threshold,
                     "n": len(vals), "value": value, "pass": value is not None and value >= threshold,
                     "target": True})
+    for label, task, shots, metric, threshold in WORLD_EXTRA_TARGETS:
+        vals = [r["metrics"][metric] for r in records if (r["task"] == task or (task == "*" and r["task"] != SCOPE_TASK))
+                and metric in r["metrics"]]
+        if not vals:
+            continue  # only where the data has the task (and, for "*", records scored for refusals)
+        value = float(np.mean(vals))
+        out.append({"label": label, "task": task, "shots": shots, "metric": metric, "threshold": threshold,
+                    "n": len(vals), "value": value, "pass": value >= threshold, "target": True})
     for task in JOINT_TASKS:
         joint = [r["metrics"] for r in records if r["task"] == task]
         prefix = "joint" if task == "joint_image_audio" else "open joint"
@@ -114,6 +132,10 @@ class WorldSuite(Suite):
     ``edit_named`` (= ``exact``) says whether the reply names the change and nothing else (a caption of the
     second render would name the new value without comparing), the in-context tasks' first step alone.
     Every editing sample is also split by the attribute it changes (:meth:`breakdown`).
+
+    Out-of-scope records (``out_of_scope``: a prompt outside the world) score ``scope`` (the reply says what the
+    model can make, :func:`.grammar.is_scope_reply`), ``no_media`` and ``exact`` (both); every other record scores
+    ``answered`` (its reply is no such scope reply: the in-world request was not wrongly refused).
 
     In-context records (``meta.shots`` > 0 exemplar pairs) are evaluated at every ``--shots`` count k with
     1 <= k <= their pairs, keeping the first k pairs of the user turn (the same query and target at each k;
@@ -195,7 +217,7 @@ class WorldSuite(Suite):
                 if msgs[last].role != "assistant" or msgs[last - 1].role != "user":
                     raise ValueError(f"{r['id']}: a world record must end with a user turn and an assistant turn")
                 targets = [t for t in r["meta"]["targets"] if t["turn"] == last]
-                outputs = tuple(t["modality"] for t in targets if t["modality"] != "text")
+                outputs = tuple(t["modality"] for t in targets if t["modality"] != "text")  # out of scope: none
                 runs = [Run("main", outputs)]
                 if task == "joint_image_audio":
                     runs += [Run("image", ("image",), ("image",), force=True),
@@ -246,6 +268,10 @@ class WorldSuite(Suite):
         if sample.task in SPOT_TASKS:
             named = edit_named(gen["main"].text, sample.ref.get("edits") or [], self.parse_caption, alone=True)
             return {"edit_named": named, "exact": named}
+        text = gen["main"].text
+        if sample.task == SCOPE_TASK:  # a reply that says what the model can make, and no media at all
+            scope, no_media = float(is_scope_reply(text)), float(not gen["main"].media)
+            return {"scope": scope, "no_media": no_media, "exact": scope * no_media, "acc": scope * no_media}
         checks: list[tuple[str, bool]] = []  # (attribute, judged right) over every target of the last turn
         seen: dict[str, int] = {}
         for t in sample.ref["targets"]:
@@ -261,7 +287,8 @@ class WorldSuite(Suite):
                 checks.append((a, (v[0] if isinstance(v, tuple) else v) == want))
         if not checks:
             raise ValueError(f"world record {sample.id}: no targets for its last turn in meta.targets")
-        out = {"acc": sum(ok for _, ok in checks) / len(checks), "exact": float(all(ok for _, ok in checks))}
+        out = {"acc": sum(ok for _, ok in checks) / len(checks), "exact": float(all(ok for _, ok in checks)),
+               "answered": float(not is_scope_reply(text))}
         for a in sorted({a for a, _ in checks}):
             out[f"acc_{a}"] = float(np.mean([ok for b, ok in checks if b == a]))
         key = KEY_ATTRS.get(sample.task)
