@@ -85,16 +85,13 @@ NARROW_PX = 768  # below this width the settings sidebar starts closed
 MODALITY_ICONS = {"image": "🎨", "audio": "🔊", "video": "🎬"}
 
 
-class SettingSlider(gr.Slider):
-    """A slider whose value reaches the handler as sent: ``codi2.chat_state.check_setting`` checks it there and
+def setting_slider(*args: Any, **kwargs: Any) -> gr.Slider:
+    """A ``gr.Slider`` whose value reaches the handler as sent: ``codi2.chat_state.check_setting`` checks it there and
     names the field and its range (Gradio's own bounds check names neither, and refuses ±inf before we see it).
-    ``is_template``: the page draws it with Gradio's slider."""
-
-    is_template = True
-
-    def preprocess(self, payload: Any) -> Any:
-        return payload
-
+    An instance attribute, not a subclass: a Gradio component subclass writes a ``.pyi`` stub beside this file."""
+    slider = gr.Slider(*args, **kwargs)
+    slider.preprocess = lambda payload: payload
+    return slider
 
 # ----------------------------------------------------------------------------- rendering
 def _caption(msg: Message, part: Any, n: Optional[int]) -> str:
@@ -507,17 +504,17 @@ class ChatApp:
                                    info="Kept in this browser; pick one to open it.", interactive=True)
                 delete_btn = gr.Button("Delete selected", size="sm", variant="secondary", elem_id="codi2-delete")
                 gr.Markdown("### Settings")
-                temperature = SettingSlider(0.0, 2.0, value=float(gen.temperature), step=0.05, label="Temperature",
+                temperature = setting_slider(0.0, 2.0, value=float(gen.temperature), step=0.05, label="Temperature",
                                         info="0 = greedy")
-                top_p = SettingSlider(0.05, 1.0, value=float(gen.top_p), step=0.05, label="Top-p")
-                max_new_tokens = SettingSlider(1, self.cfg.max_new_tokens, value=min(gen.max_new_tokens, self.cfg.max_new_tokens),
+                top_p = setting_slider(0.05, 1.0, value=float(gen.top_p), step=0.05, label="Top-p")
+                max_new_tokens = setting_slider(1, self.cfg.max_new_tokens, value=min(gen.max_new_tokens, self.cfg.max_new_tokens),
                                            step=1, label="Max new tokens")
                 seed = gr.Number(value=-1, label="Seed", info="-1 = random; a whole number up to 4294967295")  # checked by sampling_options
                 outputs = gr.CheckboxGroup(self.out_modalities, value=list(self.out_modalities),
                                            label="Output modalities allowed")
                 with gr.Accordion("Diffusion", open=False):
-                    steps = SettingSlider(0, self.cfg.max_steps, value=0, step=1, label="Steps", info="0 = decoder default")
-                    guidance = SettingSlider(0.0, 20.0, value=0.0, step=0.5, label="Guidance", info="0 = decoder default")
+                    steps = setting_slider(0, self.cfg.max_steps, value=0, step=1, label="Steps", info="0 = decoder default")
+                    guidance = setting_slider(0.0, 20.0, value=0.0, step=0.5, label="Guidance", info="0 = decoder default")
                     scheduler = gr.Dropdown(["default", "ddim", "dpm++"], value="default", label="Scheduler")
                 with gr.Accordion("Advanced", open=False, elem_id="codi2-advanced"):
                     prefix = gr.Textbox(value="", label="Reply starts with", elem_id="codi2-prefix", placeholder="e.g. Here it is: <img>",

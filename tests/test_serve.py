@@ -333,7 +333,7 @@ def test_settings_messages_name_the_field_and_range(server):
                                 ("guidance", float("nan"), "guidance=nan is not a finite number; allowed: 0.0..30.0")):
         text = _raw_chat(url, **{field: value})
         assert words in text, (field, text)
-    # the sliders' values reach the handler as sent (SettingSlider), so ±inf is named with its field too
+    # the sliders' values reach the handler as sent (setting_slider), so ±inf is named with its field too
     for field, value in (("temperature", float("-inf")), ("top_p", float("inf")), ("guidance", float("inf"))):
         text = _raw_chat(url, **{field: value})
         assert f"{field}={value} is not a finite number; allowed:" in text, (field, text)
