@@ -88,13 +88,15 @@ def test_recipe_script_trains_each_stage_on_its_configs_data():
     built = set(re.findall(r'^build "\$RUN/data/(\w+)"', script, re.M))
     calls = re.findall(r'codi2 train (configs/train/[\w-]+\.yaml) output_dir="\$RUN/(\w+)".*?'
                        r'"data\.manifests=\[([^\]]*)\]"', script, re.S)
-    assert [c[1] for c in calls] == [f"stage{n}" for n in range(1, 11)]
+    assert [c[1] for c in calls] == [f"stage{n}" for n in range(1, 15)]
     for cfg_path, stage, manifests in calls:
         dirs = [m.split("/")[-2] for m in manifests.split(",")]
         assert set(dirs) <= built, (stage, set(dirs) - built)
         cfg = load_train_config(str(REPO / cfg_path))
         assert dirs == [m.split("/")[-2] for m in cfg.data.manifests], stage
-    assert 'train.mini.bundle "$RUN/stage10/final"' in script
+    # the bundle: stage 10's export, or stage 14's when WORDS=1 runs the people's-words stages
+    assert 'train.mini.bundle "$FINAL"' in script
+    assert 'FINAL="$RUN/stage10/final"' in script and 'FINAL="$RUN/stage14/final"' in script
 
 
 def test_world_samples_are_seeded_and_splits_differ():
