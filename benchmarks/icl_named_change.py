@@ -6,8 +6,8 @@ A : A' :: B : ?, so the "after" picture described rather than the difference), t
 change read backwards), a value the query already has, another value, or nothing. No model is run; it reads the
 run's ``results.json`` and the records' ``meta`` from their manifests.
 
-    python benchmarks/icl_named_change.py --results benchmarks/results/mini_world_eval_n100.json \
-        --data runs/mini/data/test2400 --out benchmarks/results/icl_named_change.json
+    python benchmarks/icl_named_change.py --results runs/mini/eval100/results.json \
+        --data runs/mini/data/test2400 --out icl_named_change.json
 """
 from __future__ import annotations
 

@@ -24,11 +24,11 @@
 #    two-attribute picture edits and out-of-scope prompts, beside half the instruction set in the templates) from
 #    stage 10's, mini-stage12 (a second pass of that mix, the text phase weighted up) from stage 11's, mini-stage13
 #    (a short third pass, the text phase weighted up again) from stage 12's and mini-stage14 (the video head again)
-#    from stage 13's (with WORDS=1, or --smoke: not yet in the bundle);
+#    from stage 13's;
 #    beside them, 6000 more image-UNet steps, 3000 on a zero-terminal-SNR schedule, then 2000 steps of the VAE's
 #    decoder half alone (its encoder frozen); that VAE goes into the video decoder too, which shares its latents
 # 4. the components compared with those of the bundle about to be replaced (python -m train.mini.reproduce ->
-#    runs/mini/reproduce.json), the bundle (the stage-10 export, or stage 14's with WORDS=1, + the judges) and `codi2 eval --suite world` on the
+#    runs/mini/reproduce.json), the bundle (stage 14's export + the judges) and `codi2 eval --suite world` on the
 #    test split and the open-prompt test set, then on the test split in the request grammar's held-out frames with
 #    held-out two-attribute edits and out-of-scope prompts
 #
@@ -43,7 +43,6 @@ source .venv/bin/activate
 
 smoke=0
 [[ "${1:-}" == "--smoke" ]] && smoke=1
-WORDS="${WORDS:-$smoke}"  # stages 11-14 (see below)
 if (( smoke )); then
   RUN="${RUN:-runs/mini-smoke}"; OUT="${OUT:-$RUN/codi2-mini}"
   # the same code paths at toy sizes
@@ -77,7 +76,7 @@ if (( smoke )); then
   ST12=(max_steps=4 batch_size=4 save_every=2 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
   ST13=(max_steps=4 batch_size=4 save_every=2 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
   ST14=(max_steps=4 batch_size=4 save_every=2 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
-  N_TMPL=32; N_GRAM=32; N_TWO=8; N_TWO_T=4; N_OOS=8; N_OOS_T=4; N_ICLG=8; N_MRG=8; N_VGENG=8; N_HTEST=32; N_HEXTRA=4
+  N_GRAM=32; N_TWO=8; N_TWO_T=4; N_OOS=8; N_OOS_T=4; N_ICLG=8; N_MRG=8; N_VGENG=8; N_HTEST=32; N_HEXTRA=4
   N_MR13=8; N_MR15=8; N_ED14=8; N_OPEN12=8; N_OPENTEST=4
   EVAL=(--n 1 --steps 2)
 else
@@ -98,7 +97,7 @@ else
              audio.vocoder_lr=5.0e-4)
   N_STAGE1=4000; N_TRAIN=12000; N_ICL=6000; N_VID=3000; N_MRX=2000; N_ICL7=8000; N_IMG8=3000; N_VGEN=3000
   N_MR13=4000; N_MR15=6000; N_ED14=2000; N_OPEN12=3000; N_OPENTEST=60
-  N_TMPL=6000; N_GRAM=9600; N_TWO=2500; N_TWO_T=500; N_OOS=1500; N_OOS_T=200; N_ICLG=1500; N_MRG=1500; N_VGENG=1500
+  N_GRAM=32000; N_TWO=4000; N_TWO_T=500; N_OOS=4000; N_OOS_T=200; N_ICLG=10000; N_MRG=6000; N_VGENG=1500
   N_HTEST=2400; N_HEXTRA=$(( 2 * ${EVAL_N:-30} ))
   N_TEST=800; JUDGES=()
 fi
@@ -132,7 +131,6 @@ build "$RUN/data/ed14" "$N_ED14" train 14 --tasks edit_image edit_audio  # stage
 build "$RUN/data/open12" "$N_OPEN12" train 12 --tasks gen_open_image gen_open_audio joint_open  # stage 7's open prompts
 build "$RUN/data/vgen" "$N_VGEN" train 6 --tasks gen_video  # stages 8 and 10: the video-head re-fits
 # stage 11: people's words (data_builders/world/grammar.py); --frames train: the grammar's train frames only
-build "$RUN/data/tmpl" "$N_TMPL" train 0  # the first N_TMPL records of data/train: the templates kept in the mix
 build "$RUN/data/gram" "$N_GRAM" train 20 --frames train  # every task in the grammar's words and chat layouts
 build "$RUN/data/two" "$N_TWO" train 22 --frames train --tasks edit_image_two  # two edits in one request
 build "$RUN/data/two_t" "$N_TWO_T" train 23 --tasks edit_image_two
@@ -146,6 +144,7 @@ build "$RUN/data/test" "$N_TEST" test 0
 # out-of-scope prompts (each task EVAL_N records)
 build "$RUN/data/test_heldout" "$N_HTEST" test 0 --frames heldout
 build "$RUN/data/test_extra" "$N_HEXTRA" test 30 --frames heldout --tasks edit_image_two out_of_scope  # EVAL_N each
+build "$RUN/data/test_extra_t" "$N_HEXTRA" test 30 --tasks edit_image_two out_of_scope  # the same, in the templates
 build "$RUN/data/opentest" "$N_OPENTEST" test 10 --tasks joint_open  # open prompts: joint vs separate replies
 if [[ ! -f "$RUN/judges/judges.json" ]]; then
   log "judges -> $RUN/judges"
@@ -281,37 +280,32 @@ if [[ ! -f "$RUN/stage10/final/config.yaml" ]]; then
   codi2 train configs/train/mini-video-head.yaml output_dir="$RUN/stage10" model.pipeline="$RUN/stage9/final" \
       "data.manifests=[$RUN/data/vgen/manifest.jsonl]" "${ST10[@]}" >> "$RUN/logs/stage10.log" 2>&1
 fi
-# Stages 11-14 (people's words) are not in the bundle yet: they lowered four template tasks by more than 3 points
-# and met none of the held-out-frame targets (docs/mini_model.md). WORDS=1 runs them (--smoke always does).
-if (( WORDS )); then
-  if [[ ! -f "$RUN/stage11/final/config.yaml" ]]; then
-    log "stage 11: people's words (+ $RUN/data/tmpl, gram, two, two_t, oos, oos_t, iclg, mrg)"
-    codi2 train configs/train/mini-stage11.yaml output_dir="$RUN/stage11" model.pipeline="$RUN/stage10/final" \
-        "data.manifests=[$RUN/data/tmpl/manifest.jsonl,$RUN/data/gram/manifest.jsonl,$RUN/data/two/manifest.jsonl,$RUN/data/two_t/manifest.jsonl,$RUN/data/oos/manifest.jsonl,$RUN/data/oos_t/manifest.jsonl,$RUN/data/iclg/manifest.jsonl,$RUN/data/mrg/manifest.jsonl]" \
-        "${ST11[@]}" >> "$RUN/logs/stage11.log" 2>&1
-  fi
-  if [[ ! -f "$RUN/stage12/final/config.yaml" ]]; then
-    log "stage 12: people's words, a second pass (stage 11's mix, the text phase weighted up)"
-    codi2 train configs/train/mini-stage12.yaml output_dir="$RUN/stage12" model.pipeline="$RUN/stage11/final" \
-        "data.manifests=[$RUN/data/tmpl/manifest.jsonl,$RUN/data/gram/manifest.jsonl,$RUN/data/two/manifest.jsonl,$RUN/data/two_t/manifest.jsonl,$RUN/data/oos/manifest.jsonl,$RUN/data/oos_t/manifest.jsonl,$RUN/data/iclg/manifest.jsonl,$RUN/data/mrg/manifest.jsonl]" \
-        "${ST12[@]}" >> "$RUN/logs/stage12.log" 2>&1
-  fi
-  if [[ ! -f "$RUN/stage13/final/config.yaml" ]]; then
-    log "stage 13: people's words, a short third pass (the text phase weighted up again)"
-    codi2 train configs/train/mini-stage13.yaml output_dir="$RUN/stage13" model.pipeline="$RUN/stage12/final" \
-        "data.manifests=[$RUN/data/tmpl/manifest.jsonl,$RUN/data/gram/manifest.jsonl,$RUN/data/two/manifest.jsonl,$RUN/data/two_t/manifest.jsonl,$RUN/data/oos/manifest.jsonl,$RUN/data/oos_t/manifest.jsonl,$RUN/data/iclg/manifest.jsonl,$RUN/data/mrg/manifest.jsonl]" \
-        "${ST13[@]}" >> "$RUN/logs/stage13.log" 2>&1
-  fi
-  if [[ ! -f "$RUN/stage14/final/config.yaml" ]]; then
-    log "stage 14: the video head re-fitted to stage 13's LLM (everything else frozen; + $RUN/data/vgen, vgeng)"
-    codi2 train configs/train/mini-stage14.yaml output_dir="$RUN/stage14" model.pipeline="$RUN/stage13/final" \
-        "data.manifests=[$RUN/data/vgen/manifest.jsonl,$RUN/data/vgeng/manifest.jsonl]" "${ST14[@]}" \
-        >> "$RUN/logs/stage14.log" 2>&1
-  fi
-  FINAL="$RUN/stage14/final"
-else
-  FINAL="$RUN/stage10/final"
+# Stages 11-14: people's words (docs/mini_model.md#peoples-words)
+if [[ ! -f "$RUN/stage11/final/config.yaml" ]]; then
+  log "stage 11: people's words (templates: train, icl, icl7, img8, vidx, mrx, mr15; words: gram, two, two_t, oos, oos_t, iclg, mrg)"
+  codi2 train configs/train/mini-stage11.yaml output_dir="$RUN/stage11" model.pipeline="$RUN/stage10/final" \
+      "data.manifests=[$RUN/data/train/manifest.jsonl,$RUN/data/icl/manifest.jsonl,$RUN/data/icl7/manifest.jsonl,$RUN/data/img8/manifest.jsonl,$RUN/data/vidx/manifest.jsonl,$RUN/data/mrx/manifest.jsonl,$RUN/data/mr15/manifest.jsonl,$RUN/data/gram/manifest.jsonl,$RUN/data/two/manifest.jsonl,$RUN/data/two_t/manifest.jsonl,$RUN/data/oos/manifest.jsonl,$RUN/data/oos_t/manifest.jsonl,$RUN/data/iclg/manifest.jsonl,$RUN/data/mrg/manifest.jsonl]" \
+      "${ST11[@]}" >> "$RUN/logs/stage11.log" 2>&1
 fi
+if [[ ! -f "$RUN/stage12/final/config.yaml" ]]; then
+  log "stage 12: people's words, a second pass (stage 11's mix, the text phase weighted up)"
+  codi2 train configs/train/mini-stage12.yaml output_dir="$RUN/stage12" model.pipeline="$RUN/stage11/final" \
+      "data.manifests=[$RUN/data/train/manifest.jsonl,$RUN/data/icl/manifest.jsonl,$RUN/data/icl7/manifest.jsonl,$RUN/data/img8/manifest.jsonl,$RUN/data/vidx/manifest.jsonl,$RUN/data/mrx/manifest.jsonl,$RUN/data/mr15/manifest.jsonl,$RUN/data/gram/manifest.jsonl,$RUN/data/two/manifest.jsonl,$RUN/data/two_t/manifest.jsonl,$RUN/data/oos/manifest.jsonl,$RUN/data/oos_t/manifest.jsonl,$RUN/data/iclg/manifest.jsonl,$RUN/data/mrg/manifest.jsonl]" \
+      "${ST12[@]}" >> "$RUN/logs/stage12.log" 2>&1
+fi
+if [[ ! -f "$RUN/stage13/final/config.yaml" ]]; then
+  log "stage 13: people's words, a short third pass (the text phase weighted up again)"
+  codi2 train configs/train/mini-stage13.yaml output_dir="$RUN/stage13" model.pipeline="$RUN/stage12/final" \
+      "data.manifests=[$RUN/data/train/manifest.jsonl,$RUN/data/icl/manifest.jsonl,$RUN/data/icl7/manifest.jsonl,$RUN/data/img8/manifest.jsonl,$RUN/data/vidx/manifest.jsonl,$RUN/data/mrx/manifest.jsonl,$RUN/data/mr15/manifest.jsonl,$RUN/data/gram/manifest.jsonl,$RUN/data/two/manifest.jsonl,$RUN/data/two_t/manifest.jsonl,$RUN/data/oos/manifest.jsonl,$RUN/data/oos_t/manifest.jsonl,$RUN/data/iclg/manifest.jsonl,$RUN/data/mrg/manifest.jsonl]" \
+      "${ST13[@]}" >> "$RUN/logs/stage13.log" 2>&1
+fi
+if [[ ! -f "$RUN/stage14/final/config.yaml" ]]; then
+  log "stage 14: the video head re-fitted to stage 13's LLM (everything else frozen; + $RUN/data/vgen, vgeng)"
+  codi2 train configs/train/mini-stage14.yaml output_dir="$RUN/stage14" model.pipeline="$RUN/stage13/final" \
+      "data.manifests=[$RUN/data/vgen/manifest.jsonl,$RUN/data/vgeng/manifest.jsonl]" "${ST14[@]}" \
+      >> "$RUN/logs/stage14.log" 2>&1
+fi
+FINAL="$RUN/stage14/final"
 
 # ---- 4. bundle and evaluate
 if [[ -f "$OUT/recipe.json" ]]; then  # before it is replaced: do the components match the bundle's, figure for figure?
@@ -322,7 +316,7 @@ fi
 log "bundle -> $OUT"
 python -m train.mini.bundle "$FINAL" "$OUT" --judges "$RUN/judges" --sampling-from configs/model/mini.yaml
 log "world evaluation -> $RUN/eval"
-codi2 eval --suite world --model "$OUT" --data "$RUN/data/test" "$RUN/data/opentest" --out "$RUN/eval" --resume "${EVAL[@]}" \
+codi2 eval --suite world --model "$OUT" --data "$RUN/data/test" "$RUN/data/test_extra_t" "$RUN/data/opentest" --out "$RUN/eval" --resume "${EVAL[@]}" \
     >> "$RUN/logs/eval.log" 2>&1
 grep -A40 "Mini-world targets" "$RUN/eval/report.md" || tail -n 30 "$RUN/logs/eval.log"
 log "world evaluation, held-out frames -> $RUN/eval_heldout"

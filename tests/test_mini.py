@@ -94,9 +94,9 @@ def test_recipe_script_trains_each_stage_on_its_configs_data():
         assert set(dirs) <= built, (stage, set(dirs) - built)
         cfg = load_train_config(str(REPO / cfg_path))
         assert dirs == [m.split("/")[-2] for m in cfg.data.manifests], stage
-    # the bundle: stage 10's export, or stage 14's when WORDS=1 runs the people's-words stages
-    assert 'train.mini.bundle "$FINAL"' in script
-    assert 'FINAL="$RUN/stage10/final"' in script and 'FINAL="$RUN/stage14/final"' in script
+    # the bundle: the last stage's export
+    assert 'train.mini.bundle "$FINAL"' in script and 'FINAL="$RUN/stage14/final"' in script
+    assert "WORDS" not in script
 
 
 def test_world_samples_are_seeded_and_splits_differ():
@@ -679,6 +679,27 @@ def test_bundle_ships_the_judges_and_eval_finds_them(tmp_path, tiny_pipeline_dir
     suite = R.build_suite(EvalConfig(suite="world", model=str(out), data=str(world)), model=object())
     assert suite.judges_dir == out / "judges"  # --judges defaults to the model's own
 
+
+
+def test_bundle_continued_from_a_bundle_keeps_its_recipe(tmp_path, tiny_pipeline_dir):
+    """Stages run from a bundle (a folder with only those stages) add to the base bundle's stages and components."""
+    from data_builders.world.judges import JudgeConfig, Judges
+    from train.mini.bundle import bundle
+
+    Judges(JudgeConfig(width=4, hidden=8)).save(tmp_path / "judges")
+    run = tmp_path / "run"
+    (run / "stage11").mkdir(parents=True)
+    (run / "stage11" / "train_config.json").write_text(json.dumps({"max_steps": 11}))
+    base = tmp_path / "base_recipe.json"
+    base.write_text(json.dumps({"components": {"llm": {"ppl": 1.3}}, "total_mb": 55.0,
+                                "stages": {"stage1": {"max_steps": 1}, "stage10": {"max_steps": 10}}}))
+    with pytest.raises(ValueError, match="recipe.json"):
+        bundle(tiny_pipeline_dir, tmp_path / "b", tmp_path / "judges", run_dir=run, base_recipe=tmp_path / "judges" / "judges.json")
+    recipe = bundle(tiny_pipeline_dir, tmp_path / "b", tmp_path / "judges", run_dir=run, base_recipe=base,
+                    made_by="stage 11 from the stage-10 bundle")
+    assert list(recipe["stages"]) == ["stage1", "stage10", "stage11"] and recipe["stages"]["stage11"]["max_steps"] == 11
+    assert recipe["components"] == {"llm": {"ppl": 1.3}} and recipe["base"] == {"total_mb": 55.0}
+    assert json.loads((tmp_path / "b" / "recipe.json").read_text())["made_by"] == "stage 11 from the stage-10 bundle"
 
 def test_mel_level_loss_weighs_bins_by_energy():
     """A pure tone is one loud bin among quiet ones: the log-mel L1 charges a loud bin 2 nats too quiet the

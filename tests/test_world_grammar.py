@@ -134,6 +134,35 @@ def test_typos_never_touch_an_attribute_word():
         assert all(w in t.split() for w in ("small", "purple", "triangle", "left"))
 
 
+
+def test_filler_noise_keeps_every_carrying_word_and_never_reaches_heldout():
+    """Train-side requests get filler words; the words that name attributes, media or the task all stay, and a
+    held-out request is the same whatever the noise rate (the held-out side never draws it)."""
+    rng = np.random.default_rng(0)
+    text = "Can you describe this small purple triangle on the left side for me"
+    keep = [w for w in text.split() if w.lower() in G.PROTECTED]
+    changed = 0
+    for _ in range(300):
+        t = G.noise(text, rng)
+        changed += t != text
+        words = t.split()
+        assert all(words.count(w) >= keep.count(w) for w in keep), t
+    assert changed == 300
+    assert not set(G.NOISE_WORDS) & G.ATTRIBUTE_WORDS
+    heldout = lambda: [G.surface("Would you mind drawing a tiny red star?", np.random.default_rng(i), "heldout")
+                       for i in range(50)]
+    before = heldout()
+    rate, G.NOISE_RATE = G.NOISE_RATE, 1.0
+    try:
+        assert heldout() == before
+        longer = lambda: sum(len(G.surface("Draw a tiny red star.", np.random.default_rng(i), "train").split()) > 5
+                             for i in range(100))
+        noisy = longer()
+        G.NOISE_RATE = 0.0
+        assert noisy >= longer() + 30
+    finally:
+        G.NOISE_RATE = rate
+
 def _suite_with_stub_judges(found: dict):
     from data_builders.world import suite as S
 

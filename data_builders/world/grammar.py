@@ -36,6 +36,7 @@ import numpy as np
 from .world import COLOURS, POSITIONS, SHAPES, WorldObject, article
 
 FRAME_SETS: tuple[str, ...] = ("template", "train", "heldout")  # --frames
+NOISE_RATE = 0.3  # the share of train-side requests with filler words (see noise)
 GRAMMAR_SPLITS: tuple[str, ...] = ("train", "heldout")
 
 
@@ -129,7 +130,12 @@ FRAMES: dict[str, dict[str, tuple[str, ...]]] = {
         "train": ("Draw {x}.", "Show me {x}.", "Make a picture of {x}.", "Can you draw {x}?", "I'd like a picture of {x}.",
                   "Paint {x}.", "Draw me {x}, please.", "Could you make an image of {x}?", "Picture of {x}.",
                   "Create an image showing {x}.", "Sketch {x}.", "I want to see {x}.", "Generate a picture of {x}.",
-                  "Give me an image of {x}.", "How would {x} look? Draw it."),
+                  "Give me an image of {x}.", "How would {x} look? Draw it.",
+                  "Could you draw {x} for me?", "Can I have a picture of {x}?", "Show {x}.", "I'd love an image of {x}.",
+                  "Draw a picture: {x}.", "Do a drawing of {x}.", "Can you show me {x}?", "Make me an image of {x}.",
+                  "Please picture {x}.", "I'm after an image of {x}.", "An image of {x}, please.", "Create a drawing of {x}.",
+                  "Let me see {x}.", "Show me what {x} looks like.", "Could I see {x}?", "Make an image: {x}.",
+                  "Give me a drawing of {x}.", "I need a picture of {x}, thanks.", "Can you paint {x}?", "Draw this: {x}."),
         "heldout": ("Would you mind drawing {x}?", "Render {x} for me.", "Produce an image with {x}.",
                     "Let me see a drawing of {x}.", "Can I get a picture of {x}?", "Illustrate {x}.",
                     "I need an image of {x}.", "Please make me a picture: {x}."),
@@ -138,14 +144,24 @@ FRAMES: dict[str, dict[str, tuple[str, ...]]] = {
         "train": ("Play the sound of {x}.", "What does {x} sound like?", "Make the sound of {x}.",
                   "Let me hear {x}.", "I want to hear {x}.", "Can you play {x}?", "Play me {x}, please.",
                   "How does {x} sound?", "Give me the sound {x} makes.", "Make a sound like {x}.",
-                  "Generate the sound of {x}.", "Sound of {x}."),
+                  "Generate the sound of {x}.", "Sound of {x}.",
+                  "Can I hear {x}?", "Play {x}.", "Give me the sound of {x}.", "Make me the sound of {x}.",
+                  "Let me listen to {x}.", "I'd like to hear the sound of {x}.", "Could you play the sound of {x}?",
+                  "What sound does {x} make?", "Can you make {x} sound?", "Play what {x} sounds like.",
+                  "Create the sound of {x}.", "A sound of {x}, please.", "Let me hear how {x} sounds.",
+                  "I want the sound of {x}.", "Make some noise like {x}.", "Generate audio of {x}.",
+                  "Can you let me hear {x}?", "Give me some audio of {x}."),
         "heldout": ("Could I hear what {x} sounds like?", "Produce the noise {x} makes.", "Let's hear {x}.",
                     "Would you play the sound of {x}?", "Make me some audio of {x}.", "I'd love to hear {x}."),
     },
     "gen_video": {
         "train": ("Make a video of {x}.", "Show me a clip of {x}.", "Animate {x}.", "Can you animate {x}?",
                   "I want a video of {x}.", "Make a short clip of {x}.", "Create a video showing {x}.",
-                  "Give me an animation of {x}.", "Video of {x}.", "Make a movie of {x}."),
+                  "Give me an animation of {x}.", "Video of {x}.", "Make a movie of {x}.",
+                  "Can you make a video of {x}?", "Show me a video of {x}.", "I'd like a clip of {x}.", "Give me a clip of {x}.",
+                  "Create a clip of {x}.", "Make me a video of {x}.", "Could you animate {x}?", "Can I see a clip of {x}?",
+                  "A video of {x}, please.", "Generate a video of {x}.", "Make an animation of {x}.", "Show {x} in a clip.",
+                  "I want to watch {x}.", "Let me see a clip of {x}.", "Please make a video: {x}."),
         "heldout": ("Could you film {x}?", "Produce a clip with {x}.", "Render an animation of {x}.",
                     "Let me watch {x}.", "I'd like to see a video of {x}.", "Would you make a clip of {x}?"),
     },
@@ -153,7 +169,12 @@ FRAMES: dict[str, dict[str, tuple[str, ...]]] = {
         "train": ("What is in this picture?", "Describe the image.", "What do you see?", "Caption this image.",
                   "What's this?", "What is shown here?", "Tell me what this picture shows.", "Describe this.",
                   "What object is this?", "Can you describe this picture?", "What's in the image?",
-                  "Write a caption for this."),
+                  "Write a caption for this.",
+                  "What's in this picture?", "What is this?", "Tell me what you see.", "Describe what's in the picture.",
+                  "Can you tell me what this is?", "What is this picture of?", "What shape is this?", "Tell me about this image.",
+                  "What's in here?", "What does it show?", "Could you describe this image?", "Describe it.",
+                  "Give me a caption for this.", "What is drawn here?", "What do you see in this?", "Name what is in the image.",
+                  "Tell me what's in it.", "Caption this.", "What's shown in this picture?", "What is it?"),
         "heldout": ("What am I looking at?", "Explain what the picture contains.", "Say what you see in it.",
                     "What does this image show?", "Give me a short description of this.", "Which object is here?"),
     },
@@ -161,7 +182,12 @@ FRAMES: dict[str, dict[str, tuple[str, ...]]] = {
         "train": ("What makes this sound?", "Describe this sound.", "What object does this sound come from?",
                   "What is this sound?", "What do you hear?", "Which object sounds like this?",
                   "Can you describe this audio?", "Tell me what makes this noise.", "Caption this sound.",
-                  "What's making this noise?"),
+                  "What's making this noise?",
+                  "What is making this sound?", "What sound is this?", "Tell me what you hear.", "What is this noise?",
+                  "Describe what you hear.", "What does this sound come from?", "Can you tell me what this sound is?",
+                  "What's this sound?", "Describe it.", "What object makes this noise?", "Tell me about this sound.",
+                  "Give me a caption for this sound.", "What is this?", "Name the object in this sound.",
+                  "What's this?", "Could you describe what this is?", "Caption this audio."),
         "heldout": ("Whose sound is this?", "Identify this sound.", "What kind of object produces this?",
                     "Listen to this: what is it?", "Say what you hear.", "Describe the audio."),
     },
@@ -169,14 +195,22 @@ FRAMES: dict[str, dict[str, tuple[str, ...]]] = {
         "train": ("Describe this video.", "What happens in this clip?", "What is moving here, and where to?",
                   "What's going on in this video?", "Caption this clip.", "What do you see moving?",
                   "Tell me what this clip shows.", "Which way does it move?", "Describe the clip.",
-                  "What is in this video?"),
+                  "What is in this video?",
+                  "What's happening here?", "What is this video?", "Tell me what happens.", "What moves in this clip?",
+                  "Describe what you see.", "What is going on?", "Can you describe this clip?", "Tell me about this video.",
+                  "What's moving, and which way?", "Caption this video.", "Describe it.", "What is this?",
+                  "Give me a caption for this clip.", "Where does it go?", "What does this clip show?", "What's this?"),
         "heldout": ("Summarise this clip.", "Explain what the video shows.", "What moves, and in which direction?",
                     "Watch this and describe it.", "Say what happens here.", "What's this clip about?"),
     },
     "image_to_audio": {
         "train": ("What does this sound like?", "Play the sound of this object.", "Let me hear this object.",
                   "How does this sound?", "Make the sound of this.", "Can you play what this sounds like?",
-                  "I want to hear this shape.", "Give me its sound.", "Play this."),
+                  "I want to hear this shape.", "Give me its sound.", "Play this.",
+                  "Play how this sounds.", "How would this sound?", "What would this sound like?", "Let me hear it.",
+                  "Make this into a sound.", "Give me the sound of this.", "Can I hear this?", "Play the sound of it.",
+                  "I'd like to hear this one.", "Could you play this shape?", "What sound does this make?",
+                  "Make it into audio.", "Let me listen to this."),
         "heldout": ("What noise would this make?", "Turn this picture into a sound.", "Let's hear this one.",
                     "Produce the sound of the thing in the picture."),
     },
@@ -184,7 +218,11 @@ FRAMES: dict[str, dict[str, tuple[str, ...]]] = {
         "train": ("Draw the object that makes this sound.", "What does this sound look like? Draw it.",
                   "Show me what makes this sound.", "Draw what you hear.", "Make a picture of this sound.",
                   "Can you draw the source of this sound?", "What would this look like? Show me.",
-                  "Picture this sound."),
+                  "Picture this sound.",
+                  "Draw this sound.", "Show me this sound.", "Draw what makes this noise.", "Make an image of this sound.",
+                  "What does this look like? Draw it.", "Can you draw this?", "Draw it.", "Give me a picture of this sound.",
+                  "What would make this sound? Draw it.", "Show me what this sounds like.", "Make a picture of what I hear.",
+                  "Let me see this sound."),
         "heldout": ("Turn this sound into a picture.", "Illustrate whatever makes this noise.",
                     "Let me see what sounds like this.", "Render the thing you hear."),
     },
@@ -193,21 +231,32 @@ FRAMES: dict[str, dict[str, tuple[str, ...]]] = {
                   "Animate this object {m}, coloured like this sound.",
                   "Make a clip of this shape {m}, with the colour of this sound.",
                   "Animate this shape {m}; take its colour from the sound.",
-                  "Video of this shape {m}, coloured by this sound."),
+                  "Video of this shape {m}, coloured by this sound.",
+                  "Make a clip of this shape {m}, in the colour of this sound.", "I want a video: this shape, this sound's colour, {m}.",
+                  "Take the shape from the picture and the colour from the sound, {m}, in a video.",
+                  "Animate the shape in the picture {m}, in the sound's colour.",
+                  "Make a video with this shape {m}, coloured like the sound.",
+                  "Create a clip of this shape in the colour of the sound, {m}."),
         "heldout": ("Use the shape from the picture and the colour from the sound, and show it {m}.",
                     "I want this shape, in this sound's colour, {m} in a clip.",
                     "Render a clip: this shape, the sound's colour, {m}."),
     },
     "subject_image": {
         "train": ("This object, {c}, {w}.", "Draw this object in {c}, {w}.", "Show the same object, but {c} and {w}.",
-                  "Draw it again in {c}, {w}.", "Same shape, {c}, {w}, please.", "Redraw this one {c} and {w}."),
+                  "Draw it again in {c}, {w}.", "Same shape, {c}, {w}, please.", "Redraw this one {c} and {w}.",
+                  "Draw the same thing in {c}, {w}.", "Make this object {c}, and put it {w}.", "This one again, {c}, {w}.",
+                  "Same object but {c}, {w}.", "Redraw it {c}, {w}.", "Show this object {c} and {w}.",
+                  "Draw this one {c}, {w}, please."),
         "heldout": ("Keep the object but make it {c} and place it {w}.", "I want this thing {c}, {w}.",
                     "Recreate this one, {c} this time, {w}."),
     },
     "joint_image_audio": {
         "train": ("Show me {x} and let me hear it.", "Draw {x}, and play its sound too.", "I want to see and hear {x}.",
                   "Picture and sound of {x}, please.", "Draw {x} and play how it sounds.",
-                  "Can I see {x} and hear it too?", "Make an image of {x} and its sound."),
+                  "Can I see {x} and hear it too?", "Make an image of {x} and its sound.",
+                  "Draw {x} and let me hear it.", "Give me a picture and a sound of {x}.", "Show me {x} and play its sound.",
+                  "An image and a sound of {x}, please.", "Can you draw {x} and play it?", "Make {x} as a picture and a sound.",
+                  "I'd like to see and hear {x}.", "Picture plus sound: {x}.", "Show and play {x}."),
         "heldout": ("Both a picture and a sound of {x}.", "Let me see {x}, and also hear it.",
                     "Give me {x} as an image plus its sound."),
     },
@@ -215,14 +264,20 @@ FRAMES: dict[str, dict[str, tuple[str, ...]]] = {
     "icl_intro": {
         "train": ("Look at these examples.", "Here are some examples.", "Study these pairs.", "Each pair shows a change.",
                   "See how each one changes.", "These pairs show an edit.", "Here is a change, shown by example.",
-                  "Look at what happens in these pairs."),
+                  "Look at what happens in these pairs.",
+                  "Here are two examples.", "Look at the pairs.", "See these examples.", "Look at this change.",
+                  "The first becomes the second in each pair.", "Here's an example of an edit.", "Look at what changed.",
+                  "These show a change."),
         "heldout": ("Notice the change from each first to each second.", "Observe these before-and-after pairs.",
                     "Check the examples."),
     },
     "icl_query": {
         "train": ("Now do the same to this one:", "Apply the same change to this:", "Do the same here:",
                   "And this one?", "Do that to this one.", "Now change this one the same way.",
-                  "Same edit on this, please.", "What would this become?"),
+                  "Same edit on this, please.", "What would this become?",
+                  "Do the same to this.", "Now this one:", "Apply it to this one.", "Same to this one please.",
+                  "Do it to the last one.", "Change this one like that.", "Now do this one the same way.",
+                  "Make the same change here."),
         "heldout": ("Do likewise with the last one.", "Treat the last one the same way.",
                     "Transform the final one in the same manner."),
     },
@@ -233,11 +288,14 @@ FRAMES: dict[str, dict[str, tuple[str, ...]]] = {
     },
     # two edits joined
     "two": {
-        "train": ("{a} and {b}", "{a}, and {b}", "{a}. Also {b}", "{a}, then {b}", "{a} and also {b}"),
+        "train": ("{a} and {b}", "{a}, and {b}", "{a}. Also {b}", "{a}, then {b}", "{a} and also {b}",
+                  "{a} and then {b}", "{a}. And {b}", "{a}, plus {b}", "{a}. Then {b}", "{a} & {b}"),
         "heldout": ("{a}; plus {b}", "{a}, as well as {b}"),
     },
     "two_values": {  # 'make it blue and large'
-        "train": ("Make it {u} and {v}.", "I want it {u} and {v}.", "Change it to {u} and {v}.", "It should be {u} and {v}."),
+        "train": ("Make it {u} and {v}.", "I want it {u} and {v}.", "Change it to {u} and {v}.", "It should be {u} and {v}.",
+                  "Make it {u}, and {v}.", "Can you make it {u} and {v}?", "I'd like it {u} and {v}.", "Now {u} and {v}.",
+                  "Make it both {u} and {v}."),
         "heldout": ("Could it be {u} and {v}?", "Turn it {u} and {v}."),
     },
 }
@@ -247,38 +305,49 @@ EDIT_FRAMES: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {
     "image": {
         "colour": {"train": ("make it {v}", "change its colour to {v}", "paint it {v}", "turn it {v}", "recolour it {v}",
                              "switch it to {v}", "colour it {v}", "give it a {v} colour", "I want it {v}",
-                             "make the colour {v}", "change it to {v}", "use {v} instead"),
+                             "make the colour {v}", "change it to {v}", "use {v} instead",
+                             "can you make it {v}", "I'd like it {v}", "make it {v} please", "it should be {v}",
+                             "go with {v}", "change the colour to {v}", "give it {v}", "try it in {v}"),
                    "heldout": ("dye it {v}", "can it be {v} instead", "recolour it to {v}", "fill it with {v}")},
         "shape": {"train": ("make it {a} {v}", "turn it into {a} {v}", "change the shape to {a} {v}", "swap it for {a} {v}",
                             "reshape it into {a} {v}", "replace it with {a} {v}", "make it {a} {v} instead",
-                            "change it into {a} {v}"),
+                            "change it into {a} {v}", "I want {a} {v} instead", "switch it to {a} {v}",
+                            "make that {a} {v}", "use {a} {v} instead", "can it be {a} {v}"),
                   "heldout": ("morph it into {a} {v}", "I'd rather have {a} {v}", "let it become {a} {v}")},
         "size_large": {"train": ("make it bigger", "make it large", "enlarge it", "scale it up", "make it huge",
-                                 "increase its size", "make it big", "grow it"),
+                                 "increase its size", "make it big", "grow it",
+                                 "make it a lot bigger", "I want it bigger", "bigger please", "make it larger in size"),
                        "heldout": ("blow it up in size", "make it larger", "upsize it")},
         "size_small": {"train": ("make it smaller", "shrink it", "make it small", "scale it down", "make it tiny",
-                                 "reduce its size", "make it little"),
+                                 "reduce its size", "make it little",
+                                 "make it a lot smaller", "I want it smaller", "smaller please", "make it less large"),
                        "heldout": ("make it less big", "downsize it", "shrink it down")},
         "position": {"train": ("move it {t}", "put it {w}", "shift it over {t}", "place it {w}", "slide it {t}",
-                               "move it over {t}", "push it {t}"),
+                               "move it over {t}", "push it {t}",
+                               "I want it {w}", "put it over {t}", "can you move it {t}", "it should be {w}",
+                               "have it {w}", "move the object {t}"),
                      "heldout": ("drag it {t}", "relocate it {t}", "reposition it {t}")},
     },
     "audio": {
         "colour": {"train": ("make it sound {v}", "make it {v}", "change the pitch to {v}", "tune it to {v}",
-                             "switch the pitch to {v}", "give it a {v} pitch", "make its pitch {v}"),
+                             "switch the pitch to {v}", "give it a {v} pitch", "make its pitch {v}",
+                             "can it sound {v}", "change it to {v}", "I want it {v}", "set it to {v}"),
                    "heldout": ("retune it to {v}", "set its pitch to {v}")},
         "pitch_up": {"train": ("raise the pitch", "make it a bit higher", "make the pitch higher", "pitch it up a step"),
                      "heldout": ("nudge the pitch up",)},
         "pitch_down": {"train": ("lower the pitch", "make it a bit lower", "make the pitch lower", "pitch it down a step"),
                        "heldout": ("nudge the pitch down",)},
         "shape": {"train": ("make it sound like {a} {v}", "give it the timbre of {a} {v}", "make it {a} {v} sound",
-                            "switch the timbre to {a} {v}", "turn it into {a} {v} sound"),
+                            "switch the timbre to {a} {v}", "turn it into {a} {v} sound",
+                            "I want it to sound like {a} {v}", "make it the sound of {a} {v}"),
                   "heldout": ("let it sound like {a} {v} instead", "change its timbre to {a} {v}")},
         "size_large": {"train": ("make it louder", "make it louder and longer", "turn it up", "make it loud",
-                                 "make it bigger and louder"),
+                                 "make it bigger and louder",
+                                 "louder please", "increase the volume", "make the sound louder"),
                        "heldout": ("boost the volume", "make it longer and louder")},
         "size_small": {"train": ("make it quieter", "make it softer and shorter", "turn it down", "make it quiet",
-                                 "make it soft"),
+                                 "make it soft",
+                                 "quieter please", "decrease the volume", "make the sound quieter"),
                        "heldout": ("lower the volume", "make it shorter and quieter")},
     },
 }
@@ -293,9 +362,13 @@ LEADS = {  # a first sentence before the media (the 'split' layout): what the us
 
 # politeness and filler around a request
 POLITE: dict[str, dict[str, tuple[str, ...]]] = {
-    "before": {"train": ("Please ", "Hi! ", "Hey, ", "Ok so ", "Hello, ", "Quick one: ", "Um, ", "Could you: "),
+    "before": {"train": ("Please ", "Hi! ", "Hey, ", "Ok so ", "Hello, ", "Quick one: ", "Um, ", "Could you: ",
+                         "Hi there. ", "Okay. ", "Hmm, ", "Hello! ", "Hey! ", "Excuse me, ", "Well, ", "Now, ",
+                         "OK, ", "Hi, quick question. ", "Hey there, ", "Alright, "),
                "heldout": ("Good morning! ", "So, ", "Right, ")},
-    "after": {"train": (" Thanks!", " Thank you.", " Please.", " Thanks a lot.", " Cheers.", " :)"),
+    "after": {"train": (" Thanks!", " Thank you.", " Please.", " Thanks a lot.", " Cheers.", " :)",
+                        " Thank you!", " thx", " Thanks in advance.", " Please and thank you.", " That would be great.",
+                        " If you can.", " :D", " Thanks so much!"),
               "heldout": (" Much appreciated.", " Ta.")},
 }
 
@@ -335,6 +408,47 @@ def spelling(text: str, rng: np.random.Generator) -> str:
     return text
 
 
+# Words people put around a request that carry none of it. Train-side requests get a few of them inserted, or
+# swapped for one of their own words (never a word that names an attribute, a medium or the task), so the model
+# learns to read a request by the words that carry it, not by the frame it memorised: requests in frames it never
+# saw are full of words it never saw. Held-out requests are never noised (they are the check), and no word here
+# appears only in held-out frames.
+NOISE_WORDS = tuple("""
+actually really just maybe perhaps quite very so now then also again still sort basically honestly
+literally simply totally definitely probably somehow anyway though yet already soon today tonight tomorrow later
+quickly slowly carefully nicely gently neatly simple lovely nice cool great awesome neat fine proper pretty
+proper real whole entire single plain clean clear fresh quick brief short simple exact precise total
+thing stuff something anything bit piece part type sort version copy one ones item object element
+friend mate buddy folks guys everyone somebody someone people team boss teacher kid kids son daughter mum mom dad
+project homework school class lesson work office meeting deck slide poster website game app story book
+want need like love prefer hope wish guess think believe suppose wonder try trying tried wanted needed
+got give gave take took bring brought kept let leave put set find found use used create creating
+producing generate generating rendering craft design compose build form fashion whip
+please kindly thanks thank cheers sorry excuse pardon hey hi hello yo okay ok alright sure yes yeah yep
+minding would could should might may must shall will can
+for with about from into onto over under around through across between by near of in on at as
+my your our their his her the an some any each every
+""".split())
+PROTECTED = ATTRIBUTE_WORDS | frozenset(
+    """describe description caption what what's whats which who tell play show draw drawing paint picture image
+    photo sound sounds hear listen look see video clip animate animation movie make change turn move put shift
+    slide push place colour color recolour recolor pitch timbre louder quieter bigger smaller size volume same
+    it its edit example examples pair pairs do does like sound? it? this? same? it. this. these""".split())
+
+
+def noise(text: str, rng: np.random.Generator) -> str:
+    """One to three filler words inserted into a request, or one of its non-carrying words swapped for one."""
+    words = text.split(" ")
+    if rng.random() < 0.35:
+        free = [i for i, w in enumerate(words) if re.fullmatch(r"[A-Za-z']+", w) and w.lower() not in PROTECTED]
+        if free:
+            words[free[int(rng.integers(len(free)))]] = _pick(rng, NOISE_WORDS)
+            return " ".join(words)
+    for _ in range(int(rng.integers(1, 4))):
+        words.insert(int(rng.integers(len(words) + 1)), _pick(rng, NOISE_WORDS))
+    return " ".join(words)
+
+
 def surface(text: str, rng: np.random.Generator, frames: str, polite: bool = True) -> str:
     """Politeness / filler, spelling, lower case, missing final punctuation and a few typos."""
     side = _side(frames)
@@ -343,6 +457,8 @@ def surface(text: str, rng: np.random.Generator, frames: str, polite: bool = Tru
         text = lead + (text[:1].lower() + text[1:] if not text.startswith("I ") and not text.startswith("I'") else text)
     if polite and rng.random() < 0.2:
         text = text + _pick(rng, POLITE["after"][side])
+    if side == "train" and rng.random() < NOISE_RATE:  # drawn on the train side only: held-out records unchanged
+        text = noise(text, rng)
     text = spelling(text, rng)
     if rng.random() < 0.1:
         text = typo(text, rng)

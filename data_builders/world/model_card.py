@@ -25,6 +25,9 @@ A procedural world, trained from scratch on a CPU: {len(SHAPES)} shapes ({", ".j
 ## Can make
 Pictures ({IMAGE_SIZE} px), 1-second sounds, 8-frame clips and short text; it describes pictures, sounds and clips of the world, edits what it made, and learns an edit from examples (A → A′, B → ?).
 
+## Limits
+Its language model knows only the world's words. It reads everyday wordings, typos and chat layouts, but a request that hinges on a word it never saw may be misread; name the shape, colour, sound or clip you want. Asked about anything outside the world, it says what it can make and gives a request to try.
+
 ## Try
 - Draw a large red circle on the left.
 - Play the sound of a small green star.

@@ -143,13 +143,18 @@ def set_decoder_sampling(model_dir: Path, want: Any) -> dict[str, dict[str, list
 
 def bundle(pipeline_dir: "str | Path", out: "str | Path", judges: "str | Path",
            run_dir: "str | Path | None" = None, fp16: bool = True, drop_text_tower: bool = True,
-           sampling_from: "str | Path | None" = None) -> dict[str, Any]:
+           sampling_from: "str | Path | None" = None, base_recipe: "str | Path | None" = None,
+           made_by: Optional[str] = None) -> dict[str, Any]:
     """Copies ``pipeline_dir`` + ``judges`` to ``out`` (atomically) and writes ``recipe.json``; returns it.
     ``fp16``: store the weights as float16 (:func:`to_fp16_storage`; they still load and run in float32).
     ``drop_text_tower``: leave out the encoder's text tower (:func:`drop_encoder_towers`), which chat and the
     world suite never run (the alignment stage used it).
     ``sampling_from``: a model config (path or preset name) whose decoder sampling settings replace the export's
     (:func:`set_decoder_sampling`); None keeps the export's.
+    ``base_recipe``: the ``recipe.json`` of the bundle these stages started from (a run that continued the recipe
+    from a bundle, e.g. stages 11-14 from the stage-10 bundle, has no component reports or earlier stages of its
+    own): its components and stages are kept, this run's stages added after them, and its record kept under
+    ``base``. ``made_by``: a line saying how this bundle was made, stored as is.
 
     Raises ``FileNotFoundError`` naming what is missing (the pipeline's ``config.yaml``, the judges' files, the
     sampling config).
@@ -162,6 +167,11 @@ def bundle(pipeline_dir: "str | Path", out: "str | Path", judges: "str | Path",
         if not (judges / f).is_file():
             raise FileNotFoundError(f"{judges / f} missing; train the judges with "
                                     f"`python -m data_builders.world.judges --out {judges}`")
+    base = None
+    if base_recipe is not None:
+        base = json.loads(Path(base_recipe).read_text())
+        if not isinstance(base, dict) or "stages" not in base:
+            raise ValueError(f"{base_recipe} is not a bundle's recipe.json (no 'stages')")
     want_sampling = None
     if sampling_from is not None:  # read before any work, so a wrong name fails at once
         from codi2.config import load_model_config
@@ -190,13 +200,17 @@ def bundle(pipeline_dir: "str | Path", out: "str | Path", judges: "str | Path",
     recipe = {
         "recipe": "bash scripts/train_mini.sh",
         "source": str(Path(src).resolve()),  # absolute: reproduce tells a run's own bundle by it
-        "components": component_reports(run_dir),
-        "stages": trainer_stages(run_dir),
+        "components": component_reports(run_dir) if base is None else base.get("components", {}),
+        "stages": trainer_stages(run_dir) if base is None else {**base["stages"], **trainer_stages(run_dir)},
         "decoder_sampling": sampling,
         "storage_dtype": "float16" if fp16 else "float32",
         "bytes": sizes,
         "total_mb": round(total / 2**20, 2),
     }
+    if base is not None:
+        recipe["base"] = {k: v for k, v in base.items() if k not in ("components", "stages")}
+    if made_by:
+        recipe["made_by"] = made_by
     (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2, default=str))
     if out.exists():
         shutil.rmtree(out)
@@ -219,10 +233,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         "guidance, noise level) the bundle takes (default: mini, i.e. configs/model/mini.yaml)")
     p.add_argument("--keep-sampling", action="store_true",
                    help="keep the export's decoder sampling settings instead")
+    p.add_argument("--base-recipe", help="recipe.json of the bundle this run's stages started from: its components "
+                                         "and stages are kept, this run's stages added (a recipe continued from a bundle)")
+    p.add_argument("--made-by", help="how this bundle was made, in words (stored in recipe.json)")
     args = p.parse_args(argv)
     recipe = bundle(args.pipeline, args.out, args.judges, args.run_dir, fp16=not args.fp32,
                     drop_text_tower=not args.keep_text_tower,
-                    sampling_from=None if args.keep_sampling else args.sampling_from)
+                    sampling_from=None if args.keep_sampling else args.sampling_from,
+                    base_recipe=args.base_recipe, made_by=args.made_by)
     for m, diff in ((recipe["decoder_sampling"] or {}).get("changed") or {}).items():
         print(f"{m} decoder sampling from {args.sampling_from}: "
               + ", ".join(f"{f} {old} -> {new}" for f, (old, new) in diff.items()))
