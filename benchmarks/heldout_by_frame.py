@@ -1,15 +1,16 @@
 """Which held-out wordings fail: a finished ``codi2 eval --suite world`` run on records built with ``--frames
 heldout``, split by the request grammar's held-out frame each request came from, with the template-wording run of
-the same records beside it. No model is run; it reads the two runs' ``results.json`` (the committed copies in
-``benchmarks/results/`` keep each prompt's text).
+the same records beside it. No model is run; it reads the two runs' ``results.json``.
 
 A request is matched to a frame by the frame's words of three or more letters (its slots left out): the first
 frame of the task whose words all occur in the request, the frame with most such words first. A request whose
 frame cannot be told (a typo in one of those words) is counted as ``unmatched``.
 
-    python benchmarks/heldout_by_frame.py --heldout benchmarks/results/mini_world_eval_n100_stage14_heldout.json \\
-        --template benchmarks/results/mini_world_eval_n100_stage14.json \\
-        --out benchmarks/results/mini_world_heldout_by_frame.json
+    python benchmarks/heldout_by_frame.py --heldout runs/mini/eval100h/results.json \\
+        --template runs/mini/eval100/results.json --out mini_world_heldout_by_frame.json
+
+(the README's two 100-record commands write those folders; the committed copy of the held-out run keeps its
+samples, the template run's copy does not)
 """
 from __future__ import annotations
 

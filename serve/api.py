@@ -728,16 +728,22 @@ def run(args: argparse.Namespace, with_chat: Optional[Callable[[Any, ServeConfig
     return 0
 
 
+def add_server_arguments(p: argparse.ArgumentParser, port: int) -> None:
+    """The options every codi2 server takes (``python -m serve.api``, ``codi2 serve``): model, address, settings."""
+    p.add_argument("--model", default=None, help="a codi2 model directory (default: checkpoints/codi2-mini)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=port)
+    p.add_argument("--config", default=None, help="serve settings YAML (codi2.chat_state.ServeConfig fields)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="serve setting override, e.g. --set max_sessions=8 --set media.max_audio_seconds=10")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="model config override")
+    p.add_argument("--device", default=None)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m serve.api", description="codi2 OpenAI-compatible API")
     p.add_argument("-v", "--verbose", action="store_true")
-    p.add_argument("--model", default=None, help="a codi2 model directory (default: checkpoints/codi2-mini)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--config", default=None, help="serve settings YAML (codi2.chat_state.ServeConfig fields)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="serve setting override")
-    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="model config override")
-    p.add_argument("--device", default=None)
+    add_server_arguments(p, port=8000)
     add_api_options(p)
     args = p.parse_args(argv)
     setup_logging(logging.DEBUG if args.verbose else logging.INFO, timestamps=False)

@@ -652,20 +652,13 @@ def build_app(pipeline: Any, cfg: Optional[ServeConfig] = None, workdir: "str | 
 
 # ----------------------------------------------------------------------------- command line
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help=f"a codi2 model directory (default: {DEFAULT_MODEL})")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    p.add_argument("--port", type=int, default=7860)
+    from .api import add_api_options, add_server_arguments
+
+    add_server_arguments(p, port=7860)
     p.add_argument("--auth", default=None, metavar="USER:PASS", help="require this login")
     p.add_argument("--share", action="store_true", help="also open a public Gradio share link (off by default)")
-    p.add_argument("--config", default=None, help="serve settings YAML (codi2.chat_state.ServeConfig fields)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="serve setting override, e.g. --set max_sessions=8 --set media.max_audio_seconds=10")
-    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="model config override")
-    p.add_argument("--device", default=None)
     p.add_argument("--api", action="store_true",
                    help="also serve the OpenAI-compatible API at /v1 on the same port (serve/api.py)")
-    from .api import add_api_options
-
     add_api_options(p)
 
 

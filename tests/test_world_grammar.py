@@ -222,6 +222,27 @@ def test_out_of_scope_scoring(tmp_path):
     assert s.score(sample, {"main": Generated("A big green star humming.", [])})["exact"] == 0.0
 
 
+def test_a_scope_reply_to_any_run_of_an_in_world_record_is_a_refusal(tmp_path):
+    """joint_open asks for a picture and a sound in one reply and in two separate ones ("Show me a star."): a scope
+    reply to a separate request is a wrongly refused in-world request too, not only one to the main request."""
+    from codi2.conversation import Message, Part
+    from codi2.eval.suites import Generated, Run, Sample
+    from codi2.media import save_image
+    from data_builders.world.world import WorldObject, render_image
+
+    found = {"shape": "star", "colour": "red", "size": "large", "position": "left"}
+    s = _suite_with_stub_judges(found)
+    png = save_image(render_image(WorldObject("star", "red", "large", "left"), 0), tmp_path / "s.png")
+    sample = Sample(id="j", task="gen_image", shots=0, user=Message("user", [Part.from_text("Draw a red star.")]),
+                    runs=[Run("main", ("image",)), Run("image", ("image",))],
+                    ref={"targets": [{"modality": "image", "turn": 1, "attrs": {"shape": "star", "colour": "red"}}]})
+    ok = {"main": Generated("Here it is:", [("image", png)]), "image": Generated("Here you go:", [("image", png)])}
+    assert s.score(sample, ok)["answered"] == 1.0
+    refused = {**ok, "image": Generated(G.scope_reply(None, np.random.default_rng(0)), [])}
+    scored = s.score(sample, refused)
+    assert scored["answered"] == 0.0 and scored["exact"] == 1.0  # the main reply is right; a separate one refused
+
+
 def test_extra_targets_report_refusals_and_the_new_tasks():
     from data_builders.world.suite import world_targets
 

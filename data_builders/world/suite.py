@@ -288,7 +288,8 @@ class WorldSuite(Suite):
         if not checks:
             raise ValueError(f"world record {sample.id}: no targets for its last turn in meta.targets")
         out = {"acc": sum(ok for _, ok in checks) / len(checks), "exact": float(all(ok for _, ok in checks)),
-               "answered": float(not is_scope_reply(text))}
+               # every reply of the sample: the separate replies of a joint task are requests too
+               "answered": float(not any(is_scope_reply(g.text) for g in gen.values()))}
         for a in sorted({a for a, _ in checks}):
             out[f"acc_{a}"] = float(np.mean([ok for b, ok in checks if b == a]))
         key = KEY_ATTRS.get(sample.task)
