@@ -4,7 +4,7 @@
 #   bash scripts/train_mini.sh            # full size: under 5 h 35 min on an idle 2-core CPU, 7 h 30 min on a slower one (README: stage times)
 #   bash scripts/train_mini.sh --smoke    # the same stages at toy sizes, a few minutes (CI runs it)
 #
-# 1. world data (runs/mini/data/{stage1,train,icl,vidx,mrx,icl7,img8,mr13,mr15,ed14,open12,vgen,test,opentest})
+# 1. world data (runs/mini/data/{stage1,train,icl,vidx,mrx,icl7,img8,mr13,mr15,ed14,open12,vgen,gram,two,two_t,oos,oos_t,iclg,mrg,vgeng,openg,test,opentest,...})
 #    and the world judges (runs/mini/judges)
 # 2. component pre-training, two chains side by side on one thread each (train/mini):
 #      A: encoder -> decoders image+video (the video decoder's text encoder first)
@@ -23,12 +23,13 @@
 #    from stage 9's, mini-stage11 (people's words: the request grammar's train frames for every task, chat layouts,
 #    two-attribute picture edits and out-of-scope prompts, beside half the instruction set in the templates) from
 #    stage 10's, mini-stage12 (a second pass of that mix, the text phase weighted up) from stage 11's, mini-stage13
-#    (a short third pass, the text phase weighted up again) from stage 12's and mini-stage14 (the video head again)
-#    from stage 13's;
+#    (a short third pass, the text phase weighted up again) from stage 12's, mini-stage14 (the video head again)
+#    from stage 13's, mini-stage15 (under-specified requests: stage 7's open prompts and open prompts in the
+#    grammar's words, added to stage 11's mix) from stage 14's and mini-stage16 (the video head again) from stage 15's;
 #    beside them, 6000 more image-UNet steps, 3000 on a zero-terminal-SNR schedule, then 2000 steps of the VAE's
 #    decoder half alone (its encoder frozen); that VAE goes into the video decoder too, which shares its latents
 # 4. the components compared with those of the bundle about to be replaced (python -m train.mini.reproduce ->
-#    runs/mini/reproduce.json), the bundle (stage 14's export + the judges) and `codi2 eval --suite world` on the
+#    runs/mini/reproduce.json), the bundle (stage 16's export + the judges) and `codi2 eval --suite world` on the
 #    test split and the open-prompt test set, then on the test split in the request grammar's held-out frames with
 #    held-out two-attribute edits and out-of-scope prompts
 #
@@ -76,12 +77,15 @@ if (( smoke )); then
   ST12=(max_steps=4 batch_size=4 save_every=2 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
   ST13=(max_steps=4 batch_size=4 save_every=2 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
   ST14=(max_steps=4 batch_size=4 save_every=2 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
+  ST15=(max_steps=4 batch_size=4 save_every=2 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
+  ST16=(max_steps=4 batch_size=4 save_every=2 log_every=2 optim.warmup_steps=1 data.bad_min_seen=20)
   N_GRAM=32; N_TWO=8; N_TWO_T=4; N_OOS=8; N_OOS_T=4; N_ICLG=8; N_MRG=8; N_VGENG=8; N_HTEST=32; N_HEXTRA=4
-  N_MR13=8; N_MR15=8; N_ED14=8; N_OPEN12=8; N_OPENTEST=4
+  N_MR13=8; N_MR15=8; N_ED14=8; N_OPEN12=8; N_OPENTEST=4; N_OPENG=8
+  N_GRAM2=16; N_TWO2=4; N_OOS2=4; N_ICLG2=4; N_MRG2=4; N_OPENG2=4
   EVAL=(--n 1 --steps 2)
 else
   RUN="${RUN:-runs/mini}"; OUT="${OUT:-checkpoints/codi2-mini}"
-  ENC=(); LLM=(); DEC=(); ST1=(); ST2=(); ST3=(); ST4=(); ST5=(); ST6=(); ST7=(); ST8=(); ST9=(); ST10=(); ST11=(); ST12=(); ST13=(); ST14=()
+  ENC=(); LLM=(); DEC=(); ST1=(); ST2=(); ST3=(); ST4=(); ST5=(); ST6=(); ST7=(); ST8=(); ST9=(); ST10=(); ST11=(); ST12=(); ST13=(); ST14=(); ST15=(); ST16=()
   EVAL=(--n "${EVAL_N:-30}")
   IMG_MORE=(image.vae_steps=0 image.unet_steps=6000)
   # then onto a zero-terminal-SNR schedule (as the video decoder), 30 % of the timesteps at t >= 850 (docs/mini_model.md: Pictures)
@@ -96,7 +100,8 @@ else
   VOC_LEVEL=(audio.vae_steps=0 audio.unet_steps=0 audio.vocoder_steps=2000 audio.vocoder_level_weight=20
              audio.vocoder_lr=5.0e-4)
   N_STAGE1=4000; N_TRAIN=12000; N_ICL=6000; N_VID=3000; N_MRX=2000; N_ICL7=8000; N_IMG8=3000; N_VGEN=3000
-  N_MR13=4000; N_MR15=6000; N_ED14=2000; N_OPEN12=3000; N_OPENTEST=60
+  N_MR13=4000; N_MR15=6000; N_ED14=2000; N_OPEN12=3000; N_OPENTEST=60; N_OPENG=6000
+  N_GRAM2=16000; N_TWO2=2000; N_OOS2=2000; N_ICLG2=5000; N_MRG2=3000; N_OPENG2=3000
   N_GRAM=32000; N_TWO=4000; N_TWO_T=500; N_OOS=4000; N_OOS_T=200; N_ICLG=10000; N_MRG=6000; N_VGENG=1500
   N_HTEST=2400; N_HEXTRA=$(( 2 * ${EVAL_N:-30} ))
   N_TEST=800; JUDGES=()
@@ -139,6 +144,15 @@ build "$RUN/data/oos_t" "$N_OOS_T" train 25 --tasks out_of_scope
 build "$RUN/data/iclg" "$N_ICLG" train 21 --frames train --tasks icl_edit_image icl_edit_audio
 build "$RUN/data/mrg" "$N_MRG" train 26 --frames train --tasks multi_round_edit
 build "$RUN/data/vgeng" "$N_VGENG" train 27 --frames train --tasks gen_video  # stage 14's, beside vgen
+# stage 15: under-specified requests in people's words (one to three attributes named, the rest left open)
+build "$RUN/data/openg" "$N_OPENG" train 28 --frames train --tasks gen_open_image gen_open_audio joint_open
+# and the grammar's second train set (--frames train2: the first held-out frames and more synonyms)
+build "$RUN/data/gram2" "$N_GRAM2" train 40 --frames train2
+build "$RUN/data/two2" "$N_TWO2" train 41 --frames train2 --tasks edit_image_two
+build "$RUN/data/oos2" "$N_OOS2" train 42 --frames train2 --tasks out_of_scope
+build "$RUN/data/iclg2" "$N_ICLG2" train 43 --frames train2 --tasks icl_edit_image icl_edit_audio
+build "$RUN/data/mrg2" "$N_MRG2" train 44 --frames train2 --tasks multi_round_edit
+build "$RUN/data/openg2" "$N_OPENG2" train 45 --frames train2 --tasks gen_open_image gen_open_audio joint_open
 build "$RUN/data/test" "$N_TEST" test 0
 # the held-out check: the test split in the grammar's held-out frames, held-out two-attribute edits and
 # out-of-scope prompts (each task EVAL_N records)
@@ -146,6 +160,7 @@ build "$RUN/data/test_heldout" "$N_HTEST" test 0 --frames heldout
 build "$RUN/data/test_extra" "$N_HEXTRA" test 30 --frames heldout --tasks edit_image_two out_of_scope  # EVAL_N each
 build "$RUN/data/test_extra_t" "$N_HEXTRA" test 30 --tasks edit_image_two out_of_scope  # the same, in the templates
 build "$RUN/data/opentest" "$N_OPENTEST" test 10 --tasks joint_open  # open prompts: joint vs separate replies
+build "$RUN/data/opentest_h" "$N_OPENTEST" test 10 --frames heldout --tasks joint_open  # the same, held-out frames
 if [[ ! -f "$RUN/judges/judges.json" ]]; then
   log "judges -> $RUN/judges"
   python -m data_builders.world.judges --out "$RUN/judges" --threads 1 "${JUDGES[@]}" > "$RUN/logs/judges.log" 2>&1
@@ -305,7 +320,19 @@ if [[ ! -f "$RUN/stage14/final/config.yaml" ]]; then
       "data.manifests=[$RUN/data/vgen/manifest.jsonl,$RUN/data/vgeng/manifest.jsonl]" "${ST14[@]}" \
       >> "$RUN/logs/stage14.log" 2>&1
 fi
-FINAL="$RUN/stage14/final"
+if [[ ! -f "$RUN/stage15/final/config.yaml" ]]; then
+  log "stage 15: under-specified requests and the second train set (stage 11's mix + open12, openg, gram2, two2, oos2, iclg2, mrg2, openg2)"
+  codi2 train configs/train/mini-stage15.yaml output_dir="$RUN/stage15" model.pipeline="$RUN/stage14/final" \
+      "data.manifests=[$RUN/data/train/manifest.jsonl,$RUN/data/icl/manifest.jsonl,$RUN/data/icl7/manifest.jsonl,$RUN/data/img8/manifest.jsonl,$RUN/data/vidx/manifest.jsonl,$RUN/data/mrx/manifest.jsonl,$RUN/data/mr15/manifest.jsonl,$RUN/data/gram/manifest.jsonl,$RUN/data/two/manifest.jsonl,$RUN/data/two_t/manifest.jsonl,$RUN/data/oos/manifest.jsonl,$RUN/data/oos_t/manifest.jsonl,$RUN/data/iclg/manifest.jsonl,$RUN/data/mrg/manifest.jsonl,$RUN/data/open12/manifest.jsonl,$RUN/data/openg/manifest.jsonl,$RUN/data/gram2/manifest.jsonl,$RUN/data/two2/manifest.jsonl,$RUN/data/oos2/manifest.jsonl,$RUN/data/iclg2/manifest.jsonl,$RUN/data/mrg2/manifest.jsonl,$RUN/data/openg2/manifest.jsonl]" \
+      "${ST15[@]}" >> "$RUN/logs/stage15.log" 2>&1
+fi
+if [[ ! -f "$RUN/stage16/final/config.yaml" ]]; then
+  log "stage 16: the video head re-fitted to stage 15's LLM (everything else frozen; + $RUN/data/vgen, vgeng)"
+  codi2 train configs/train/mini-stage16.yaml output_dir="$RUN/stage16" model.pipeline="$RUN/stage15/final" \
+      "data.manifests=[$RUN/data/vgen/manifest.jsonl,$RUN/data/vgeng/manifest.jsonl]" "${ST16[@]}" \
+      >> "$RUN/logs/stage16.log" 2>&1
+fi
+FINAL="$RUN/stage16/final"
 
 # ---- 4. bundle and evaluate
 if [[ -f "$OUT/recipe.json" ]]; then  # before it is replaced: do the components match the bundle's, figure for figure?
@@ -320,7 +347,7 @@ codi2 eval --suite world --model "$OUT" --data "$RUN/data/test" "$RUN/data/test_
     >> "$RUN/logs/eval.log" 2>&1
 grep -A40 "Mini-world targets" "$RUN/eval/report.md" || tail -n 30 "$RUN/logs/eval.log"
 log "world evaluation, held-out frames -> $RUN/eval_heldout"
-codi2 eval --suite world --model "$OUT" --data "$RUN/data/test_heldout" "$RUN/data/test_extra" --out "$RUN/eval_heldout" \
+codi2 eval --suite world --model "$OUT" --data "$RUN/data/test_heldout" "$RUN/data/test_extra" "$RUN/data/opentest_h" --out "$RUN/eval_heldout" \
     --resume "${EVAL[@]}" >> "$RUN/logs/eval_heldout.log" 2>&1
 grep -A40 "Mini-world targets" "$RUN/eval_heldout/report.md" || tail -n 30 "$RUN/logs/eval_heldout.log"
 log "done: $OUT"

@@ -101,7 +101,7 @@ def test_readme_table_is_the_bundles_100_record_runs():
     rows = re.findall(r"^\| [^|]*\(`(\w+)`\) \| [^|]+ \| ([\d.]+) %[^|]*\| ([\d.]+) %", (ROOT / "README.md").read_text(),
                       re.M)
     assert len(rows) == 18
-    for column, name in ((1, "mini_world_eval_n100_stage14.json"), (2, "mini_world_eval_n100_stage14_heldout.json")):
+    for column, name in ((1, "mini_world_eval_n100_stage16.json"), (2, "mini_world_eval_n100_stage16_heldout.json")):
         results = json.loads((ROOT / "benchmarks/results" / name).read_text())["metrics"]
         one_shot = {t["task"]: t["value"] for t in results["targets"] if t["shots"] == 1}
         for row in rows:

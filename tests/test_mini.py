@@ -88,14 +88,14 @@ def test_recipe_script_trains_each_stage_on_its_configs_data():
     built = set(re.findall(r'^build "\$RUN/data/(\w+)"', script, re.M))
     calls = re.findall(r'codi2 train (configs/train/[\w-]+\.yaml) output_dir="\$RUN/(\w+)".*?'
                        r'"data\.manifests=\[([^\]]*)\]"', script, re.S)
-    assert [c[1] for c in calls] == [f"stage{n}" for n in range(1, 15)]
+    assert [c[1] for c in calls] == [f"stage{n}" for n in range(1, 17)]
     for cfg_path, stage, manifests in calls:
         dirs = [m.split("/")[-2] for m in manifests.split(",")]
         assert set(dirs) <= built, (stage, set(dirs) - built)
         cfg = load_train_config(str(REPO / cfg_path))
         assert dirs == [m.split("/")[-2] for m in cfg.data.manifests], stage
     # the bundle: the last stage's export
-    assert 'train.mini.bundle "$FINAL"' in script and 'FINAL="$RUN/stage14/final"' in script
+    assert 'train.mini.bundle "$FINAL"' in script and 'FINAL="$RUN/stage16/final"' in script
     assert "WORDS" not in script
 
 

@@ -38,22 +38,29 @@ def _fragment(frame: str) -> str:
 
 
 def test_train_and_heldout_frames_are_disjoint():
+    """Every table has both train sides and the held-out side, and no held-out entry is on either train side
+    (train2, the first held-out set, trains since stage 15)."""
     for name, table in [("frames", G.FRAMES), ("politeness", G.POLITE), ("out of scope", G.OOS_FRAMES)]:
         for kind, fr in table.items():
-            assert not set(fr["train"]) & set(fr["heldout"]), f"{name} {kind}: a frame on both sides"
-            assert fr["train"] and fr["heldout"], f"{name} {kind}: each side needs frames"
+            for side in ("train", "train2"):
+                assert not set(fr[side]) & set(fr["heldout"]), f"{name} {kind}: a frame on {side} and held out"
+            assert fr["train"] and fr["train2"] and fr["heldout"], f"{name} {kind}: each side needs frames"
     for modality, by_attr in G.EDIT_FRAMES.items():
         for attr, fr in by_attr.items():
-            assert not set(fr["train"]) & set(fr["heldout"]) and fr["heldout"], f"edit {modality} {attr}"
-    assert not set(G.OOS_NOUNS["train"]) & set(G.OOS_NOUNS["heldout"])
-    assert not set(G.OOS_TOPICS["train"]) & set(G.OOS_TOPICS["heldout"])
+            for side in ("train", "train2"):
+                assert not set(fr[side]) & set(fr["heldout"]) and fr["heldout"], f"edit {modality} {attr}"
+    for side in ("train", "train2"):
+        assert not set(G.OOS_NOUNS[side]) & set(G.OOS_NOUNS["heldout"])
+        assert not set(G.OOS_TOPICS[side]) & set(G.OOS_TOPICS["heldout"])
+    # the second train set adds frames: the first train side is the one stages 11-14 trained on
+    assert all(set(G.FRAMES[k]["train2"]) - set(G.FRAMES[k]["train"]) for k in G.TRAIN2_MORE)
 
 
 def test_no_heldout_frame_in_train_output(tmp_path):
     """Built with --frames train, no record's words hold a held-out frame (its longest literal part, where that
     part is distinctive: not inside any train frame) or a held-out out-of-scope object or topic; built with
     --frames heldout, they do."""
-    train_frames = [f.lower() for f in _all_frames("train")]
+    train_frames = [f.lower() for f in _all_frames("train") + _all_frames("train2")]
     marks = {_fragment(f) for f in _all_frames("heldout", oos=False)}
     marks = {m for m in marks if len(m) >= 10 and not any(m in f for f in train_frames)}
     marks |= {f" {w}" for w in G.OOS_NOUNS["heldout"] + G.OOS_TOPICS["heldout"]}
@@ -63,6 +70,10 @@ def test_no_heldout_frame_in_train_output(tmp_path):
                                                              frames="train")))).lower()
     leaked = sorted(m for m in marks if m in train)
     assert not leaked, f"held-out frames in train output: {leaked}"
+    train2 = " \n ".join(_user_texts(_records(wb.build_world(tmp_path / "tr2", n=12 * len(tasks), seed=5, tasks=tasks,
+                                                              frames="train2")))).lower()
+    leaked = sorted(m for m in marks if m in train2)
+    assert not leaked, f"held-out frames in train2 output: {leaked}"
     held = " \n ".join(_user_texts(_records(wb.build_world(tmp_path / "ho", n=12 * len(tasks), seed=5, tasks=tasks,
                                                             split="test", frames="heldout")))).lower()
     assert sum(m in held for m in marks) > 20
@@ -120,7 +131,7 @@ def test_out_of_scope_judge():
 
 
 def test_out_of_scope_heldout_set_is_big_and_unseen():
-    held, train = set(G.oos_prompts("heldout")), set(G.oos_prompts("train"))
+    held, train = set(G.oos_prompts("heldout")), set(G.oos_prompts("train")) | set(G.oos_prompts("train2"))
     assert len(held) >= 100 and not held & train
     rng = np.random.default_rng(0)
     cats = {G.oos_prompt("heldout", rng)[0] for _ in range(200)}
@@ -255,3 +266,36 @@ def test_extra_targets_report_refusals_and_the_new_tasks():
     assert rows["out_of_scope"]["pass"] and rows["edit_image_two"]["pass"]
     old = [{"task": "gen_image", "shots": 0, "metrics": {"key": 1.0, "exact": 1.0}}]  # an older run: no new rows
     assert not [r for r in world_targets(old) if r["task"] in ("*", "out_of_scope", "edit_image_two")]
+
+
+def test_under_specified_requests_name_only_what_is_scored(tmp_path):
+    """Open tasks in the grammar's words name one to three attributes (never a picture's all four); the words hold
+    each named value and none of the others, and the targets are scored on the named ones only. The templates keep
+    their one named attribute."""
+    tasks = list(wb.OPEN_TASKS)
+    values = {"size": {v: G.SIZE_WORDS[v] for v in G.SIZE_WORDS},
+              "shape": {v: G.SHAPE_WORDS[v] for v in G.SHAPE_WORDS}, "colour": G.COLOUR_WORDS,
+              "position": {v: tuple(w.split()[-1] for w in ws) for v, ws in G.WHERE.items()}}
+    counts = set()
+    for frames in ("train", "train2", "heldout"):
+        for r in _records(wb.build_world(tmp_path / frames, n=60, seed=2, tasks=tasks, split="test", frames=frames)):
+            asked, text = r["meta"]["asked"], " ".join(_user_texts([r])).lower()
+            counts.add(len(asked))
+            assert 1 <= len(asked) <= 3, r["id"]
+            if r["meta"]["task"] != "gen_open_image":
+                assert "position" not in asked, r["id"]
+            for attr, value in asked.items():
+                words = values[attr][value]
+                assert any(re.search(rf"\b{re.escape(w.lower())}", text) for w in words), (r["id"], attr, text)
+            for t in r["meta"]["targets"]:
+                assert set(t["attrs"]) <= set(asked), r["id"]
+            if "size" not in asked:
+                assert not re.search(r"\b(small|little|tiny|wee|large|big|huge|giant)\b", text), (r["id"], text)
+    assert counts == {1, 2, 3}
+    for r in _records(wb.build_world(tmp_path / "t", n=12, seed=2, tasks=tasks, split="test")):
+        assert len(r["meta"]["asked"]) == 1 and "frames" not in r["meta"]
+
+
+def test_open_requests_are_checked():
+    with pytest.raises(ValueError, match="allowed: image, audio, joint"):
+        G.open_asked("video", np.random.default_rng(0))

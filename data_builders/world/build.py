@@ -513,6 +513,7 @@ def _gen_open_task(modality: str) -> Callable[[_Task], None]:
         says = (f"Here is {object_phrase(obj, 'image', t.rng)}:" if modality == "image"
                 else f"Here is the sound of {object_phrase(obj, 'audio', t.rng)}:")
         t.conv.say("user", _text(ask))
+        t.specs.append({"kind": "open", "modality": modality, "obj": obj})
         t.conv.say("assistant", _text(says), t.media(modality, obj, t.seed()))
 
     return run
@@ -526,6 +527,7 @@ def _joint_open(t: _Task) -> None:
     ask = (f"Show me {what} and let me hear it.", f"Draw {what}, and play its sound too.",
            f"I want to see and hear {what}.")
     t.conv.say("user", _text(_choice(t.rng, ask)))
+    t.specs.append({"kind": "open", "modality": "joint", "obj": obj})
     t.conv.say("assistant", _text(f"Here is {object_phrase(obj, 'image', t.rng)}:"), t.media("image", obj, t.seed()),
                _text("and here is its sound:"), t.media("audio", obj, t.seed()))
     t.separate = {"image": f"Show me {what}.", "audio": f"Let me hear {what}."}
@@ -576,6 +578,9 @@ def _out_of_scope(t: _Task) -> None:
     t.conv.say("assistant", _text(G.scope_reply(category, rng), {"scope": "out_of_scope"}))
 
 
+OPEN_FRAMES = {"image": "gen_image", "audio": "gen_audio", "joint": "joint_image_audio"}  # open requests' frames
+
+
 def rephrase(t: _Task) -> None:
     """Re-words every user turn that has a spec with the request grammar (``t.frames`` = train / heldout), with
     the phrasing generator ``t.prng``: the objects, media and replies stay those of the template record."""
@@ -596,10 +601,17 @@ def rephrase(t: _Task) -> None:
         elif kind == "gen_video":
             text = G.request(kind, frames, rng, x=G.video_phrase(spec["obj"], spec["direction"], rng))
         elif kind == "image_audio_to_video":
-            text = G.request(kind, frames, rng, m=G._pick(rng, G.MOTION[spec["direction"]]))
+            text = G.request(kind, frames, rng, m=G.pick(rng, G.MOTION[spec["direction"]]))
+        elif kind == "open":  # an under-specified request: the words name one to three attributes, scored on those
+            asked = G.open_asked(spec["modality"], rng)
+            t.asked = {a: getattr(spec["obj"], a) for a in asked}
+            x = G.open_phrase(spec["obj"], asked, rng)
+            text = G.request(OPEN_FRAMES[spec["modality"]], frames, rng, x=x)
+            if t.separate is not None:
+                t.separate = {"image": f"Show me {x}.", "audio": f"Let me hear {x}."}
         elif kind == "subject_image":
-            text = G.request(kind, frames, rng, c=G._pick(rng, G.COLOUR_WORDS[spec["colour"]]),
-                             w=G._pick(rng, G.WHERE[spec["position"]]))
+            text = G.request(kind, frames, rng, c=G.pick(rng, G.COLOUR_WORDS[spec["colour"]]),
+                             w=G.pick(rng, G.WHERE[spec["position"]]))
         elif kind == "edit":
             text = G.edit_request(spec["obj"], spec["edits"], spec["modality"], frames, rng, spec["round"])
             if len(t.specs) > 1:  # three rounds: one edit per round, in order
@@ -685,9 +697,10 @@ def build_world(out_dir: "str | Path", n: int, seed: int, tasks: Optional[Sequen
             ``--icl-shots 4`` test data lets ``codi2 eval --suite world --shots 1,2,4`` compare the same
             queries at 1, 2 and 4 shots (the suite keeps the first k pairs).
         frames: the user's words: ``template`` (the world's few fixed sentences per task), or the request grammar
-            (:mod:`.grammar`: many frames, synonyms, politeness, typos, chat layouts) with its ``train`` or
-            ``heldout`` frames only. The objects, media and replies of record i are the same at every setting
-            (the grammar draws from a generator of its own); ids of grammar records name their frames.
+            (:mod:`.grammar`: many frames, synonyms, politeness, typos, chat layouts) with its ``train``, ``train2``
+            or ``heldout`` frames only; the open tasks then name one to three attributes in free words. The
+            objects, media and replies of record i are the same at every setting (the grammar draws from a
+            generator of its own); ids of grammar records name their frames.
 
     Returns:
         The manifest path.
@@ -734,8 +747,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--icl-shots", type=int, default=None, metavar="K",
                    help=f"exemplar pairs of every in-context record, 1-{MAX_SHOTS} (default: drawn per record)")
     p.add_argument("--frames", choices=G.FRAME_SETS, default="template",
-                   help="the user's words: the world's templates (default), or the request grammar's train or "
-                        "held-out frames (many wordings, synonyms, typos, chat layouts; data_builders/world/grammar.py)")
+                   help="the user's words: the world's templates (default), or the request grammar's train, "
+                        "second train (train2) or held-out frames (many wordings, synonyms, typos, chat layouts, "
+                        "under-specified requests; data_builders/world/grammar.py)")
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -13,11 +13,16 @@ This grammar writes the user's turns of every task in such words and layouts:
 * **edits** in other words ("recolour it", "switch it to", "enlarge it", "shift it over to the left") and two
   edits in one request ("make it blue and large").
 
-Every frame list is split in two: ``train`` frames (for training data) and ``heldout`` frames (a check of
-generalisation to wordings never trained on). ``codi2 build-data world --frames train|heldout`` writes records
-whose user turns come from one side only; ``--frames template`` (the default) writes the templates, byte for
-byte as before. The vocabulary (synonyms, spellings, typo rules) and the layouts are shared; the frames, the
-politeness wrappers and the out-of-scope prompts are split.
+Every frame list is split: ``train`` frames (the training data of stages 11-14), ``train2`` frames (more training
+data from stage 15 on: the first held-out set, studied frame by frame after stage 14 and so no longer a check, and
+more synonyms) and ``heldout`` frames (a check of generalisation to wordings never trained on: a second set, written
+before stage 15 trained; see the end of this module). ``codi2 build-data world --frames train|train2|heldout``
+writes records whose user turns come from one side only; ``--frames template`` (the default) writes the templates,
+byte for byte as before. The vocabulary (synonyms, spellings, typo rules) and the layouts are shared; the frames,
+the politeness wrappers and the out-of-scope prompts are split.
+
+Requests that leave part of the object open ("draw a red circle": no size, no position) are the world's open tasks
+in free words (:func:`open_asked`, :func:`open_phrase`): one to three attributes named, scored on those.
 
 Out-of-scope prompts (greetings, questions about the model, other objects, poems, other languages, arithmetic,
 general questions) are here too, with the short true reply the model gives them (:func:`scope_reply`) and the
@@ -35,12 +40,12 @@ import numpy as np
 
 from .world import COLOURS, POSITIONS, SHAPES, WorldObject, article
 
-FRAME_SETS: tuple[str, ...] = ("template", "train", "heldout")  # --frames
+FRAME_SETS: tuple[str, ...] = ("template", "train", "train2", "heldout")  # --frames
 NOISE_RATE = 0.3  # the share of train-side requests with filler words (see noise)
-GRAMMAR_SPLITS: tuple[str, ...] = ("train", "heldout")
+GRAMMAR_SPLITS: tuple[str, ...] = ("train", "heldout", "train2")  # (this order: the records' phrasing seeds)
 
 
-def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
+def pick(rng: np.random.Generator, options: Sequence[str]) -> str:
     return options[int(rng.integers(len(options)))]
 
 
@@ -92,8 +97,8 @@ ATTRIBUTE_WORDS = frozenset(
 def noun(obj: WorldObject, rng: np.random.Generator) -> str:
     """An object in free words, its attributes in varied order: 'a tiny violet star', 'a star, small and purple',
     'a purple star that is small'."""
-    size, colour = _pick(rng, SIZE_WORDS[obj.size]), _pick(rng, COLOUR_WORDS[obj.colour])
-    shape = _pick(rng, SHAPE_WORDS[obj.shape])
+    size, colour = pick(rng, SIZE_WORDS[obj.size]), pick(rng, COLOUR_WORDS[obj.colour])
+    shape = pick(rng, SHAPE_WORDS[obj.shape])
     k = int(rng.integers(6))
     if k <= 2:
         s = f"{size} {colour} {shape}"
@@ -108,7 +113,7 @@ def noun(obj: WorldObject, rng: np.random.Generator) -> str:
 
 def image_phrase(obj: WorldObject, rng: np.random.Generator) -> str:
     """A picture's object and where it is, in free words and order."""
-    where = _pick(rng, WHERE[obj.position])
+    where = pick(rng, WHERE[obj.position])
     if rng.random() < 0.2:
         return f"{where}, {noun(obj, rng)}"
     return f"{noun(obj, rng)} {where}"
@@ -119,7 +124,51 @@ def audio_phrase(obj: WorldObject, rng: np.random.Generator) -> str:
 
 
 def video_phrase(obj: WorldObject, direction: str, rng: np.random.Generator) -> str:
-    return f"{noun(obj, rng)} {_pick(rng, MOTION[direction])}"
+    return f"{noun(obj, rng)} {pick(rng, MOTION[direction])}"
+
+
+# Under-specified requests ("draw a red circle", "let me hear something big"): the world's open tasks, in free
+# words. The template side names one attribute ("something red", "a star"); people name one to three and leave the
+# rest (a missing size or position) to the model, which must still answer in the medium they asked for.
+OPEN_NAMED = {"image": ("colour", "shape", "size", "position"), "audio": ("colour", "shape", "size"),
+              "joint": ("colour", "shape", "size")}
+OPEN_HEADS = ("something", "something", "anything", "a thing", "an object", "a shape")
+
+
+def open_asked(modality: str, rng: np.random.Generator) -> tuple[str, ...]:
+    """Which attributes an under-specified request names (one to three, never all of a picture's four), in the
+    order of ``OPEN_NAMED``; ``modality``: image, audio or joint (a picture and its sound)."""
+    if modality not in OPEN_NAMED:
+        raise ValueError(f"open request modality {modality!r}; allowed: {', '.join(OPEN_NAMED)}")
+    attrs = OPEN_NAMED[modality]
+    k = int(rng.choice((1, 2, 3), p=(0.3, 0.45, 0.25)))
+    k = min(k, len(attrs) - 1)
+    picked = set(int(i) for i in rng.choice(len(attrs), size=k, replace=False))
+    return tuple(a for i, a in enumerate(attrs) if i in picked)
+
+
+def open_phrase(obj: WorldObject, asked: Sequence[str], rng: np.random.Generator) -> str:
+    """An object named by ``asked`` alone, in free words: 'a red circle', 'something big and purple',
+    'a tiny star at the top', 'a blue shape on the left'."""
+    adjs = [pick(rng, SIZE_WORDS[obj.size])] if "size" in asked else []
+    if "colour" in asked:
+        adjs.append(pick(rng, COLOUR_WORDS[obj.colour]))
+    if "shape" in asked:
+        s = " ".join(adjs + [pick(rng, SHAPE_WORDS[obj.shape])])
+        s = f"{article(s)} {s}"
+    else:
+        head = pick(rng, OPEN_HEADS)
+        if not adjs:  # position alone: 'something at the top'
+            s = head
+        elif head in ("something", "anything") or rng.random() < 0.3:
+            both = " and ".join(adjs)
+            s = f"{head} {both}" if head in ("something", "anything") else f"{head} that is {both}"
+        else:
+            s = " ".join(adjs + [head.split(" ", 1)[1]])
+            s = f"{article(s)} {s}"
+    if "position" in asked:
+        s = f"{s} {pick(rng, WHERE[obj.position])}"
+    return s
 
 
 # --------------------------------------------------------------------------- frames ({x}: the slot), split in two
@@ -140,7 +189,7 @@ FRAMES: dict[str, dict[str, tuple[str, ...]]] = {
                   "Let me see {x}.", "Show me what {x} looks like.", "Could I see {x}?", "Make an image: {x}.",
                   "Give me a drawing of {x}.", "I need a picture of {x}, thanks.", "Can you paint {x}?",
                   "Draw this: {x}."),
-        "heldout": ("Would you mind drawing {x}?", "Render {x} for me.", "Produce an image with {x}.",
+        "train2": ("Would you mind drawing {x}?", "Render {x} for me.", "Produce an image with {x}.",
                     "Let me see a drawing of {x}.", "Can I get a picture of {x}?", "Illustrate {x}.",
                     "I need an image of {x}.", "Please make me a picture: {x}."),
     },
@@ -155,7 +204,7 @@ FRAMES: dict[str, dict[str, tuple[str, ...]]] = {
                   "Create the sound of {x}.", "A sound of {x}, please.", "Let me hear how {x} sounds.",
                   "I want the sound of {x}.", "Make some noise like {x}.", "Generate audio of {x}.",
                   "Can you let me hear {x}?", "Give me some audio of {x}."),
-        "heldout": ("Could I hear what {x} sounds like?", "Produce the noise {x} makes.", "Let's hear {x}.",
+        "train2": ("Could I hear what {x} sounds like?", "Produce the noise {x} makes.", "Let's hear {x}.",
                     "Would you play the sound of {x}?", "Make me some audio of {x}.", "I'd love to hear {x}."),
     },
     "gen_video": {
@@ -169,7 +218,7 @@ FRAMES: dict[str, dict[str, tuple[str, ...]]] = {
                   "A video of {x}, please.", "Generate a video of {x}.", "Make an animation of {x}.",
                   "Show {x} in a clip.",
                   "I want to watch {x}.", "Let me see a clip of {x}.", "Please make a video: {x}."),
-        "heldout": ("Could you film {x}?", "Produce a clip with {x}.", "Render an animation of {x}.",
+        "train2": ("Could you film {x}?", "Produce a clip with {x}.", "Render an animation of {x}.",
                     "Let me watch {x}.", "I'd like to see a video of {x}.", "Would you make a clip of {x}?"),
     },
     "caption_image": {
@@ -185,7 +234,7 @@ FRAMES: dict[str, dict[str, tuple[str, ...]]] = {
                   "Give me a caption for this.", "What is drawn here?", "What do you see in this?",
                   "Name what is in the image.",
                   "Tell me what's in it.", "Caption this.", "What's shown in this picture?", "What is it?"),
-        "heldout": ("What am I looking at?", "Explain what the picture contains.", "Say what you see in it.",
+        "train2": ("What am I looking at?", "Explain what the picture contains.", "Say what you see in it.",
                     "What does this image show?", "Give me a short description of this.", "Which object is here?"),
     },
     "caption_audio": {
@@ -198,7 +247,7 @@ FRAMES: dict[str, dict[str, tuple[str, ...]]] = {
                   "What's this sound?", "Describe it.", "What object makes this noise?", "Tell me about this sound.",
                   "Give me a caption for this sound.", "What is this?", "Name the object in this sound.",
                   "What's this?", "Could you describe what this is?", "Caption this audio."),
-        "heldout": ("Whose sound is this?", "Identify this sound.", "What kind of object produces this?",
+        "train2": ("Whose sound is this?", "Identify this sound.", "What kind of object produces this?",
                     "Listen to this: what is it?", "Say what you hear.", "Describe the audio."),
     },
     "caption_video": {
@@ -211,7 +260,7 @@ FRAMES: dict[str, dict[str, tuple[str, ...]]] = {
                   "Tell me about this video.",
                   "What's moving, and which way?", "Caption this video.", "Describe it.", "What is this?",
                   "Give me a caption for this clip.", "Where does it go?", "What does this clip show?", "What's this?"),
-        "heldout": ("Summarise this clip.", "Explain what the video shows.", "What moves, and in which direction?",
+        "train2": ("Summarise this clip.", "Explain what the video shows.", "What moves, and in which direction?",
                     "Watch this and describe it.", "Say what happens here.", "What's this clip about?"),
     },
     "image_to_audio": {
@@ -222,7 +271,7 @@ FRAMES: dict[str, dict[str, tuple[str, ...]]] = {
                   "Make this into a sound.", "Give me the sound of this.", "Can I hear this?", "Play the sound of it.",
                   "I'd like to hear this one.", "Could you play this shape?", "What sound does this make?",
                   "Make it into audio.", "Let me listen to this."),
-        "heldout": ("What noise would this make?", "Turn this picture into a sound.", "Let's hear this one.",
+        "train2": ("What noise would this make?", "Turn this picture into a sound.", "Let's hear this one.",
                     "Produce the sound of the thing in the picture."),
     },
     "audio_to_image": {
@@ -237,7 +286,7 @@ FRAMES: dict[str, dict[str, tuple[str, ...]]] = {
                   "What would make this sound? Draw it.", "Show me what this sounds like.",
                   "Make a picture of what I hear.",
                   "Let me see this sound."),
-        "heldout": ("Turn this sound into a picture.", "Illustrate whatever makes this noise.",
+        "train2": ("Turn this sound into a picture.", "Illustrate whatever makes this noise.",
                     "Let me see what sounds like this.", "Render the thing you hear."),
     },
     "image_audio_to_video": {
@@ -252,7 +301,7 @@ FRAMES: dict[str, dict[str, tuple[str, ...]]] = {
                   "Animate the shape in the picture {m}, in the sound's colour.",
                   "Make a video with this shape {m}, coloured like the sound.",
                   "Create a clip of this shape in the colour of the sound, {m}."),
-        "heldout": ("Use the shape from the picture and the colour from the sound, and show it {m}.",
+        "train2": ("Use the shape from the picture and the colour from the sound, and show it {m}.",
                     "I want this shape, in this sound's colour, {m} in a clip.",
                     "Render a clip: this shape, the sound's colour, {m}."),
     },
@@ -263,7 +312,7 @@ FRAMES: dict[str, dict[str, tuple[str, ...]]] = {
                   "This one again, {c}, {w}.",
                   "Same object but {c}, {w}.", "Redraw it {c}, {w}.", "Show this object {c} and {w}.",
                   "Draw this one {c}, {w}, please."),
-        "heldout": ("Keep the object but make it {c} and place it {w}.", "I want this thing {c}, {w}.",
+        "train2": ("Keep the object but make it {c} and place it {w}.", "I want this thing {c}, {w}.",
                     "Recreate this one, {c} this time, {w}."),
     },
     "joint_image_audio": {
@@ -275,7 +324,7 @@ FRAMES: dict[str, dict[str, tuple[str, ...]]] = {
                   "An image and a sound of {x}, please.", "Can you draw {x} and play it?",
                   "Make {x} as a picture and a sound.",
                   "I'd like to see and hear {x}.", "Picture plus sound: {x}.", "Show and play {x}."),
-        "heldout": ("Both a picture and a sound of {x}.", "Let me see {x}, and also hear it.",
+        "train2": ("Both a picture and a sound of {x}.", "Let me see {x}, and also hear it.",
                     "Give me {x} as an image plus its sound."),
     },
     # in-context edits: an intro (before or after the pairs) and a query sentence
@@ -288,7 +337,7 @@ FRAMES: dict[str, dict[str, tuple[str, ...]]] = {
                   "The first becomes the second in each pair.", "Here's an example of an edit.",
                   "Look at what changed.",
                   "These show a change."),
-        "heldout": ("Notice the change from each first to each second.", "Observe these before-and-after pairs.",
+        "train2": ("Notice the change from each first to each second.", "Observe these before-and-after pairs.",
                     "Check the examples."),
     },
     "icl_query": {
@@ -298,19 +347,19 @@ FRAMES: dict[str, dict[str, tuple[str, ...]]] = {
                   "Do the same to this.", "Now this one:", "Apply it to this one.", "Same to this one please.",
                   "Do it to the last one.", "Change this one like that.", "Now do this one the same way.",
                   "Make the same change here."),
-        "heldout": ("Do likewise with the last one.", "Treat the last one the same way.",
+        "train2": ("Do likewise with the last one.", "Treat the last one the same way.",
                     "Transform the final one in the same manner."),
     },
     # edits: 'then' rounds of a three-round dialogue start with these
     "round": {
         "train": ("Now ", "Then ", "Next, ", "And now ", "Okay, now ", ""),
-        "heldout": ("After that, ", "Good. Now ", "Also "),
+        "train2": ("After that, ", "Good. Now ", "Also "),
     },
     # two edits joined
     "two": {
         "train": ("{a} and {b}", "{a}, and {b}", "{a}. Also {b}", "{a}, then {b}", "{a} and also {b}",
                   "{a} and then {b}", "{a}. And {b}", "{a}, plus {b}", "{a}. Then {b}", "{a} & {b}"),
-        "heldout": ("{a}; plus {b}", "{a}, as well as {b}"),
+        "train2": ("{a}; plus {b}", "{a}, as well as {b}"),
     },
     "two_values": {  # 'make it blue and large'
         "train": ("Make it {u} and {v}.", "I want it {u} and {v}.", "Change it to {u} and {v}.",
@@ -318,7 +367,7 @@ FRAMES: dict[str, dict[str, tuple[str, ...]]] = {
                   "Make it {u}, and {v}.", "Can you make it {u} and {v}?", "I'd like it {u} and {v}.",
                   "Now {u} and {v}.",
                   "Make it both {u} and {v}."),
-        "heldout": ("Could it be {u} and {v}?", "Turn it {u} and {v}."),
+        "train2": ("Could it be {u} and {v}?", "Turn it {u} and {v}."),
     },
 }
 
@@ -331,50 +380,50 @@ EDIT_FRAMES: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {
                              "make the colour {v}", "change it to {v}", "use {v} instead",
                              "can you make it {v}", "I'd like it {v}", "make it {v} please", "it should be {v}",
                              "go with {v}", "change the colour to {v}", "give it {v}", "try it in {v}"),
-                   "heldout": ("dye it {v}", "can it be {v} instead", "recolour it to {v}", "fill it with {v}")},
+                   "train2": ("dye it {v}", "can it be {v} instead", "recolour it to {v}", "fill it with {v}")},
         "shape": {"train": ("make it {a} {v}", "turn it into {a} {v}", "change the shape to {a} {v}",
         "swap it for {a} {v}",
                             "reshape it into {a} {v}", "replace it with {a} {v}", "make it {a} {v} instead",
                             "change it into {a} {v}", "I want {a} {v} instead", "switch it to {a} {v}",
                             "make that {a} {v}", "use {a} {v} instead", "can it be {a} {v}"),
-                  "heldout": ("morph it into {a} {v}", "I'd rather have {a} {v}", "let it become {a} {v}")},
+                  "train2": ("morph it into {a} {v}", "I'd rather have {a} {v}", "let it become {a} {v}")},
         "size_large": {"train": ("make it bigger", "make it large", "enlarge it", "scale it up", "make it huge",
                                  "increase its size", "make it big", "grow it",
                                  "make it a lot bigger", "I want it bigger", "bigger please", "make it larger in size"),
-                       "heldout": ("blow it up in size", "make it larger", "upsize it")},
+                       "train2": ("blow it up in size", "make it larger", "upsize it")},
         "size_small": {"train": ("make it smaller", "shrink it", "make it small", "scale it down", "make it tiny",
                                  "reduce its size", "make it little",
                                  "make it a lot smaller", "I want it smaller", "smaller please", "make it less large"),
-                       "heldout": ("make it less big", "downsize it", "shrink it down")},
+                       "train2": ("make it less big", "downsize it", "shrink it down")},
         "position": {"train": ("move it {t}", "put it {w}", "shift it over {t}", "place it {w}", "slide it {t}",
                                "move it over {t}", "push it {t}",
                                "I want it {w}", "put it over {t}", "can you move it {t}", "it should be {w}",
                                "have it {w}", "move the object {t}"),
-                     "heldout": ("drag it {t}", "relocate it {t}", "reposition it {t}")},
+                     "train2": ("drag it {t}", "relocate it {t}", "reposition it {t}")},
     },
     "audio": {
         "colour": {"train": ("make it sound {v}", "make it {v}", "change the pitch to {v}", "tune it to {v}",
                              "switch the pitch to {v}", "give it a {v} pitch", "make its pitch {v}",
                              "can it sound {v}", "change it to {v}", "I want it {v}", "set it to {v}"),
-                   "heldout": ("retune it to {v}", "set its pitch to {v}")},
+                   "train2": ("retune it to {v}", "set its pitch to {v}")},
         "pitch_up": {"train": ("raise the pitch", "make it a bit higher", "make the pitch higher",
         "pitch it up a step"),
-                     "heldout": ("nudge the pitch up",)},
+                     "train2": ("nudge the pitch up",)},
         "pitch_down": {"train": ("lower the pitch", "make it a bit lower", "make the pitch lower",
         "pitch it down a step"),
-                       "heldout": ("nudge the pitch down",)},
+                       "train2": ("nudge the pitch down",)},
         "shape": {"train": ("make it sound like {a} {v}", "give it the timbre of {a} {v}", "make it {a} {v} sound",
                             "switch the timbre to {a} {v}", "turn it into {a} {v} sound",
                             "I want it to sound like {a} {v}", "make it the sound of {a} {v}"),
-                  "heldout": ("let it sound like {a} {v} instead", "change its timbre to {a} {v}")},
+                  "train2": ("let it sound like {a} {v} instead", "change its timbre to {a} {v}")},
         "size_large": {"train": ("make it louder", "make it louder and longer", "turn it up", "make it loud",
                                  "make it bigger and louder",
                                  "louder please", "increase the volume", "make the sound louder"),
-                       "heldout": ("boost the volume", "make it longer and louder")},
+                       "train2": ("boost the volume", "make it longer and louder")},
         "size_small": {"train": ("make it quieter", "make it softer and shorter", "turn it down", "make it quiet",
                                  "make it soft",
                                  "quieter please", "decrease the volume", "make the sound quieter"),
-                       "heldout": ("lower the volume", "make it shorter and quieter")},
+                       "train2": ("lower the volume", "make it shorter and quieter")},
     },
 }
 
@@ -391,11 +440,11 @@ POLITE: dict[str, dict[str, tuple[str, ...]]] = {
     "before": {"train": ("Please ", "Hi! ", "Hey, ", "Ok so ", "Hello, ", "Quick one: ", "Um, ", "Could you: ",
                          "Hi there. ", "Okay. ", "Hmm, ", "Hello! ", "Hey! ", "Excuse me, ", "Well, ", "Now, ",
                          "OK, ", "Hi, quick question. ", "Hey there, ", "Alright, "),
-               "heldout": ("Good morning! ", "So, ", "Right, ")},
+               "train2": ("Good morning! ", "So, ", "Right, ")},
     "after": {"train": (" Thanks!", " Thank you.", " Please.", " Thanks a lot.", " Cheers.", " :)",
                         " Thank you!", " thx", " Thanks in advance.", " Please and thank you.", " That would be great.",
                         " If you can.", " :D", " Thanks so much!"),
-              "heldout": (" Much appreciated.", " Ta.")},
+              "train2": (" Much appreciated.", " Ta.")},
 }
 
 
@@ -468,10 +517,10 @@ def noise(text: str, rng: np.random.Generator) -> str:
     if rng.random() < 0.35:
         free = [i for i, w in enumerate(words) if re.fullmatch(r"[A-Za-z']+", w) and w.lower() not in PROTECTED]
         if free:
-            words[free[int(rng.integers(len(free)))]] = _pick(rng, NOISE_WORDS)
+            words[free[int(rng.integers(len(free)))]] = pick(rng, NOISE_WORDS)
             return " ".join(words)
     for _ in range(int(rng.integers(1, 4))):
-        words.insert(int(rng.integers(len(words) + 1)), _pick(rng, NOISE_WORDS))
+        words.insert(int(rng.integers(len(words) + 1)), pick(rng, NOISE_WORDS))
     return " ".join(words)
 
 
@@ -479,11 +528,11 @@ def surface(text: str, rng: np.random.Generator, frames: str, polite: bool = Tru
     """Politeness / filler, spelling, lower case, missing final punctuation and a few typos."""
     side = _side(frames)
     if polite and rng.random() < 0.3:
-        lead = _pick(rng, POLITE["before"][side])
+        lead = pick(rng, POLITE["before"][side])
         text = lead + (text[:1].lower() + text[1:] if not text.startswith("I ") and not text.startswith("I'") else text)
     if polite and rng.random() < 0.2:
-        text = text + _pick(rng, POLITE["after"][side])
-    if side == "train" and rng.random() < NOISE_RATE:  # drawn on the train side only: held-out records unchanged
+        text = text + pick(rng, POLITE["after"][side])
+    if side != "heldout" and rng.random() < NOISE_RATE:  # drawn on the train side only: held-out records unchanged
         text = noise(text, rng)
     text = spelling(text, rng)
     if rng.random() < 0.1:
@@ -502,7 +551,7 @@ def cap(s: str) -> str:
 # --------------------------------------------------------------------------- requests
 
 def frame(kind: str, frames: str, rng: np.random.Generator) -> str:
-    return _pick(rng, FRAMES[kind][_side(frames)])
+    return pick(rng, FRAMES[kind][_side(frames)])
 
 
 def edit_phrase(obj: WorldObject, attr: str, value: str, modality: str, frames: str, rng: np.random.Generator) -> str:
@@ -511,28 +560,28 @@ def edit_phrase(obj: WorldObject, attr: str, value: str, modality: str, frames: 
     if attr == "colour":
         step = COLOURS.index(value) - COLOURS.index(obj.colour)
         if modality == "audio" and abs(step) == 1 and rng.random() < 0.5:
-            return _pick(rng, table["pitch_up" if step > 0 else "pitch_down"][side])
-        return _pick(rng, table["colour"][side]).format(v=_pick(rng, COLOUR_WORDS[value]))
+            return pick(rng, table["pitch_up" if step > 0 else "pitch_down"][side])
+        return pick(rng, table["colour"][side]).format(v=pick(rng, COLOUR_WORDS[value]))
     if attr == "shape":
-        v = _pick(rng, SHAPE_WORDS[value])
-        return _pick(rng, table["shape"][side]).format(v=v, a=article(v))
+        v = pick(rng, SHAPE_WORDS[value])
+        return pick(rng, table["shape"][side]).format(v=v, a=article(v))
     if attr == "size":
-        return _pick(rng, table[f"size_{value}"][side])
+        return pick(rng, table[f"size_{value}"][side])
     if attr == "position":
-        return _pick(rng, table["position"][side]).format(t=_pick(rng, TO[value]), w=_pick(rng, WHERE[value]))
+        return pick(rng, table["position"][side]).format(t=pick(rng, TO[value]), w=pick(rng, WHERE[value]))
     raise ValueError(f"cannot edit attribute {attr!r}")
 
 
 def value_words(attr: str, value: str, rng: np.random.Generator) -> str:
     """A new value as it follows 'make it …': 'blue', 'large', 'a star', 'on the left'."""
     if attr == "colour":
-        return _pick(rng, COLOUR_WORDS[value])
+        return pick(rng, COLOUR_WORDS[value])
     if attr == "size":
-        return _pick(rng, SIZE_WORDS[value])
+        return pick(rng, SIZE_WORDS[value])
     if attr == "shape":
-        v = _pick(rng, SHAPE_WORDS[value])
+        v = pick(rng, SHAPE_WORDS[value])
         return f"{article(v)} {v}"
-    return _pick(rng, WHERE[value])
+    return pick(rng, WHERE[value])
 
 
 def edit_request(obj: WorldObject, edits: Sequence[tuple[str, str]], modality: str, frames: str,
@@ -547,7 +596,7 @@ def edit_request(obj: WorldObject, edits: Sequence[tuple[str, str]], modality: s
         else:
             text = cap(phrases[0]) + "."
         if rng.random() < 0.25:
-            text = _pick(rng, ("Can you ", "Could you ", "Would you ", "Please ")) + text[:1].lower() + text[1:]
+            text = pick(rng, ("Can you ", "Could you ", "Would you ", "Please ")) + text[:1].lower() + text[1:]
             if not text.startswith("Please"):
                 text = text.rstrip(".") + "?"
     if round_ > 0:
@@ -570,7 +619,7 @@ def arrange(media: Sequence[dict], text: str, modality: str, rng: np.random.Gene
         return [*media, text_part(text)]
     if layout == "text_first":
         return [text_part(text), *media]
-    return [text_part(_pick(rng, LEADS[modality])), *media, text_part(text)]
+    return [text_part(pick(rng, LEADS[modality])), *media, text_part(text)]
 
 
 def icl_parts(pairs: Sequence[dict], query: dict, frames: str, rng: np.random.Generator, text_part) -> list[dict]:
@@ -594,47 +643,47 @@ def icl_parts(pairs: Sequence[dict], query: dict, frames: str, rng: np.random.Ge
 OOS_NOUNS = {
     "train": ("cat", "dog", "car", "house", "tree", "bicycle", "horse", "person", "flower", "boat", "bird", "robot",
               "pizza", "guitar", "mountain", "dragon", "train", "chair", "apple", "cow"),
-    "heldout": ("elephant", "castle", "airplane", "sunset", "penguin", "lion", "rocket", "teapot", "whale", "bridge",
+    "train2": ("elephant", "castle", "airplane", "sunset", "penguin", "lion", "rocket", "teapot", "whale", "bridge",
                 "unicorn", "motorbike"),
 }
 OOS_TOPICS = {"train": ("the sea", "love", "spring", "the moon", "my cat", "winter", "friendship", "coffee"),
-              "heldout": ("autumn leaves", "the city", "rain", "a lost key", "the stars at night", "mountains")}
+              "train2": ("autumn leaves", "the city", "rain", "a lost key", "the stars at night", "mountains")}
 OOS_FRAMES: dict[str, dict[str, tuple[str, ...]]] = {
     "greeting": {"train": ("Hello!", "Hi", "Hey there!", "Good morning.", "Hello! Who are you?", "Hi, how are you?",
                            "yo", "Good evening!", "Hey, what's up?", "Howdy!"),
-                 "heldout": ("Greetings!", "Hiya, nice to meet you.", "Hello there, how's it going?",
+                 "train2": ("Greetings!", "Hiya, nice to meet you.", "Hello there, how's it going?",
                              "Good afternoon!", "hey hey", "Hi friend")},
     "self": {"train": ("Who are you?", "What are you?", "What can you do?", "What is your name?",
                        "Are you a human?", "What do you know?", "Who made you?", "How do you work?",
                        "What can I ask you?", "Are you ChatGPT?", "Help", "what is this"),
-             "heldout": ("Tell me about yourself.", "What are you able to make?", "Are you an AI?",
+             "train2": ("Tell me about yourself.", "What are you able to make?", "Are you an AI?",
                          "What kind of model is this?", "Introduce yourself.", "What are your abilities?",
                          "How should I use you?", "Which things can you create?")},
     "object": {"train": ("Draw a {n}.", "Show me a {n}.", "Make a picture of a {n}.", "Play the sound of a {n}.",
                          "Make a video of a {n} running.", "Draw a red {n}.", "What does a {n} sound like?",
                          "Draw a {n} riding a bicycle.", "Can you draw a big {n}?"),
-               "heldout": ("Paint a {n} in the snow.", "Generate an image of a {n}.", "Let me hear a {n}.",
+               "train2": ("Paint a {n} in the snow.", "Generate an image of a {n}.", "Let me hear a {n}.",
                            "I want a video of a {n} flying.", "Draw a blue {n} on the left.",
                            "Sketch a cute {n}.", "Show me a photo of a {n}.", "Animate a {n} dancing.")},
     "creative": {"train": ("Write a poem about {t}.", "Tell me a story about {t}.", "Write a song about {t}.",
                            "Tell me a joke.", "Write a haiku about {t}."),
-                 "heldout": ("Compose a limerick about {t}.", "Write an essay on {t}.",
+                 "train2": ("Compose a limerick about {t}.", "Write an essay on {t}.",
                              "Make up a fairy tale about {t}.", "Give me a riddle about {t}.")},
     "language": {"train": ("Wie geht's?", "Bonjour, comment ça va ?", "¿Hola, qué tal?", "Ciao, come stai?",
                            "Zeichne einen roten Kreis.", "Dessine un carré bleu.", "Hallo, wer bist du?",
                            "Merci beaucoup !", "Dibuja una estrella.", "Hoe gaat het?"),
-                 "heldout": ("Guten Tag, was kannst du?", "Qui es-tu ?", "¿Puedes dibujar un círculo?",
+                 "train2": ("Guten Tag, was kannst du?", "Qui es-tu ?", "¿Puedes dibujar un círculo?",
                              "Buongiorno, disegna un triangolo.", "Olá, tudo bem?", "Hej, hur mår du?",
                              "Mal mir bitte einen Stern.", "Peux-tu faire un son ?")},
     "arithmetic": {"train": ("What is {a} + {b}?", "What's {a} times {b}?", "Calculate {a} minus {b}.",
                              "{a}+{b}=?", "How much is {a} plus {b}?"),
-                   "heldout": ("Compute {a} * {b}.", "What do you get if you add {a} and {b}?",
+                   "train2": ("Compute {a} * {b}.", "What do you get if you add {a} and {b}?",
                                "Divide {a} by {b}.", "Solve {a} - {b}.")},
     "knowledge": {"train": ("What is the capital of France?", "What's the weather today?", "What time is it?",
                             "Who won the world cup?", "Translate 'cat' into French.",
                             "Write Python code to sort a list.",
                             "What is the meaning of life?", "Recommend a good book."),
-                  "heldout": ("How tall is Mount Everest?", "Explain quantum physics.", "Who is the president?",
+                  "train2": ("How tall is Mount Everest?", "Explain quantum physics.", "Who is the president?",
                               "Write a SQL query.", "What should I cook tonight?", "How far is the moon?",
                               "Summarise the news.", "Fix my code please.")},
 }
@@ -650,10 +699,10 @@ SCOPE_SHAPES = ("circle", "square", "triangle", "star")
 def oos_prompt(frames: str, rng: np.random.Generator, category: Optional[str] = None) -> tuple[str, str]:
     """An out-of-scope prompt of ``frames``' side: (category, text)."""
     side = _side(frames)
-    cat = category or _pick(rng, OOS_CATEGORIES)
-    n = _pick(rng, OOS_NOUNS[side])
-    text = _pick(rng, OOS_FRAMES[cat][side]).replace("a {n}", f"{article(n)} {{n}}").format(
-        n=n, t=_pick(rng, OOS_TOPICS[side]), a=int(rng.integers(2, 99)), b=int(rng.integers(2, 20)))
+    cat = category or pick(rng, OOS_CATEGORIES)
+    n = pick(rng, OOS_NOUNS[side])
+    text = pick(rng, OOS_FRAMES[cat][side]).replace("a {n}", f"{article(n)} {{n}}").format(
+        n=n, t=pick(rng, OOS_TOPICS[side]), a=int(rng.integers(2, 99)), b=int(rng.integers(2, 20)))
     if cat not in ("language",):
         text = surface(text, rng, frames, polite=cat not in ("greeting",))
     return cat, text
@@ -672,9 +721,9 @@ def oos_prompts(frames: str) -> list[str]:
 
 def example_request(rng: np.random.Generator) -> str:
     """An in-world request to suggest, in the world's templates: 'Draw a small red circle.'"""
-    colour = _pick(rng, [c for c in COLOURS if c != "orange"])  # 'an orange' uses a piece the model never wrote
-    shape, size = _pick(rng, SHAPES), _pick(rng, ("small", "large"))
-    return _pick(rng, (f"Draw a {size} {colour} {shape}.", f"Play the sound of a {size} {colour} {shape}.",
+    colour = pick(rng, [c for c in COLOURS if c != "orange"])  # 'an orange' uses a piece the model never wrote
+    shape, size = pick(rng, SHAPES), pick(rng, ("small", "large"))
+    return pick(rng, (f"Draw a {size} {colour} {shape}.", f"Play the sound of a {size} {colour} {shape}.",
                        f"Make a video of a {colour} {shape} moving up.", f"Show me a {size} {colour} {shape} on the left."))
 
 
@@ -695,3 +744,110 @@ def is_scope_reply(text: str) -> bool:
     t = (text or "").lower()
     return ("i make" in t and len(set(m.rstrip("s") for m in _SCOPE_MEDIA.findall(t))) >= 2
             and all(s in t for s in SCOPE_SHAPES) and "do this:" in t)
+
+
+# --------------------------------------------------------------------------- the second train set and held-out set
+
+# The first held-out frames were studied frame by frame after stage 14 (benchmarks/heldout_by_frame.py): they are no
+# longer a check. Since stage 15 they train, as the ``train2`` side (the "train2" keys of the tables above, plus the
+# synonyms below), and a second held-out set, written before stage 15 trained and never tuned on, is the check. The
+# ``train`` side is unchanged, so the data of stages 11-14 is built as before.
+TRAIN2_MORE: dict[str, tuple[str, ...]] = {
+    "gen_image": ("Depict {x}.", "Visualise {x}.", "Visualize {x}.", "Give me a pic of {x}.", "Doodle {x}.",
+                  "A photo of {x}, please.", "Make an illustration of {x}.", "Create artwork of {x}.",
+                  "Can you whip up an image of {x}?", "Put {x} in a picture.", "Design a picture with {x}."),
+    "gen_audio": ("Give me a recording of {x}.", "Synthesise the sound of {x}.", "Make {x} audible.",
+                  "Produce audio of {x}.", "What noise does {x} make?", "Sound out {x}.", "Play a tone for {x}.",
+                  "Render the sound of {x}."),
+    "gen_video": ("Film {x}.", "Shoot a video of {x}.", "Make footage of {x}.", "Show {x} in motion.",
+                  "Record a video of {x}.", "Make a GIF of {x}.", "Produce a video of {x}.",
+                  "Generate an animation of {x}."),
+    "caption_image": ("Identify the object.", "What's pictured?", "What is depicted here?", "Label this image.",
+                      "What can you see?", "Explain this picture.", "Identify what is shown."),
+    "caption_audio": ("What's that noise?", "Identify the source of this sound.", "What is producing this?",
+                      "What am I hearing?", "Recognise this sound.", "Identify this noise."),
+    "caption_video": ("Narrate this clip.", "What is happening in this footage?", "Summarize the video.",
+                      "Describe the motion.", "Explain this clip."),
+    "image_to_audio": ("Produce the sound of this.", "Sonify this picture.", "What would this picture sound like?",
+                       "Give this image a sound."),
+    "audio_to_image": ("Visualise this sound.", "Depict what makes this noise.", "Produce a picture of this sound.",
+                       "Render what you hear."),
+}
+HELDOUT: dict[str, tuple[str, ...]] = {
+    "gen_image": ("Could you please create a picture showing {x}?", "I'd really like to see {x}, drawn.",
+                  "Mind drawing {x} for me?", "Make me a quick drawing of {x}.", "Draw up {x}.",
+                  "Need a picture: {x}.", "Show me an image with {x} in it.", "Paint me a picture of {x}."),
+    "gen_audio": ("Play me what {x} sounds like.", "How would {x} sound? Play it.", "Can you make {x} make a sound?",
+                  "Let me have a listen to {x}.", "I'd like some audio of {x}.", "Generate a sound for {x}."),
+    "gen_video": ("Can you make me a little video of {x}?", "Animate {x} for me.", "I'd love a clip showing {x}.",
+                  "Show me a movie of {x}.", "Create an animation with {x}.", "Make a moving picture of {x}."),
+    "caption_image": ("What's in this?", "Can you tell me what's shown?", "What's this a picture of?",
+                      "Describe what you see here.", "Which shape is in the image?", "What did I draw?"),
+    "caption_audio": ("What's making that sound?", "Can you tell what this noise is?", "What do you think this is?",
+                      "Describe the noise.", "What is it that I'm hearing?", "Which object makes this?"),
+    "caption_video": ("What's going on here?", "Describe what happens.", "What's moving in this?",
+                      "Tell me what the video is about.", "Which way is it going?", "Caption the video."),
+    "image_to_audio": ("How would this one sound?", "Play me the sound of this picture.", "Let me hear the picture.",
+                       "What sound goes with this?"),
+    "audio_to_image": ("Show me a picture of what's making this sound.", "Draw whatever this is.",
+                       "What would this look like? Make a picture.", "Draw me the thing making this noise."),
+    "image_audio_to_video": ("Animate this shape {m}, in the colour of the sound.",
+                             "Video please: the shape from the picture, coloured like the sound, {m}.",
+                             "Make a clip where this shape goes {m}, coloured like this sound."),
+    "subject_image": ("Draw this again but {c}, {w}.", "Same thing, only {c} and {w}.",
+                      "Show this one {c}, {w} this time."),
+    "joint_image_audio": ("Draw {x} and play it too.", "I want a picture of {x} and its sound.",
+                          "Show me {x} and how it sounds."),
+    "icl_intro": ("Here's what I mean.", "See the examples.", "Look at how these change."),
+    "icl_query": ("Do that with this one too.", "Now this one, same change.", "Same for this one?"),
+    "round": ("Great, now ", "Cool. ", "Next "),
+    "two": ("{a} and {b} as well", "{a} and also please {b}"),
+    "two_values": ("Make it {u} and also {v}.", "Can you make it {u} and {v} please?"),
+}
+HELDOUT_EDITS: dict[str, dict[str, tuple[str, ...]]] = {
+    "image": {"colour": ("make it {v} now", "I'd like it in {v}", "change it to {v} please", "colour it in {v}"),
+              "shape": ("make it into {a} {v}", "change it to {a} {v}", "turn it into {a} {v} please"),
+              "size_large": ("make it much bigger", "can it be bigger", "increase the size"),
+              "size_small": ("make it much smaller", "can it be smaller", "decrease the size"),
+              "position": ("stick it {w}", "move it all the way {t}", "can you put it {w}")},
+    "audio": {"colour": ("make it {v} now", "change the pitch so it's {v}"),
+              "pitch_up": ("make it higher",), "pitch_down": ("make it lower",),
+              "shape": ("make it sound more like {a} {v}", "change it into {a} {v} sound"),
+              "size_large": ("make it a lot louder", "volume up please"),
+              "size_small": ("make it a lot quieter", "volume down please")},
+}
+HELDOUT_POLITE = {"before": ("Hey you, ", "Okay so ", "Hi again! "), "after": (" Thx!", " Many thanks.")}
+HELDOUT_OOS_NOUNS = ("giraffe", "spaceship", "pirate", "octopus", "volcano", "snowman", "tiger", "laptop", "dinosaur",
+                     "butterfly")
+HELDOUT_OOS_TOPICS = ("the ocean", "my dog", "summer holidays", "a rainy day", "space")
+HELDOUT_OOS: dict[str, tuple[str, ...]] = {
+    "greeting": ("Hey!", "Hello, anyone there?", "Morning!", "hi :)", "Good evening to you."),
+    "self": ("What exactly are you?", "What can you make?", "Who built you?", "Can you explain what you do?",
+             "What are you for?", "Do you have a name?"),
+    "object": ("Draw a {n} please.", "Make me a picture of a {n}.", "Can you show a {n}?", "Play a {n} sound.",
+               "Make a video of a {n} jumping.", "Paint a green {n}.", "What noise does a {n} make?"),
+    "creative": ("Write me a poem about {t}.", "Tell a short story about {t}.", "Write a song on {t}."),
+    "language": ("Hallo! Wie heißt du?", "Bonsoir, tu peux dessiner ?", "¿Qué puedes hacer?", "Come ti chiami?",
+                 "Dibuja un cuadrado rojo, por favor.", "Zeichne ein Dreieck."),
+    "arithmetic": ("What's {a} plus {b}?", "How much is {a} times {b}?", "{a} - {b} = ?", "Add {a} and {b}."),
+    "knowledge": ("What is the tallest building in the world?", "Who wrote Hamlet?", "How do I bake bread?",
+                  "What's the time in Tokyo?", "Tell me the news.", "How does a car engine work?"),
+}
+
+
+def _second_sets() -> None:
+    for kind, more in TRAIN2_MORE.items():
+        FRAMES[kind]["train2"] = FRAMES[kind]["train2"] + more
+    for kind, frames in HELDOUT.items():
+        FRAMES[kind]["heldout"] = frames
+    for modality, table in HELDOUT_EDITS.items():
+        for attr, frames in table.items():
+            EDIT_FRAMES[modality][attr]["heldout"] = frames
+    for where, words in HELDOUT_POLITE.items():
+        POLITE[where]["heldout"] = words
+    OOS_NOUNS["heldout"], OOS_TOPICS["heldout"] = HELDOUT_OOS_NOUNS, HELDOUT_OOS_TOPICS
+    for cat, frames in HELDOUT_OOS.items():
+        OOS_FRAMES[cat]["heldout"] = frames
+
+
+_second_sets()
