@@ -33,11 +33,11 @@ def test_requests_are_told_by_frame_and_paired_with_their_template_records(tmp_p
     assert found >= 0.85 * total
     assert bench.match_frame("caption_image", "Caption this image.") == bench.UNMATCHED  # a train frame
     held = {"world-test-0-heldout-000001": _sample("world-test-0-heldout-000001", "caption_audio",
-                                                   "Identify this sound.", 0.0),
+                                                   "Describe the noise.", 0.0),
             "world-test-0-heldout-000002": _sample("world-test-0-heldout-000002", "caption_audio",
-                                                   "right, identify this sound. ta", 1.0),
+                                                   "okay so, describe the noise. thx", 1.0),
             "world-test-0-heldout-000003": _sample("world-test-0-heldout-000003", "caption_audio",
-                                                   "Describe the audio.", 1.0),
+                                                   "What's making that sound?", 1.0),
             "world-test-0-heldout-000004": _sample("world-test-0-heldout-000004", "edit_audio", "boost it", 0.0,
                                                    "exact")}
     tmpl = {f"world-test-0-00000{i}": _sample(f"world-test-0-00000{i}", "caption_audio", "What makes this sound?",
@@ -49,8 +49,8 @@ def test_requests_are_told_by_frame_and_paired_with_their_template_records(tmp_p
     rows = json.loads((tmp_path / "out.json").read_text())["by_task"]
     assert list(rows) == ["caption_audio"]  # edit tasks have no request frames of their own
     worst, best = rows["caption_audio"]
-    assert worst == {"frame": "Identify this sound.", "n": 2, "metric": "acc", "heldout": 0.5,
+    assert worst == {"frame": "Describe the noise.", "n": 2, "metric": "acc", "heldout": 0.5,
                      "template_same_records": 0.75}
-    assert best["frame"] == "Describe the audio." and best["heldout"] == 1.0
+    assert best["frame"] == "What's making that sound?" and best["heldout"] == 1.0
     with pytest.raises(ValueError, match="samples"):
         bench.main(["--heldout", str(tmp_path / "out.json")])
