@@ -582,7 +582,7 @@ OPEN_FRAMES = {"image": "gen_image", "audio": "gen_audio", "joint": "joint_image
 
 
 def rephrase(t: _Task) -> None:
-    """Re-words every user turn that has a spec with the request grammar (``t.frames`` = train / heldout), with
+    """Re-words every user turn that has a spec with the request grammar (``t.frames`` = train, train2 or heldout), with
     the phrasing generator ``t.prng``: the objects, media and replies stay those of the template record."""
     rng, frames = t.prng, t.frames
     user_turns = [m for m in t.conv.messages if m["role"] == "user"]
